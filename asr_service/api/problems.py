@@ -1,0 +1,87 @@
+"""RFC 9457 problem+json for every error, and the one table from domain errors to statuses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import flask_smorest
+import redis
+from flask import Response, json, request
+from kombu.exceptions import OperationalError
+from marshmallow import Schema, fields
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from asr_service import errors
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+STATUS_BY_ERROR: dict[type[errors.AsrError], int] = {
+    errors.AudioInvalid: 422,
+    errors.AudioTooLong: 422,
+    errors.JobNotFound: 404,
+    errors.JobConflict: 409,
+    errors.RecordingGone: 410,
+    errors.QueueUnavailable: 503,
+}
+
+
+class ProblemSchema(Schema):
+    """An RFC 9457 problem document."""
+
+    type = fields.String(metadata={"example": "/problems/task-not-found"})
+    title = fields.String(metadata={"example": "Task not found"})
+    status = fields.Integer(metadata={"example": 404})
+    detail = fields.String()
+    instance = fields.String()
+    errors = fields.Dict(metadata={"description": "Field-by-field validation messages"})
+
+
+def problem(status: int, title: str, detail: str, slug: str | None = None,
+            headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """Build a problem+json response."""
+    body = {"type": f"/problems/{slug}" if slug else "about:blank", "title": title,
+            "status": status, "detail": detail, "instance": request.path, **extra}
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    response.headers.update(headers or {})
+    return response
+
+
+class Api(flask_smorest.Api):
+    """flask-smorest's Api with problem+json errors instead of its default error body."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_error_handlers(self) -> None:
+        super()._register_error_handlers()
+        self._app.register_error_handler(errors.AsrError, handle_asr_error)
+        self._app.register_error_handler(redis.RedisError, handle_redis_error)
+        self._app.register_error_handler(OperationalError, handle_redis_error)
+
+    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+        """Every HTTP error (abort, 404 routes, 413, 422 validation, 500) as problem+json."""
+        if isinstance(error, InternalServerError):
+            log.error("unhandled error", exc_info=getattr(error, "original_exception", None))
+        data = getattr(error, "data", None) or {}
+        extra: dict[str, Any] = {}
+        if "messages" in data or "errors" in data:
+            extra["errors"] = data.get("errors") or data["messages"]
+        code = error.code or 500
+        detail = data.get("message") or error.description or error.name
+        return problem(code, error.name, detail, slug=error.name.lower().replace(" ", "-"),
+                       headers=data.get("headers"), **extra)
+
+
+def handle_asr_error(error: errors.AsrError) -> Response:
+    """Domain errors: the status comes from STATUS_BY_ERROR, never from domain code."""
+    status = STATUS_BY_ERROR.get(type(error), 500)
+    return problem(status, error.title, error.detail, slug=error.slug)
+
+
+def handle_redis_error(error: Exception) -> Response:
+    """Redis down or timing out: a quick 503, never a 500 or a hang."""
+    log.warning("redis unavailable: %s", error)
+    return problem(503, errors.QueueUnavailable.title,
+                   f"Redis (queue, results and job store) is unreachable: {error}",
+                   slug=errors.QueueUnavailable.slug, headers={"Retry-After": "5"})

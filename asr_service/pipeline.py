@@ -1,0 +1,84 @@
+"""One job from stored recording to normalized transcript: decode, transcribe, record."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from asr_service.audio import TARGET_RATE, decode
+from asr_service.engine.base import Engine, TranscribeOptions, Transcript
+from asr_service.errors import AsrError
+from asr_service.jobs import FAILED, SUCCEEDED, Job, JobStore
+from asr_service.logs import log_event
+from asr_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_job(store: JobStore, engine: Engine | None, settings: Settings, job_id: str, *,
+            celery_id: str, worker: str,
+            save_result: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+    """Run the current delivery of a job; returns the result, or None when it must not run."""
+    job = store.mark_started(job_id, celery_id, worker)
+    if job is None:
+        log.info("skipped: job deleted, finished or superseded", extra={"job_id": job_id})
+        return None
+    log_event("job.started", job_id, worker=worker, attempt=job.attempts,
+              queue_wait_s=_round(job.queue_wait_s))
+    started = time.perf_counter()
+    try:
+        if engine is None:
+            raise AsrError("the worker has no engine loaded")
+        samples = decode(store.audio(job_id), settings.max_audio_seconds)
+        options = TranscribeOptions(language=job.language, hotwords=list(job.hotwords))
+        transcript = engine.transcribe(samples, options)
+    except SoftTimeLimitExceeded:
+        _fail(store, job, celery_id, "time-limit-exceeded",
+              f"transcription took longer than TASK_TIME_LIMIT_S={settings.task_time_limit_s} s")
+        raise
+    except AsrError as exc:
+        _fail(store, job, celery_id, exc.slug, exc.detail)
+        raise
+    except Exception as exc:
+        log.exception("job failed", extra={"job_id": job_id})
+        _fail(store, job, celery_id, "internal-error", f"{type(exc).__name__}: {exc}")
+        raise
+    processing_s = time.perf_counter() - started
+    result = to_result(transcript, len(samples) / TARGET_RATE, processing_s)
+    # The result must be readable before the job says "succeeded", or a poller could miss it.
+    save_result(result)
+    store.mark_finished(job_id, celery_id, SUCCEEDED, processing_s=processing_s)
+    store.prune_recordings()  # recordings that were skipped while this job ran may go now
+    log_event("job.succeeded", job_id, worker=worker, audio_s=_round(result["duration_s"]),
+              processing_s=_round(processing_s), rtf=_round(result["rtf"]),
+              queue_wait_s=_round(job.queue_wait_s), model=transcript.model)
+    return result
+
+
+def to_result(transcript: Transcript, duration_s: float, processing_s: float) -> dict[str, Any]:
+    """The normalized transcript the API returns (times in seconds)."""
+    return {
+        "text": transcript.text,
+        "segments": [
+            {"start": s.start_ms / 1000, "end": s.end_ms / 1000, "text": s.text}
+            for s in transcript.segments
+        ],
+        "language": transcript.language,
+        "model": transcript.model,
+        "duration_s": round(duration_s, 3),
+        "processing_s": round(processing_s, 3),
+        "rtf": round(processing_s / duration_s, 4) if duration_s else None,
+    }
+
+
+def _fail(store: JobStore, job: Job, celery_id: str, kind: str, detail: str) -> None:
+    if store.mark_finished(job.id, celery_id, FAILED, error={"type": kind, "detail": detail}):
+        log_event("job.failed", job.id, error=kind, detail=detail, attempt=job.attempts)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

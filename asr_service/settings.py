@@ -1,0 +1,156 @@
+"""Typed settings read from the environment; the only reader of os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """One or more environment variables are invalid; the message lists all of them."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Service configuration. Every field has a matching variable in config/.env.example."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Broker, result backend and job store. REDIS_URL, or REDIS_HOST/REDIS_PORT."""
+    asr_use_gpu: str = "auto"
+    """auto: CUDA when present else CPU; true: CUDA required; false: CPU."""
+    asr_batch_size: int = 300
+    """FunASR batch_size_s: seconds of audio decoded per batch."""
+    asr_model: str = "paraformer-zh"
+    """FunASR hub alias or a local model directory."""
+    asr_vad_model: str = "fsmn-vad"
+    """VAD model alias or directory; empty disables VAD."""
+    asr_punc_model: str = ""
+    """Punctuation model alias or directory; empty (the default) disables it."""
+    asr_threads: int = 0
+    """CPU threads per worker process; 0 divides the host's cores by WORKER_COUNT."""
+    max_recordings: int = 1000
+    """Recordings kept in Redis; older ones are removed (never a queued or running job's)."""
+    worker_count: int = 1
+    """Worker processes `make worker` starts on this host (Celery concurrency)."""
+    max_upload_mb: int = 100
+    """Largest accepted upload; bigger bodies get 413."""
+    max_audio_seconds: int = 4 * 3600
+    """Longest accepted recording."""
+    result_retention_s: int = 7 * 24 * 3600
+    """How long job records and transcripts are kept."""
+    task_time_limit_s: int = 3600
+    """Hard limit for one transcription; the soft limit is 30 s earlier."""
+    model_load_timeout_s: int = 600
+    """How long a worker process may take to load and warm up its model."""
+    queue_name: str = "asr"
+    """Celery queue the API sends to and the workers consume."""
+    log_dir: str = "logs"
+    """Directory for rotating log files."""
+    log_level: str = "INFO"
+    """DEBUG, INFO, WARNING or ERROR."""
+    api_port: int = 8000
+    """Port gunicorn binds."""
+    flower_port: int = 5555
+    """Port Flower binds."""
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Upload limit in bytes."""
+        return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def soft_time_limit_s(self) -> int:
+        """Soft limit: leaves the task 30 s to record its failure before the hard kill."""
+        return max(1, self.task_time_limit_s - 30)
+
+    @property
+    def threads(self) -> int:
+        """Threads each worker process gives the model."""
+        if self.asr_threads:
+            return self.asr_threads
+        return max(1, (os.cpu_count() or 1) // self.worker_count)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment, reporting every bad variable at once."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        errors: list[str] = []
+        for f in fields(cls):
+            name = f.name.upper()
+            if name not in env or f.name == "redis_url":
+                continue
+            try:
+                values[f.name] = _PARSERS.get(f.name, _parser_for(f.default))(env[name].strip())
+            except ValueError as exc:
+                errors.append(f"{name}={env[name]!r}: {exc}")
+        try:
+            values["redis_url"] = _redis_url(env)
+        except ValueError as exc:
+            errors.append(str(exc))
+        if errors:
+            raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
+        return cls(**values)
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    if env.get("REDIS_URL"):
+        url = env["REDIS_URL"].strip()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"REDIS_URL={url!r}: must start with redis://, rediss:// or unix://")
+        return url
+    host = env.get("REDIS_HOST", "127.0.0.1").strip() or "127.0.0.1"
+    port = env.get("REDIS_PORT", "6379").strip()
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"REDIS_PORT={port!r}: must be a port number 1-65535")
+    return f"redis://{host}:{port}/0"
+
+
+def _whole_number(raw: str, minimum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if value < minimum:
+        raise ValueError(f"must be at least {minimum}")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    return _whole_number(raw, 1)
+
+
+def _non_negative_int(raw: str) -> int:
+    return _whole_number(raw, 0)
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _port(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > 65535:
+        raise ValueError("must be a port number 1-65535")
+    return value
+
+
+def _parser_for(default: object) -> Callable[[str], Any]:
+    return _positive_int if isinstance(default, int) else str
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "asr_use_gpu": _choice("auto", "true", "false"),
+    "asr_threads": _non_negative_int,
+    "log_level": lambda raw: _choice("debug", "info", "warning", "error")(raw).upper(),
+    "api_port": _port,
+    "flower_port": _port,
+}

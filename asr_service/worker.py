@@ -1,0 +1,158 @@
+"""Celery app factory, its configuration for long GPU jobs, and every Celery signal handler."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from functools import cached_property
+from typing import Any
+
+import redis
+from celery import Celery, current_app, signals
+from celery.worker import state as worker_state
+
+from asr_service.cluster import Cluster, WorkerInfo
+from asr_service.engine.base import Engine
+from asr_service.jobs import CANCELLED, JobStore
+from asr_service.logs import setup_logging
+from asr_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class AsrCelery(Celery):
+    """The Celery app, carrying the settings and the per-process resources built from them."""
+
+    settings: Settings
+    engine: Engine | None = None
+
+    @cached_property
+    def redis_client(self) -> redis.Redis:
+        """Job-store connection; redis-py resets its pool after a fork (one per child)."""
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5,
+                                    socket_connect_timeout=3, health_check_interval=30)
+
+    @cached_property
+    def store(self) -> JobStore:
+        """The shared job store."""
+        s = self.settings
+        return JobStore(self.redis_client, s.result_retention_s, s.max_recordings)
+
+    @cached_property
+    def cluster(self) -> Cluster:
+        """Queue depth and worker heartbeats."""
+        return Cluster(self.redis_client, self.settings.queue_name)
+
+
+def celery_config(s: Settings) -> dict[str, Any]:
+    """Celery settings for long, expensive jobs that must not be lost."""
+    return {
+        "broker_url": s.redis_url,
+        "result_backend": s.redis_url,
+        "task_default_queue": s.queue_name,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # A job is acknowledged only when it finished; a worker that dies hands it back.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "result_extended": True,
+        "result_expires": s.result_retention_s,
+        "task_time_limit": s.task_time_limit_s,
+        "task_soft_time_limit": s.soft_time_limit_s,
+        # worker_process_init loads the model; Celery kills a child that takes longer than this.
+        "worker_proc_alive_timeout": s.model_load_timeout_s,
+        "worker_concurrency": s.worker_count,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        # An unacked message is redelivered after this: it must outlast a job that waited in a
+        # worker's prefetch slot behind another one that ran to the hard limit.
+        "broker_transport_options": {
+            "visibility_timeout": 2 * s.task_time_limit_s + 300,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 3,
+        },
+        "redis_socket_timeout": 5,
+        "redis_socket_connect_timeout": 3,
+        "task_publish_retry_policy": {
+            "max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1,
+        },
+    }
+
+
+def create_celery(settings: Settings) -> AsrCelery:
+    """The Celery app used by workers, Flower and (to send tasks) the API."""
+    app = AsrCelery("asr_service", include=["asr_service.tasks"])
+    app.settings = settings
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def _app() -> AsrCelery:
+    app = current_app._get_current_object()
+    assert isinstance(app, AsrCelery), "start workers with: celery -A celery_app worker"
+    return app
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    setup_logging("worker", _app().settings)
+
+
+@signals.worker_process_init.connect
+def _load_engine(**_: Any) -> None:
+    """Load and warm up the model once per child process, after the fork."""
+    from asr_service.engine import build_engine
+
+    app = _app()
+    started = time.perf_counter()
+    try:
+        app.engine = build_engine(app.settings)
+        app.engine.warm_up()
+    except Exception as exc:
+        log.critical("worker refuses to start: %s", exc, extra={"error": str(exc)})
+        os.kill(os.getppid(), signal.SIGTERM)  # take the whole worker down, not just this child
+        os._exit(1)
+    log.info("engine ready", extra={"model": app.engine.name, "device": app.engine.device,
+                                    "load_s": round(time.perf_counter() - started, 3)})
+
+
+@signals.heartbeat_sent.connect
+def _publish_heartbeat(sender: Any, **_: Any) -> None:
+    """Every ~2 s from the worker's main process: tell the API this worker is alive."""
+    app = _app()
+    s = app.settings
+    info = WorkerInfo(
+        hostname=sender.eventer.hostname, pid=os.getpid(),
+        concurrency=int(app.conf.worker_concurrency or s.worker_count),
+        active=len(worker_state.active_requests), model=s.asr_model,
+        device={"true": "cuda", "false": "cpu"}.get(s.asr_use_gpu, "auto"),
+        last_seen=time.time(),
+    )
+    try:
+        app.cluster.publish(info)
+    except redis.RedisError as exc:
+        log.warning("heartbeat not published: %s", exc)
+
+
+@signals.worker_shutdown.connect
+def _withdraw(sender: Any, **_: Any) -> None:
+    try:
+        _app().cluster.withdraw(sender.hostname)
+    except redis.RedisError:
+        pass  # the heartbeat expires on its own
+
+
+@signals.task_revoked.connect
+def _mark_cancelled(request: Any = None, terminated: bool = False, **_: Any) -> None:
+    """A job revoked outside our API (Flower, `celery control revoke`) ends as cancelled."""
+    if request is None or not request.args:
+        return
+    _app().store.mark_finished(request.args[0], request.id, CANCELLED,
+                               error={"type": "cancelled", "detail": "the task was revoked"})

@@ -1,0 +1,6 @@
+"""Celery entry point: `celery -A celery_app worker` and `celery -A celery_app flower`."""
+
+from asr_service.settings import Settings
+from asr_service.worker import create_celery
+
+app = create_celery(Settings.from_env())

@@ -1,0 +1,159 @@
+"""Real processes: a redis-server on a free port and a `celery -A celery_app worker` on it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+
+from asr_service import create_app
+from asr_service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER_START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server process owned by the tests, so they can stop and restart it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (make test installs it)"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(redis_server: RedisServer, model_assets: dict[str, Path],
+             tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """What both the API under test and the worker subprocess run with."""
+    return Settings(
+        redis_url=redis_server.url,
+        asr_model=str(model_assets["asr"]),
+        asr_vad_model=str(model_assets["vad"]),
+        asr_use_gpu="false",
+        asr_threads=1,
+        worker_count=1,
+        max_audio_seconds=600,
+        log_dir=str(tmp_path_factory.mktemp("logs")),
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that make Settings.from_env() return `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASR_", "REDIS_"))}
+    for name, value in vars(settings).items():
+        env[name.upper()] = str(value)
+    return env
+
+
+class Worker:
+    """A real Celery worker process with the real FunASR engine."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.settings = settings
+        self.name = name
+        self.log_path = Path(settings.log_dir) / f"{name}.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool=prefork",
+             f"--concurrency={self.settings.worker_count}", "-n", f"{self.name}@%h",
+             "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=settings_env(self.settings), stdout=out, stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.proc and self.proc.poll() is None, self.log_tail()
+            if "engine ready" in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready after {WORKER_START_TIMEOUT_S} s\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings) -> Iterator[Worker]:
+    proc = Worker(settings, "test-worker")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings) -> FlaskClient:
+    """A test client of the real API app, on the real Redis."""
+    return create_app(settings).test_client()
+
+
+@pytest.fixture
+def make_client(settings: Settings) -> Callable[..., FlaskClient]:
+    """A client of an API app with some settings changed."""
+    return lambda **changes: create_app(replace(settings, **changes)).test_client()

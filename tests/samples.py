@@ -1,0 +1,69 @@
+"""Test recordings made in code: a deterministic tone-and-noise signal in any container."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+import soundfile as sf
+
+RATE = 16_000
+
+
+def signal(seconds: float, rate: int = RATE, seed: int = 7) -> np.ndarray:
+    """Speech-like float32 signal: bursts of harmonics and noise separated by pauses."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    voiced = 0.3 * np.sin(2 * np.pi * 180 * t) + 0.2 * np.sin(2 * np.pi * 360 * t)
+    envelope = (np.sin(2 * np.pi * 0.7 * t) > -0.3).astype(np.float32)
+    noisy = voiced + 0.05 * rng.standard_normal(len(t))
+    return (noisy * envelope).astype(np.float32)
+
+
+def wav_bytes(samples: np.ndarray, rate: int = RATE, subtype: str = "PCM_16") -> bytes:
+    """Encode samples as a WAV file."""
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def soundfile_bytes(samples: np.ndarray, fmt: str, rate: int = RATE) -> bytes:
+    """Encode with libsndfile: FLAC, OGG (vorbis/opus) or MP3."""
+    subtype = {"OGG": "VORBIS", "OPUS": "OPUS", "MP3": "MPEG_LAYER_III", "FLAC": "PCM_16"}[fmt]
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="OGG" if fmt == "OPUS" else fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def av_bytes(samples: np.ndarray, container: str, codec: str, rate: int = RATE) -> bytes:
+    """Encode with FFmpeg (PyAV): m4a/aac, webm/opus and the like."""
+    buf = io.BytesIO()
+    out_rate = 48_000 if codec == "libopus" else rate
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=out_rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = rate
+        fmt = stream.codec_context.format
+        resampler = av.AudioResampler(format=fmt, layout="mono", rate=out_rate)
+        for chunk in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(chunk):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def encode(fmt: str, seconds: float = 3.0) -> bytes:
+    """A recording of the test signal in one of: wav, flac, ogg, opus, mp3, m4a, webm."""
+    samples = signal(seconds)
+    if fmt == "wav":
+        return wav_bytes(samples)
+    if fmt in ("flac", "ogg", "opus", "mp3"):
+        return soundfile_bytes(samples, fmt.upper())
+    if fmt == "m4a":
+        return av_bytes(samples, "ipod", "aac")
+    if fmt == "webm":
+        return av_bytes(samples, "webm", "libopus")
+    raise ValueError(fmt)

@@ -1,0 +1,5 @@
+"""WSGI entry point: `gunicorn -c config/gunicorn.conf.py wsgi:app`."""
+
+from asr_service import create_app
+
+app = create_app()
