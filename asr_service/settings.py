@@ -52,6 +52,8 @@ class Settings:
     """DEBUG, INFO, WARNING or ERROR."""
     api_port: int = 8000
     """Port gunicorn binds."""
+    api_workers: int = 2
+    """gunicorn worker processes, 8 threads each (uploads are I/O-bound)."""
     flower_port: int = 5555
     """Port Flower binds."""
 
