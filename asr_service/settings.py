@@ -105,7 +105,7 @@ def _redis_url(env: Mapping[str, str]) -> str:
         return url
     host = env.get("REDIS_HOST", "127.0.0.1").strip() or "127.0.0.1"
     port = env.get("REDIS_PORT", "6379").strip()
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"REDIS_PORT={port!r}: must be a port number 1-65535")
     return f"redis://{host}:{port}/0"
 
@@ -145,13 +145,26 @@ def _port(raw: str) -> int:
     return value
 
 
+def _text(raw: str) -> str:
+    if not raw:
+        raise ValueError("must not be empty")
+    return raw
+
+
+def _optional_text(raw: str) -> str:
+    return raw
+
+
 def _parser_for(default: object) -> Callable[[str], Any]:
-    return _positive_int if isinstance(default, int) else str
+    return _positive_int if isinstance(default, int) else _text
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "asr_use_gpu": _choice("auto", "true", "false"),
     "asr_threads": _non_negative_int,
+    # Empty is meaningful for these two: it turns the model off.
+    "asr_vad_model": _optional_text,
+    "asr_punc_model": _optional_text,
     "log_level": lambda raw: _choice("debug", "info", "warning", "error")(raw).upper(),
     "api_port": _port,
     "flower_port": _port,

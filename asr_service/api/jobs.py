@@ -9,10 +9,13 @@ import time
 import uuid
 from typing import Any
 
-from flask import Response, send_file, url_for
+from flask import Request, Response, send_file, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from werkzeug.datastructures import FileStorage
+from marshmallow import Schema
+from webargs.flaskparser import FlaskParser
+from webargs.multidictproxy import MultiDictProxy
+from werkzeug.datastructures import CombinedMultiDict, FileStorage
 
 from asr_service.api import problems, services
 from asr_service.api.schemas import (
@@ -20,9 +23,8 @@ from asr_service.api.schemas import (
     HistorySchema,
     JobResultSchema,
     JobSchema,
-    SubmitFileSchema,
-    SubmitFormSchema,
     SubmitResponseSchema,
+    SubmitSchema,
     job_view,
 )
 from asr_service.audio import AudioInfo, probe
@@ -30,7 +32,23 @@ from asr_service.errors import AudioTooLong, QueueUnavailable
 from asr_service.jobs import ACTIVE, FAILED, QUEUED, SUCCEEDED, Job
 from asr_service.logs import log_event
 
-blp = Blueprint("asr", __name__, url_prefix="/api/v1/asr", description="Transcription jobs")
+
+class _MultipartParser(FlaskParser):
+    """Reads form fields together with files, so one schema documents the multipart body.
+
+    flask-smorest documents each location separately, and a `form` location becomes an
+    OpenAPI 2 `formData` parameter that OpenAPI 3 does not allow.
+    """
+
+    def load_files(self, req: Request, schema: Schema) -> MultiDictProxy:
+        return MultiDictProxy(CombinedMultiDict([req.files, req.form]), schema)
+
+
+class _Blueprint(Blueprint):
+    ARGUMENTS_PARSER = _MultipartParser()
+
+
+blp = _Blueprint("asr", __name__, url_prefix="/api/v1/asr", description="Transcription jobs")
 log = logging.getLogger(__name__)
 TASK = "asr.transcribe"
 
@@ -59,14 +77,13 @@ def _enqueue(job_id: str, celery_id: str) -> None:
 class Submit(MethodView):
     """Queue a recording for transcription."""
 
-    @blp.arguments(SubmitFormSchema, location="form")
-    @blp.arguments(SubmitFileSchema, location="files")
+    @blp.arguments(SubmitSchema, location="files")
     @blp.response(202, SubmitResponseSchema, headers={"Location": {"schema": {"type": "string"}}})
     @problems(blp, 413, 422, 503)
-    def post(self, form: dict[str, Any], files: dict[str, FileStorage]) -> Any:
+    def post(self, form: dict[str, Any]) -> Any:
         """Upload audio (multipart field `audio`); answers 202 with the task id at once."""
         svc = services()
-        upload = files["audio"]
+        upload: FileStorage = form["audio"]
         data = upload.read()
         info = probe(data)
         if info.duration_s > svc.settings.max_audio_seconds:

@@ -65,10 +65,13 @@ class Api(flask_smorest.Api):
             log.error("unhandled error", exc_info=getattr(error, "original_exception", None))
         data = getattr(error, "data", None) or {}
         extra: dict[str, Any] = {}
-        if "messages" in data or "errors" in data:
-            extra["errors"] = data.get("errors") or data["messages"]
-        code = error.code or 500
         detail = data.get("message") or error.description or error.name
+        if "messages" in data:  # webargs validation: {location: {field: [messages]}}
+            extra["errors"] = {f: m for loc in data["messages"].values() for f, m in loc.items()}
+            detail = "invalid request: " + "; ".join(
+                f"{field}: {' '.join(map(str, msgs))}" for field, msgs in extra["errors"].items()
+            )
+        code = error.code or 500
         return problem(code, error.name, detail, slug=error.name.lower().replace(" ", "-"),
                        headers=data.get("headers"), **extra)
 

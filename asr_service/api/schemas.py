@@ -27,21 +27,22 @@ class SubmitFormSchema(Schema):
     hotwords = fields.String(
         load_default="",
         validate=validate.Length(max=2000),
-        metadata={"description": "Words to favour, separated by spaces, commas or newlines"},
+        metadata={"description": "Words to favour, separated by spaces, newlines or commas "
+                                 "(also ， and 、)"},
     )
 
     @post_load
     def split_hotwords(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         """Turn the hotwords string into a list."""
-        words = [w for w in re.split(r"[\s,]+", data["hotwords"]) if w]
+        words = [w for w in re.split(r"[\s,，、]+", data["hotwords"]) if w]
         if len(words) > MAX_HOTWORDS:
             raise ValidationError(f"at most {MAX_HOTWORDS} hotwords", "hotwords")
         data["hotwords"] = words
         return data
 
 
-class SubmitFileSchema(Schema):
-    """The recording, in multipart field `audio`."""
+class SubmitSchema(SubmitFormSchema):
+    """The multipart body: the recording in field `audio`, plus the optional fields."""
 
     audio = Upload(required=True, metadata={"description": "wav, flac, ogg/opus, mp3, m4a, webm"})
 

@@ -70,7 +70,8 @@ def test_history_is_newest_first_paginated_and_filtered(client, worker):
 def test_history_rejects_unknown_status(client):
     response = client.get("/api/v1/asr/history?status=finished")
     assert response.status_code == 422 and response.content_type == PROBLEM
-    assert "status" in response.get_json()["errors"]["query"]
+    assert "status" in response.get_json()["errors"]
+    assert "status: Must be one of" in response.get_json()["detail"]
 
 
 def test_audio_download_returns_the_upload(client, worker):

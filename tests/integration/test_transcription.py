@@ -72,3 +72,12 @@ def test_silence_succeeds_with_empty_text(client, worker):
                     .get_json()["task_id"])
     assert body["status"] == "succeeded", body
     assert body["result"]["text"] == "" and body["result"]["segments"] == []
+
+
+def test_language_and_hotwords_reach_the_job(client, worker):
+    response = submit(client, samples.encode("wav", 1.0), language="en",
+                      hotwords="alpha，bravo charlie")
+    body = wait_for(client, response.get_json()["task_id"])
+    assert body["status"] == "succeeded", body
+    assert body["language"] == "en" and body["hotwords"] == ["alpha", "bravo", "charlie"]
+    assert body["result"]["language"] == "en"

@@ -43,6 +43,12 @@ def test_hotwords_split_on_spaces_commas_and_newlines() -> None:
     assert loaded["hotwords"] == ["阿里巴巴", "达摩院", "FunASR", "Paraformer"]
 
 
+def test_hotwords_split_on_chinese_commas() -> None:
+    loaded = SubmitFormSchema().load({"hotwords": "阿里巴巴，达摩院、通义"})
+
+    assert loaded["hotwords"] == ["阿里巴巴", "达摩院", "通义"]
+
+
 def test_hotwords_of_only_separators_is_an_empty_list() -> None:
     assert SubmitFormSchema().load({"hotwords": " ,\n, "})["hotwords"] == []
 

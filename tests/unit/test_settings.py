@@ -185,16 +185,12 @@ def test_bad_redis_port_is_reported(port: str) -> None:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="settings.py _redis_url: str.isdigit() accepts '²', "
-                   "then int() raises a ValueError whose message does not name REDIS_PORT")
 def test_redis_port_with_a_non_ascii_digit_is_reported_by_name() -> None:
     assert error_lines({"REDIS_PORT": "6²"}) == [
         "REDIS_PORT='6²': must be a port number 1-65535"
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="settings.py _parser_for: string settings accept an "
-                   "empty value, so QUEUE_NAME= or ASR_MODEL= pass start-up checks")
 @pytest.mark.parametrize("name", ["QUEUE_NAME", "ASR_MODEL"])
 def test_required_text_settings_cannot_be_empty(name: str) -> None:
     assert error_lines({name: ""})[0].startswith(f"{name}='':")
