@@ -15,6 +15,7 @@ from celery.worker import state as worker_state
 
 from asr_service.cluster import Cluster, WorkerInfo
 from asr_service.engine.base import Engine
+from asr_service.errors import ModelLoadError
 from asr_service.jobs import CANCELLED, JobStore
 from asr_service.logs import setup_logging
 from asr_service.settings import Settings
@@ -105,6 +106,18 @@ def _setup_logging(**_: Any) -> None:
     setup_logging("worker", _app().settings)
 
 
+@signals.worker_init.connect
+def _preflight(**_: Any) -> None:
+    """Refuse to start (exit 1) before forking when the model or the GPU cannot be had."""
+    from asr_service.engine import preflight
+
+    try:
+        preflight(_app().settings)
+    except ModelLoadError as exc:
+        log.critical("worker refuses to start: %s", exc, extra={"error": str(exc)})
+        raise SystemExit(1) from exc  # Celery logs and ignores ordinary handler exceptions
+
+
 @signals.worker_process_init.connect
 def _load_engine(**_: Any) -> None:
     """Load and warm up the model once per child process, after the fork."""
@@ -115,7 +128,7 @@ def _load_engine(**_: Any) -> None:
     try:
         app.engine = build_engine(app.settings)
         app.engine.warm_up()
-    except Exception as exc:
+    except Exception as exc:  # preflight passed, yet loading failed (corrupt weights, OOM, ...)
         log.critical("worker refuses to start: %s", exc, extra={"error": str(exc)})
         os.kill(os.getppid(), signal.SIGTERM)  # take the whole worker down, not just this child
         os._exit(1)

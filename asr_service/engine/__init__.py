@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -22,14 +24,28 @@ LOCAL_HINT = (
 )
 
 
+NO_CUDA = (
+    "ASR_USE_GPU=true but no CUDA device is available to this process "
+    "(check the driver, CUDA_VISIBLE_DEVICES and the torch build); "
+    "set ASR_USE_GPU=auto or false to run on CPU"
+)
+
+
+def preflight(settings: Settings) -> None:
+    """Checks for a worker's parent before it forks: model references, and CUDA when required.
+
+    CUDA is asked of a subprocess: a parent that initialised CUDA could not fork usable children.
+    """
+    _check_model_refs(_model_refs(settings))
+    if settings.asr_use_gpu == "true":
+        probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
+        if subprocess.run([sys.executable, "-c", probe], timeout=300).returncode != 0:
+            raise ModelLoadError(NO_CUDA)
+
+
 def build_engine(settings: Settings) -> Engine:
     """Check the model references and device, then load the FunASR engine."""
-    refs = {
-        "ASR_MODEL": settings.asr_model,
-        "ASR_VAD_MODEL": settings.asr_vad_model,
-        "ASR_PUNC_MODEL": settings.asr_punc_model,
-    }
-    _check_model_refs({name: value for name, value in refs.items() if value})
+    _check_model_refs(_model_refs(settings))
     device = resolve_device(settings.asr_use_gpu)
     from asr_service.engine.funasr_engine import FunASREngine
 
@@ -43,6 +59,15 @@ def build_engine(settings: Settings) -> Engine:
     )
 
 
+def _model_refs(settings: Settings) -> dict[str, str]:
+    refs = {
+        "ASR_MODEL": settings.asr_model,
+        "ASR_VAD_MODEL": settings.asr_vad_model,
+        "ASR_PUNC_MODEL": settings.asr_punc_model,
+    }
+    return {name: value for name, value in refs.items() if value}
+
+
 def resolve_device(use_gpu: str) -> str:
     """Map ASR_USE_GPU (auto/true/false) to a torch device; never fall back silently."""
     if use_gpu == "false":
@@ -52,11 +77,7 @@ def resolve_device(use_gpu: str) -> str:
     has_cuda = torch.cuda.is_available()
     if use_gpu == "true":
         if not has_cuda:
-            raise ModelLoadError(
-                "ASR_USE_GPU=true but no CUDA device is available to this process "
-                "(check the driver, CUDA_VISIBLE_DEVICES and the torch build); "
-                "set ASR_USE_GPU=auto or false to run on CPU"
-            )
+            raise ModelLoadError(NO_CUDA)
         return "cuda"
     if has_cuda:
         log.warning("ASR_USE_GPU=auto: CUDA is available, running the model on the GPU")

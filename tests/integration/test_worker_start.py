@@ -1,0 +1,45 @@
+"""A worker that cannot have its model or its GPU refuses to start, loudly, with exit code 1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from tests.integration.conftest import ROOT, settings_env
+
+
+def start_worker(settings) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "-n", "refuse@%h",
+         "--without-mingle", "--without-gossip"],
+        cwd=ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=120,
+    )
+
+
+def _has_cuda() -> bool:
+    probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
+    return subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
+@pytest.mark.skipif(_has_cuda(), reason="this machine has CUDA")
+def test_gpu_required_without_cuda_refuses_to_start(settings):
+    out = start_worker(replace(settings, asr_use_gpu="true"))
+    assert out.returncode == 1
+    assert "ASR_USE_GPU=true but no CUDA device is available" in out.stdout + out.stderr
+
+
+def test_unreachable_hub_alias_refuses_to_start_and_says_how_to_fix(settings):
+    out = start_worker(replace(settings, asr_model="paraformer-zh"))
+    assert out.returncode == 1
+    said = out.stdout + out.stderr
+    assert "ASR_MODEL='paraformer-zh'" in said and "could not be reached" in said
+    assert "local model directory" in said
+
+
+def test_missing_model_directory_refuses_to_start(settings, tmp_path):
+    out = start_worker(replace(settings, asr_model=str(tmp_path / "nope")))
+    assert out.returncode == 1
+    assert "no such model directory" in out.stdout + out.stderr
