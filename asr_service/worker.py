@@ -28,6 +28,7 @@ class AsrCelery(Celery):
 
     settings: Settings
     engine: Engine | None = None
+    device: str = "unknown"
 
     @cached_property
     def redis_client(self) -> redis.Redis:
@@ -112,7 +113,8 @@ def _preflight(**_: Any) -> None:
     from asr_service.engine import preflight
 
     try:
-        preflight(_app().settings)
+        app = _app()
+        app.device = preflight(app.settings)
     except ModelLoadError as exc:
         log.critical("worker refuses to start: %s", exc, extra={"error": str(exc)})
         raise SystemExit(1) from exc  # Celery logs and ignores ordinary handler exceptions
@@ -145,7 +147,7 @@ def _publish_heartbeat(sender: Any, **_: Any) -> None:
         hostname=sender.eventer.hostname, pid=os.getpid(),
         concurrency=int(app.conf.worker_concurrency or s.worker_count),
         active=len(worker_state.active_requests), model=s.asr_model,
-        device={"true": "cuda", "false": "cpu"}.get(s.asr_use_gpu, "auto"),
+        device=app.device,
         last_seen=time.time(),
     )
     try:

@@ -31,16 +31,19 @@ NO_CUDA = (
 )
 
 
-def preflight(settings: Settings) -> None:
-    """Checks for a worker's parent before it forks: model references, and CUDA when required.
+def preflight(settings: Settings) -> str:
+    """Checks for a worker's parent before it forks; returns the device the children will use.
 
     CUDA is asked of a subprocess: a parent that initialised CUDA could not fork usable children.
     """
     _check_model_refs(_model_refs(settings))
-    if settings.asr_use_gpu == "true":
-        probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
-        if subprocess.run([sys.executable, "-c", probe], timeout=300).returncode != 0:
-            raise ModelLoadError(NO_CUDA)
+    if settings.asr_use_gpu == "false":
+        return "cpu"
+    probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
+    has_cuda = subprocess.run([sys.executable, "-c", probe], timeout=300).returncode == 0
+    if settings.asr_use_gpu == "true" and not has_cuda:
+        raise ModelLoadError(NO_CUDA)
+    return "cuda" if has_cuda else "cpu"
 
 
 def build_engine(settings: Settings) -> Engine:
