@@ -13,7 +13,7 @@ import redis
 from celery import Celery, current_app, signals
 from celery.worker import state as worker_state
 
-from asr_service.cluster import Cluster, WorkerInfo
+from asr_service.cluster import Cluster, WorkerInfo, gpu_memory_bytes, tree_usage
 from asr_service.engine.base import Engine
 from asr_service.errors import ModelLoadError
 from asr_service.jobs import CANCELLED, JobStore
@@ -140,15 +140,19 @@ def _load_engine(**_: Any) -> None:
 
 @signals.heartbeat_sent.connect
 def _publish_heartbeat(sender: Any, **_: Any) -> None:
-    """Every ~2 s from the worker's main process: tell the API this worker is alive."""
+    """Every ~2 s from the worker's main process: tell the API this worker is alive and what
+    its processes (main + model-holding children) use."""
     app = _app()
     s = app.settings
+    cpu, rss, pids = tree_usage(os.getpid()).sample()
     info = WorkerInfo(
         hostname=sender.eventer.hostname, pid=os.getpid(),
         concurrency=int(app.conf.worker_concurrency or s.worker_count),
         active=len(worker_state.active_requests), model=s.asr_model,
         device=app.device,
         last_seen=time.time(),
+        cpu_percent=cpu, memory_rss_bytes=rss,
+        gpu_memory_bytes=gpu_memory_bytes(pids) if app.device.startswith("cuda") else None,
     )
     try:
         app.cluster.publish(info)
