@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run api worker flower test lint models venv redis-server clean
+.PHONY: run api worker flower test lint models venv system-packages redis-server vendor clean
 
 run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower
 	./scripts/run.sh
@@ -18,7 +18,7 @@ worker: venv ## only the workers (WORKER_COUNT processes), e.g. on a GPU host th
 flower: venv ## only Flower, on FLOWER_PORT (default 5555)
 	$(VENV)/bin/celery -A celery_app flower
 
-test: venv models redis-server ## set up and run the whole test suite
+test: venv models system-packages ## set up and run the whole test suite
 	$(VENV)/bin/pytest
 
 lint: venv
@@ -36,10 +36,33 @@ $(STAMP): requirements.txt requirements-api.txt requirements-dev.txt
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt
 	touch $@
 
-redis-server: ## install redis-server (Debian package) when the machine has none
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+# Debian packages, as command:package pairs, installed only when the command is missing:
+# redis-server (the broker, also for the tests) and chromium (the dashboard's browser test).
+install_missing = @missing=""; for pair in $(1); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair\#\#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+system-packages: ## the Debian packages the stack and the tests need (redis-server, chromium)
+	$(call install_missing,redis-server:redis-server chromium:chromium)
+
+redis-server: ## only redis-server (what `make run` needs)
+	$(call install_missing,redis-server:redis-server)
+
+# The dashboard's charting library, vendored (committed) so the service works offline and CI needs
+# no npm. `make vendor` fetches exactly this version from the npm registry again (npm checks the
+# tarball against the registry's sha512) and copies its built file; see asr_service/static/vendor/.
+CHARTJS_VERSION := 4.6.1
+VENDOR_DIR := asr_service/static/vendor
+
+vendor: ## re-fetch the vendored Chart.js from the npm registry
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  (cd "$$tmp" && npm pack --silent chart.js@$(CHARTJS_VERSION) >/dev/null && \
+	   tar xzf chart.js-$(CHARTJS_VERSION).tgz) && \
+	  cp "$$tmp/package/dist/chart.umd.min.js" $(VENDOR_DIR)/chart.umd.min.js && \
+	  cp "$$tmp/package/LICENSE.md" $(VENDOR_DIR)/chart.js.LICENSE.md && \
+	  echo "chart.js $(CHARTJS_VERSION): $$(sha256sum $(VENDOR_DIR)/chart.umd.min.js)"
 
 clean:
 	rm -rf $(VENV) models run .pytest_cache

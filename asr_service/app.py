@@ -7,7 +7,9 @@ import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
 from asr_service.api import Services
+from asr_service.api import dashboard as dashboard_api
 from asr_service.api import jobs as jobs_api
+from asr_service.api import metrics as metrics_api
 from asr_service.api import system as system_api
 from asr_service.api.problems import Api
 from asr_service.cluster import Cluster
@@ -45,6 +47,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     api = Api(app)
     api.register_blueprint(jobs_api.blp)
     api.register_blueprint(system_api.blp)
+    api.register_blueprint(dashboard_api.blp)
+    app.register_blueprint(dashboard_api.page)
+    metrics_api.init_app(app)
     app.add_url_rule(f"{SWAGGER_ASSETS}<path:name>", "swagger_assets",
                      lambda name: send_from_directory(swagger_ui_bundle.swagger_ui_path, name))
     return app

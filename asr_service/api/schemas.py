@@ -142,6 +142,12 @@ class WorkerSchema(Schema):
     model = fields.String()
     device = fields.String()
     last_seen = fields.Float(metadata={"description": "Unix time of the last heartbeat"})
+    cpu_percent = fields.Float(allow_none=True, metadata={
+        "description": "CPU of the worker's processes, 100 = one core"})
+    memory_rss_bytes = fields.Integer(allow_none=True, metadata={
+        "description": "Resident memory of the worker's processes"})
+    gpu_memory_bytes = fields.Integer(allow_none=True, metadata={
+        "description": "GPU memory of the worker's processes; null without a GPU"})
 
 
 class HealthSchema(Schema):
@@ -204,3 +210,35 @@ def job_view(job: Job, result: dict[str, Any] | None = None) -> dict[str, Any]:
         "worker": job.worker, "audio_available": job.audio_available, "error": job.error,
         "result": result,
     }
+
+
+class ApiUsageSchema(Schema):
+    """CPU and memory of the API host and of the API's processes."""
+
+    hostname = fields.String()
+    host_cpu_percent = fields.Float(metadata={"description": "Whole host, 100 = all cores"})
+    host_memory_percent = fields.Float()
+    host_memory_total_bytes = fields.Integer()
+    process_cpu_percent = fields.Float(metadata={"description": "API processes, 100 = one core"})
+    process_memory_rss_bytes = fields.Integer()
+    processes = fields.Integer(metadata={"description": "gunicorn master and workers counted"})
+
+
+class DashboardSchema(Schema):
+    """One snapshot of the service's load, as the dashboard charts it."""
+
+    ts = fields.Float(metadata={"description": "Unix time of the snapshot"})
+    window_s = fields.Integer(metadata={"description": "Window of the latency and rate figures"})
+    api = fields.Nested(ApiUsageSchema)
+    workers = fields.List(fields.Nested(WorkerSchema))
+    workers_online = fields.Integer()
+    active_tasks = fields.Integer(metadata={"description": "Jobs the workers are running"})
+    queue_depth = fields.Integer(metadata={"description": "Jobs waiting for a worker"})
+    submit_latency_s = fields.Nested(PercentilesSchema,
+                                     metadata={"description": "Accepted submissions, window"})
+    end_to_end_s = fields.Nested(PercentilesSchema,
+                                 metadata={"description": "Queued to succeeded, window"})
+    jobs_per_minute = fields.Float(metadata={"description": "Succeeded jobs, window"})
+    audio_seconds_per_second = fields.Float(metadata={"description": "Window"})
+    stats = fields.Nested(StatsSchema, metadata={"description": "What /api/v1/stats says"})
+    latest_jobs = fields.List(fields.Nested(JobSchema))

@@ -1,0 +1,177 @@
+"""Prometheus /metrics, computed from Redis so every gunicorn process (and host) agrees.
+
+Why not prometheus_client's usual per-process metrics: under gunicorn each worker process
+would count only the requests it served, and a scrape reaches one of them at random. The
+multiprocess mode fixes that for one host only, through a shared directory. Instead:
+- gauges (jobs by status, queue depth, workers) and the end-to-end latency and RTF histograms
+  are computed at scrape time from the same job records and heartbeats /api/v1/stats and the
+  dashboard read. Those histograms cover the retained jobs (the newest STATS_JOBS within
+  RESULT_RETENTION_S): their counts drop when records expire or are deleted, which
+  Prometheus' rate() treats as a counter reset;
+- submit latency is observed where it happens (the API) into cumulative counters in Redis
+  (HINCRBY per bucket), shared by all API processes and hosts, never reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import redis
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from asr_service.api import services
+from asr_service.api.system import STATS_JOBS
+from asr_service.cluster import Cluster
+from asr_service.jobs import PREFIX, STATUSES, SUCCEEDED, JobStore
+
+log = logging.getLogger(__name__)
+blp = Blueprint("metrics", __name__)
+
+SUBMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+END_TO_END_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+RECENT_SUBMITS = 2000
+SUBMIT_ENDPOINT = "asr.Submit"
+
+
+class SubmitLatency:
+    """Accepted submissions' latency in Redis: histogram counters and the latest samples."""
+
+    counters = f"{PREFIX}metrics:submit_latency"
+    samples = f"{PREFIX}metrics:submit_latency:recent"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def observe(self, seconds: float, now: float | None = None) -> None:
+        """Count one submission that took `seconds` to answer."""
+        bucket = next((str(b) for b in SUBMIT_BUCKETS if seconds <= b), "+Inf")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(self.counters, bucket, 1)
+        pipe.hincrbyfloat(self.counters, "sum", seconds)
+        pipe.lpush(self.samples, f"{time.time() if now is None else now:.3f}:{seconds:.6f}")
+        pipe.ltrim(self.samples, 0, RECENT_SUBMITS - 1)
+        pipe.execute()
+
+    def histogram(self) -> tuple[list[tuple[str, float]], float]:
+        """Cumulative (le, count) buckets ending with +Inf, and the sum of seconds."""
+        raw = {k.decode(): float(v) for k, v in self.redis.hgetall(self.counters).items()}
+        buckets, total = [], 0.0
+        for le in [*map(str, SUBMIT_BUCKETS), "+Inf"]:
+            total += raw.get(le, 0.0)
+            buckets.append((le, total))
+        return buckets, raw.get("sum", 0.0)
+
+    def since(self, start: float) -> list[float]:
+        """Latencies of the submissions answered after `start` (newest RECENT_SUBMITS)."""
+        found = []
+        for entry in self.redis.lrange(self.samples, 0, -1):
+            ts, _, seconds = entry.decode().partition(":")
+            if float(ts) < start:
+                break  # newest first
+            found.append(float(seconds))
+        return found
+
+
+def _histogram(name: str, doc: str, values: Iterable[float],
+               bounds: Sequence[float]) -> HistogramMetricFamily:
+    data = list(values)
+    buckets = [(str(b), float(sum(v <= b for v in data))) for b in bounds]
+    buckets.append(("+Inf", float(len(data))))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=sum(data))
+
+
+class ClusterCollector:
+    """Reads the cluster's figures from Redis on every scrape."""
+
+    def __init__(self, store: JobStore, cluster: Cluster) -> None:
+        self.store = store
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families; only asr_redis_up (0) when Redis does not answer."""
+        try:
+            families = list(self._families())
+        except redis.RedisError as exc:
+            log.warning("metrics: redis unreachable: %s", exc)
+            families = []
+        yield GaugeMetricFamily("asr_redis_up", "1 when Redis answered this scrape",
+                                value=1 if families else 0)
+        yield from families
+
+    def _families(self) -> Iterator[Metric]:
+        jobs = self.store.recent(STATS_JOBS)  # the same records /api/v1/stats summarizes
+        by_status = GaugeMetricFamily("asr_jobs", "Retained jobs by status", labels=["status"])
+        for status in STATUSES:
+            by_status.add_metric([status], sum(j.status == status for j in jobs))
+        yield by_status
+        yield GaugeMetricFamily("asr_queue_depth", "Jobs waiting in the broker queue",
+                                value=self.cluster.queue_depth())
+        workers = self.cluster.workers()
+        yield GaugeMetricFamily("asr_workers_online", "Workers with a fresh heartbeat",
+                                value=len(workers))
+        yield from self._worker_families(workers)
+        done = [j for j in jobs if j.status == SUCCEEDED and j.finished_at is not None]
+        yield _histogram("asr_job_end_to_end_seconds",
+                         "Queued to finished, succeeded retained jobs",
+                         (j.finished_at - j.queued_at for j in done if j.finished_at),
+                         END_TO_END_BUCKETS)
+        yield _histogram("asr_job_rtf", "Real-time factor (processing / audio seconds), "
+                         "succeeded retained jobs", (j.rtf for j in done if j.rtf is not None),
+                         RTF_BUCKETS)
+        yield GaugeMetricFamily("asr_audio_seconds", "Audio seconds of succeeded retained jobs",
+                                value=sum(j.duration_s for j in done))
+        buckets, total = SubmitLatency(self.store.redis).histogram()
+        yield HistogramMetricFamily("asr_submit_latency_seconds",
+                                    "Time the API took to accept a submission (202)",
+                                    buckets=buckets, sum_value=total)
+
+    @staticmethod
+    def _worker_families(workers: list) -> Iterator[Metric]:
+        specs = [("asr_worker_active_tasks", "Tasks a worker is running", "active"),
+                 ("asr_worker_cpu_percent", "CPU of a worker's processes (100 = one core)",
+                  "cpu_percent"),
+                 ("asr_worker_memory_bytes", "Resident memory of a worker's processes",
+                  "memory_rss_bytes"),
+                 ("asr_worker_gpu_memory_bytes", "GPU memory of a worker's processes",
+                  "gpu_memory_bytes")]
+        for name, doc, attr in specs:
+            family = GaugeMetricFamily(name, doc, labels=["worker"])
+            for w in workers:
+                if getattr(w, attr) is not None:
+                    family.add_metric([w.hostname], getattr(w, attr))
+            yield family
+
+
+@blp.route("/metrics")
+def metrics() -> Response:
+    """Prometheus text exposition of the cluster's figures."""
+    svc = services()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClusterCollector(svc.store, svc.cluster))
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    """Serve /metrics and time every accepted submission."""
+    app.register_blueprint(blp)
+    app.before_request(_start_timer)
+    app.after_request(_observe_submit)
+
+
+def _start_timer() -> None:
+    g.request_started = time.perf_counter()
+
+
+def _observe_submit(response: Response) -> Response:
+    if request.endpoint == SUBMIT_ENDPOINT and response.status_code == 202:
+        try:
+            SubmitLatency(services().store.redis).observe(
+                time.perf_counter() - g.request_started)
+        except redis.RedisError as exc:  # the job is queued: never fail the request for this
+            log.warning("submit latency not recorded: %s", exc)
+    return response

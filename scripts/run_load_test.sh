@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Load test of the service running on this host: scripts/run_load_test.sh [concurrency] [duration_s]
+# Target: $ASR_URL, else http://127.0.0.1:$API_PORT (8000); loopback only. Writes
+# loadtest-report.json and loadtest.png into $LOADTEST_OUT (default: the current directory).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+url="${ASR_URL:-http://127.0.0.1:${API_PORT:-8000}}"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+exec "$root/.venv/bin/python" -m asr_service.loadtest "${1:-4}" "${2:-30}" --url "$url" \
+  --out-dir "${LOADTEST_OUT:-.}" ${LOADTEST_ARGS:-}

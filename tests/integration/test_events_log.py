@@ -1,0 +1,75 @@
+"""events.jsonl: one line per job lifecycle event, from the API and the worker of a real run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tests import samples
+from tests.integration.flow import submit, wait_for
+
+
+def corrupt_m4a() -> bytes:
+    """Probes fine (its first frames decode) but cannot be decoded in full: the job fails."""
+    data = bytearray(samples.encode("m4a", 10.0))
+    third = len(data) // 3
+    data[third: 2 * third] = b"\x5a" * third
+    return bytes(data)
+
+
+def events_of(settings, job_id: str, until: str, timeout: float = 10) -> list[dict]:
+    """The job's events, once `until` was written (the worker writes after the job is done)."""
+    path = Path(settings.log_dir) / "events.jsonl"
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        found = [e for e in map(json.loads, lines) if e["job_id"] == job_id]
+        if any(e["event"] == until for e in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_a_succeeded_job_logs_submitted_started_succeeded(client, worker, settings):
+    data = samples.encode("wav", 3.0)
+    task_id = submit(client, data, "meeting.wav").get_json()["task_id"]
+    body = wait_for(client, task_id)
+    events = events_of(settings, task_id, "job.succeeded")
+
+    assert [e["event"] for e in events] == ["job.submitted", "job.started", "job.succeeded"]
+    submitted, started, succeeded = events
+    assert submitted["audio_s"] == body["duration_s"] == 3.0
+    assert started["worker"] == succeeded["worker"] == body["worker"]
+    assert started["queue_wait_s"] == succeeded["queue_wait_s"] == round(body["queue_wait_s"], 3)
+    assert succeeded["audio_s"] == 3.0
+    assert succeeded["processing_s"] == round(body["processing_s"], 3)
+    assert succeeded["rtf"] == round(body["result"]["rtf"], 3)
+    assert submitted["ts"] <= started["ts"] <= succeeded["ts"]
+
+
+def test_failed_retried_and_deleted_jobs_are_logged(client, worker, settings):
+    task_id = submit(client, corrupt_m4a(), "broken.m4a").get_json()["task_id"]
+    assert wait_for(client, task_id)["status"] == "failed"
+    assert client.post(f"/api/v1/asr/retry/{task_id}").status_code == 202
+    wait_for(client, task_id)
+    assert client.delete(f"/api/v1/asr/task/{task_id}").status_code in (200, 204)
+    names = [e["event"] for e in events_of(settings, task_id, "job.deleted")]
+
+    assert names == ["job.submitted", "job.started", "job.failed", "job.retried",
+                     "job.started", "job.failed", "job.deleted"]
+    failed = next(e for e in events_of(settings, task_id, "job.deleted")
+                  if e["event"] == "job.failed")
+    assert failed["error"] and failed["attempt"] == 1
+
+
+def test_logs_are_json_lines_per_component_without_audio_or_secrets(client, worker, settings):
+    wait_for(client, submit(client, samples.encode("wav", 1.0)).get_json()["task_id"])
+    log_dir = Path(settings.log_dir)
+    for component in ("api", "worker"):
+        lines = (log_dir / f"{component}.log").read_text().splitlines()
+        assert lines, component
+        assert {json.loads(line)["component"] for line in lines} == {component}
+    events = (log_dir / "events.jsonl").read_bytes()
+    assert b"RIFF" not in events and b"WAVE" not in events  # no recording bytes
+    assert max(map(len, events.splitlines())) < 2000
+    assert settings.redis_url.encode() not in events
