@@ -33,13 +33,16 @@ class Job:
     duration_s: float
     language: str = "auto"
     hotwords: list[str] = field(default_factory=list)
+    queue: str = "asr"
     created_at: float = 0.0
     queued_at: float = 0.0
     attempts: int = 0
+    deliveries: int = 0
     started_at: float | None = None
     finished_at: float | None = None
     processing_s: float | None = None
     worker: str | None = None
+    worker_pid: int | None = None
     error: dict[str, str] | None = None
     audio_removed_at: float | None = None
 
@@ -64,11 +67,11 @@ class Job:
 _FIELDS = {f.name for f in fields(Job)}
 
 
-def _encode(values: dict[str, Any]) -> dict[str, str]:
+def encode_fields(values: dict[str, Any]) -> dict[str, str]:
     return {k: json.dumps(v) for k, v in values.items()}
 
 
-def _decode(raw: dict[bytes, bytes]) -> Job:
+def decode_job(raw: dict[bytes, bytes]) -> Job:
     values = {k.decode(): json.loads(v) for k, v in raw.items()}
     return Job(**{k: v for k, v in values.items() if k in _FIELDS})
 
@@ -82,22 +85,30 @@ class JobStore:
         self.max_recordings = max_recordings
 
     @staticmethod
-    def _job_key(job_id: str) -> str:
+    def job_key(job_id: str) -> str:
+        """The hash holding a job record."""
         return f"{PREFIX}job:{job_id}"
 
     @staticmethod
-    def _audio_key(job_id: str) -> str:
+    def audio_key(job_id: str) -> str:
+        """The string holding a job's recording."""
         return f"{PREFIX}audio:{job_id}"
+
+    @staticmethod
+    def lease_key(job_id: str) -> str:
+        """Present (with a TTL the runner renews) while a worker process runs the job."""
+        return f"{PREFIX}lease:{job_id}"
 
     _history = f"{PREFIX}history"
     _recordings = f"{PREFIX}recordings"
+    running = f"{PREFIX}running"
 
     def create(self, job: Job, audio: bytes) -> Job:
         """Store a new queued job and its recording atomically."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self._audio_key(job.id), audio, ex=self.retention_s)
-        pipe.hset(self._job_key(job.id), mapping=_encode(asdict(job)))
-        pipe.expire(self._job_key(job.id), self.retention_s)
+        pipe.set(self.audio_key(job.id), audio, ex=self.retention_s)
+        pipe.hset(self.job_key(job.id), mapping=encode_fields(asdict(job)))
+        pipe.expire(self.job_key(job.id), self.retention_s)
         pipe.zadd(self._history, {job.id: job.created_at})
         pipe.zadd(self._recordings, {job.id: job.created_at})
         pipe.zremrangebyscore(self._history, 0, time.time() - 2 * self.retention_s)
@@ -106,15 +117,15 @@ class JobStore:
 
     def get(self, job_id: str) -> Job:
         """The job, or JobNotFound for an id never seen, deleted or expired."""
-        raw = self.redis.hgetall(self._job_key(job_id))
+        raw = self.redis.hgetall(self.job_key(job_id))
         if not raw:
             raise JobNotFound(f"no task with id {job_id} (never submitted, deleted or expired)")
-        return _decode(raw)
+        return decode_job(raw)
 
     def audio(self, job_id: str) -> bytes:
         """The original upload; RecordingGone once retention removed it."""
         self.get(job_id)  # an unknown id is a 404 before a removed recording is a 410
-        data = self.redis.get(self._audio_key(job_id))
+        data = self.redis.get(self.audio_key(job_id))
         if data is None:
             raise RecordingGone(
                 f"the recording of task {job_id} was removed "
@@ -138,28 +149,17 @@ class JobStore:
     def _load_many(self, ids: list[str]) -> list[Job]:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hgetall(self._job_key(job_id))
+            pipe.hgetall(self.job_key(job_id))
         jobs, expired = [], []
         for job_id, raw in zip(ids, pipe.execute(), strict=True):
             if raw:
-                jobs.append(_decode(raw))
+                jobs.append(decode_job(raw))
             else:
                 expired.append(job_id)
         if expired:
             self.redis.zrem(self._history, *expired)
             self.redis.zrem(self._recordings, *expired)
         return jobs
-
-    def mark_started(self, job_id: str, celery_id: str, worker: str) -> Job | None:
-        """queued -> processing for the current delivery; None means: do not run it."""
-
-        def check(job: Job) -> dict[str, Any] | None:
-            if job.celery_id != celery_id or job.status not in ACTIVE:
-                return None  # deleted, retried under a newer id, or already finished
-            return {"status": PROCESSING, "started_at": time.time(), "worker": worker,
-                    "attempts": job.attempts + 1}
-
-        return self._transition(job_id, check)
 
     def mark_finished(self, job_id: str, celery_id: str, status: str,
                       error: dict[str, str] | None = None,
@@ -173,7 +173,7 @@ class JobStore:
             spent = processing_s if processing_s is not None else now - (job.started_at or now)
             return {"status": status, "finished_at": now, "processing_s": spent, "error": error}
 
-        return self._transition(job_id, check, refresh_ttl=True)
+        return self.transition(job_id, check, refresh_ttl=True, release=True)
 
     def requeue(self, job_id: str, celery_id: str) -> Job:
         """failed/cancelled -> queued under a new Celery id; 409 while active, 410 if no audio."""
@@ -187,10 +187,10 @@ class JobStore:
             if not job.audio_available:
                 raise RecordingGone(f"the recording of task {job_id} was removed; submit it again")
             return {"status": QUEUED, "celery_id": celery_id, "queued_at": time.time(),
-                    "started_at": None, "finished_at": None, "processing_s": None,
-                    "worker": None, "error": None}
+                    "deliveries": 0, "started_at": None, "finished_at": None,
+                    "processing_s": None, "worker": None, "worker_pid": None, "error": None}
 
-        job = self._transition(job_id, check, missing_ok=False, refresh_ttl=True)
+        job = self.transition(job_id, check, missing_ok=False, refresh_ttl=True, release=True)
         assert job is not None
         return job
 
@@ -198,7 +198,8 @@ class JobStore:
         """Remove the job, its recording and its history entries."""
         job = self.get(job_id)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self._job_key(job_id), self._audio_key(job_id))
+        pipe.delete(self.job_key(job_id), self.audio_key(job_id), self.lease_key(job_id))
+        pipe.srem(self.running, job_id)
         pipe.zrem(self._history, job_id)
         pipe.zrem(self._recordings, job_id)
         pipe.execute()
@@ -219,22 +220,26 @@ class JobStore:
 
     def _remove_recording(self, job_id: str) -> bool:
         def remove(pipe: redis.client.Pipeline) -> bool:
-            raw = pipe.hgetall(self._job_key(job_id))
-            if raw and _decode(raw).status in ACTIVE:
+            raw = pipe.hgetall(self.job_key(job_id))
+            if raw and decode_job(raw).status in ACTIVE:
                 return False
             pipe.multi()
-            pipe.delete(self._audio_key(job_id))
+            pipe.delete(self.audio_key(job_id))
             pipe.zrem(self._recordings, job_id)
             if raw:
-                pipe.hset(self._job_key(job_id), "audio_removed_at", json.dumps(time.time()))
+                pipe.hset(self.job_key(job_id), "audio_removed_at", json.dumps(time.time()))
             return True
 
-        return self.redis.transaction(remove, self._job_key(job_id), value_from_callable=True)
+        return self.redis.transaction(remove, self.job_key(job_id), value_from_callable=True)
 
-    def _transition(self, job_id: str, check: Callable[[Job], dict[str, Any] | None],
-                    missing_ok: bool = True, refresh_ttl: bool = False) -> Job | None:
-        """Apply check(job)'s updates atomically (WATCH/MULTI); None if check declines."""
-        key = self._job_key(job_id)
+    def transition(self, job_id: str, check: Callable[[Job], dict[str, Any] | None],
+                   missing_ok: bool = True, refresh_ttl: bool = False,
+                   release: bool = False) -> Job | None:
+        """Apply check(job)'s updates atomically (WATCH/MULTI); None if check declines.
+
+        release: the job no longer runs anywhere (drop its lease and running-set entry).
+        """
+        key = self.job_key(job_id)
 
         def apply(pipe: redis.client.Pipeline) -> Job | None:
             raw = pipe.hgetall(key)
@@ -242,14 +247,17 @@ class JobStore:
                 if missing_ok:
                     return None
                 raise JobNotFound(f"no task with id {job_id} (never submitted, deleted or expired)")
-            updates = check(_decode(raw))
+            updates = check(decode_job(raw))
             if updates is None:
                 return None
             pipe.multi()
-            pipe.hset(key, mapping=_encode(updates))
+            pipe.hset(key, mapping=encode_fields(updates))
             if refresh_ttl:
                 pipe.expire(key, self.retention_s)
-                pipe.expire(self._audio_key(job_id), self.retention_s)
-            return replace(_decode(raw), **updates)
+                pipe.expire(self.audio_key(job_id), self.retention_s)
+            if release:
+                pipe.delete(self.lease_key(job_id))
+                pipe.srem(self.running, job_id)
+            return replace(decode_job(raw), **updates)
 
         return self.redis.transaction(apply, key, value_from_callable=True)

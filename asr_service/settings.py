@@ -41,7 +41,17 @@ class Settings:
     result_retention_s: int = 7 * 24 * 3600
     """How long job records and transcripts are kept."""
     task_time_limit_s: int = 3600
-    """Hard limit for one transcription; the soft limit is 30 s earlier."""
+    """Hard limit for one transcription: the worker process is killed and replaced."""
+    task_soft_time_limit_s: int = 0
+    """Soft limit: the job stops and is marked failed, the process lives on. 0: hard - 30 s."""
+    job_lease_s: int = 15
+    """A running job's lease; a job whose runner stopped renewing it for this long is recovered."""
+    max_deliveries: int = 3
+    """A job whose worker process died this many times while running it is marked failed."""
+    worker_max_tasks_per_child: int = 0
+    """Replace a worker process after this many jobs (0: never); reloads the model."""
+    worker_max_memory_mb: int = 12288
+    """Replace a worker process after a job leaves it above this resident memory (0: never)."""
     model_load_timeout_s: int = 600
     """How long a worker process may take to load and warm up its model."""
     queue_name: str = "asr"
@@ -63,9 +73,10 @@ class Settings:
         return self.max_upload_mb * 1024 * 1024
 
     @property
-    def soft_time_limit_s(self) -> int:
-        """Soft limit: leaves the task 30 s to record its failure before the hard kill."""
-        return max(1, self.task_time_limit_s - 30)
+    def soft_time_limit_s(self) -> int | None:
+        """Soft limit (None when it would not come before the hard one)."""
+        soft = self.task_soft_time_limit_s or max(1, self.task_time_limit_s - 30)
+        return soft if soft < self.task_time_limit_s else None
 
     @property
     def threads(self) -> int:
@@ -162,6 +173,9 @@ def _parser_for(default: object) -> Callable[[str], Any]:
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "asr_use_gpu": _choice("auto", "true", "false"),
     "asr_threads": _non_negative_int,
+    "task_soft_time_limit_s": _non_negative_int,
+    "worker_max_tasks_per_child": _non_negative_int,
+    "worker_max_memory_mb": _non_negative_int,
     # Empty is meaningful for these two: it turns the model off.
     "asr_vad_model": _optional_text,
     "asr_punc_model": _optional_text,

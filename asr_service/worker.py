@@ -11,16 +11,20 @@ from typing import Any
 
 import redis
 from celery import Celery, current_app, signals
+from celery.exceptions import TimeLimitExceeded
 from celery.worker import state as worker_state
 
 from asr_service.cluster import Cluster, WorkerInfo, gpu_memory_bytes, tree_usage
 from asr_service.engine.base import Engine
 from asr_service.errors import ModelLoadError
-from asr_service.jobs import CANCELLED, JobStore
-from asr_service.logs import setup_logging
+from asr_service.jobs import CANCELLED, FAILED, PREFIX, JobStore
+from asr_service.logs import log_event, setup_logging
+from asr_service.runs import reap_orphans
 from asr_service.settings import Settings
 
 log = logging.getLogger(__name__)
+REAPER_LOCK = f"{PREFIX}reaper"
+REAP_EVERY_S = 10
 
 
 class AsrCelery(Celery):
@@ -68,6 +72,9 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "result_expires": s.result_retention_s,
         "task_time_limit": s.task_time_limit_s,
         "task_soft_time_limit": s.soft_time_limit_s,
+        # Bound a leaking process; each replacement reloads the model.
+        "worker_max_tasks_per_child": s.worker_max_tasks_per_child or None,
+        "worker_max_memory_per_child": s.worker_max_memory_mb * 1024 or None,
         # worker_process_init loads the model; Celery kills a child that takes longer than this.
         "worker_proc_alive_timeout": s.model_load_timeout_s,
         "worker_concurrency": s.worker_count,
@@ -158,6 +165,36 @@ def _publish_heartbeat(sender: Any, **_: Any) -> None:
         app.cluster.publish(info)
     except redis.RedisError as exc:
         log.warning("heartbeat not published: %s", exc)
+
+
+@signals.heartbeat_sent.connect
+def _reap_orphans(sender: Any, **_: Any) -> None:
+    """Every ~10 s, one worker of the cluster re-queues jobs whose worker process died."""
+    app = _app()
+    try:
+        if not app.redis_client.set(REAPER_LOCK, sender.eventer.hostname, nx=True,
+                                    ex=REAP_EVERY_S):
+            return
+        for job_id in reap_orphans(app.store, lambda job_id, celery_id, queue: app.send_task(
+                "asr.transcribe", args=[job_id], task_id=celery_id, queue=queue)):
+            log.warning("re-queued a job whose worker died", extra={"job_id": job_id})
+            log_event("job.retried", job_id, reason="worker-lost")
+    except redis.RedisError as exc:
+        log.warning("orphan check skipped: %s", exc)
+
+
+@signals.task_failure.connect
+def _record_hard_timeout(task_id: str | None = None, exception: BaseException | None = None,
+                         args: Any = None, **_: Any) -> None:
+    """A hard time limit kills the process mid-job: record the failure it could not."""
+    if not isinstance(exception, TimeLimitExceeded) or not args or task_id is None:
+        return
+    limit = _app().settings.task_time_limit_s
+    detail = (f"killed at the hard time limit of {limit} s (TASK_TIME_LIMIT_S); "
+              "the worker process was replaced")
+    if _app().store.mark_finished(args[0], task_id, FAILED,
+                                  error={"type": "time-limit-exceeded", "detail": detail}):
+        log_event("job.failed", args[0], error="time-limit-exceeded", detail=detail)
 
 
 @signals.worker_shutdown.connect

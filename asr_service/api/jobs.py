@@ -67,7 +67,9 @@ def _content_type(upload: FileStorage, name: str, info: AudioInfo) -> str:
 
 def _enqueue(job_id: str, celery_id: str) -> None:
     try:
-        services().celery.send_task(TASK, args=[job_id], task_id=celery_id)
+        svc = services()
+        svc.celery.send_task(TASK, args=[job_id], task_id=celery_id,
+                             queue=svc.settings.queue_name)
     except Exception as exc:  # kombu raises several types when the broker is unreachable
         log.warning("enqueue failed: %s", exc, extra={"job_id": job_id})
         raise QueueUnavailable(f"the job could not be queued: {exc}") from exc
@@ -93,7 +95,8 @@ class Submit(MethodView):
         job = Job(id=job_id, status=QUEUED, celery_id=job_id, filename=name,
                   content_type=_content_type(upload, name, info), size_bytes=len(data),
                   duration_s=round(info.duration_s, 3), language=form["language"],
-                  hotwords=form["hotwords"], created_at=now, queued_at=now)
+                  hotwords=form["hotwords"], queue=svc.settings.queue_name,
+                  created_at=now, queued_at=now)
         svc.store.create(job, data)
         try:
             _enqueue(job_id, job_id)

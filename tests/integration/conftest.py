@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from flask.testing import FlaskClient
@@ -33,9 +34,10 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server process owned by the tests, so they can stop and restart it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,7 +49,7 @@ class RedisServer:
         assert binary, "redis-server is not installed (make test installs it)"
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", "yes" if self.persistent else "no", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
@@ -107,8 +109,9 @@ class Worker:
         self.log_path = Path(settings.log_dir) / f"{name}.out"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         out = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool=prefork",
@@ -116,19 +119,30 @@ class Worker:
              "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=settings_env(self.settings), stdout=out, stderr=subprocess.STDOUT,
         )
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.proc and self.proc.poll() is None, self.log_tail()
-            if "engine ready" in self.log_path.read_text(errors="replace"):
+            if "engine ready" in self.log_path.read_text(errors="replace")[self._log_offset:]:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready after {WORKER_START_TIMEOUT_S} s\n{self.log_tail()}")
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> int:
+        """SIGKILL the whole worker, main process and children, as a host crash would."""
+        assert self.proc is not None
+        main = psutil.Process(self.proc.pid)
+        victims = [main, *main.children(recursive=True)]
+        for process in victims:
+            process.kill()
+        self.proc.wait(timeout=10)
+        return len(victims)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

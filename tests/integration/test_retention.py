@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from asr_service.jobs import FAILED, PROCESSING, QUEUED, SUCCEEDED, Job, JobStore
+from asr_service.runs import Outcome, claim
 from tests import samples
 from tests.integration.flow import submit, wait_for
 
@@ -28,7 +29,7 @@ def add(store: JobStore, status: str, age: float) -> str:
                      content_type="audio/wav", size_bytes=3, duration_s=1.0,
                      created_at=now, queued_at=now), b"abc")
     if status != QUEUED:
-        store.mark_started(job_id, job_id, "w")
+        assert claim(store, job_id, job_id, "w", 3, 60).outcome is Outcome.RUN
     if status not in (QUEUED, PROCESSING):
         store.mark_finished(job_id, job_id, status)
     return job_id
@@ -55,7 +56,7 @@ def test_pruning_waits_for_active_jobs_to_finish(store):
     add(store, QUEUED, age=10)
     assert store.prune_recordings() == []  # three recordings, all still needed
 
-    store.mark_started(first, first, "w")
+    claim(store, first, first, "w", 3, 60)
     store.mark_finished(first, first, SUCCEEDED)
     assert store.prune_recordings() == [first]
 
@@ -63,9 +64,9 @@ def test_pruning_waits_for_active_jobs_to_finish(store):
 def test_stale_delivery_cannot_touch_a_retried_job(store):
     job_id = add(store, FAILED, age=1)
     store.requeue(job_id, "new-delivery")
-    assert store.mark_started(job_id, job_id, "w") is None  # the old Celery id
+    assert claim(store, job_id, job_id, "w", 3, 60).outcome is Outcome.SKIP  # old Celery id
     assert store.get(job_id).status == QUEUED
-    assert store.mark_started(job_id, "new-delivery", "w").status == PROCESSING
+    assert claim(store, job_id, "new-delivery", "w", 3, 60).job.status == PROCESSING
 
 
 def test_service_removes_old_recordings_and_says_so(make_client, worker):

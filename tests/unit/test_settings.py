@@ -208,10 +208,17 @@ def test_max_upload_bytes_is_mebibytes() -> None:
     assert Settings(max_upload_mb=100).max_upload_bytes == 104_857_600
 
 
-@pytest.mark.parametrize(("hard", "soft"), [(3600, 3570), (31, 1), (30, 1), (1, 1)])
-def test_soft_time_limit_is_30_s_before_the_hard_limit_and_at_least_1(hard: int,
-                                                                       soft: int) -> None:
+@pytest.mark.parametrize(("hard", "soft"), [(3600, 3570), (31, 1), (30, 1), (1, None)])
+def test_soft_time_limit_defaults_to_30_s_before_the_hard_limit(hard: int,
+                                                                soft: int | None) -> None:
     assert Settings(task_time_limit_s=hard).soft_time_limit_s == soft
+
+
+@pytest.mark.parametrize(("hard", "soft", "expected"), [(10, 4, 4), (10, 10, None), (10, 0, 1)])
+def test_explicit_soft_limit_must_come_before_the_hard_one(hard: int, soft: int,
+                                                          expected: int | None) -> None:
+    settings = Settings(task_time_limit_s=hard, task_soft_time_limit_s=soft)
+    assert settings.soft_time_limit_s == expected
 
 
 def test_explicit_thread_count_is_used_as_is(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,215 @@
+"""No job lost: worker crashes, poison jobs, deploys and time limits, against real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from asr_service import create_app
+from asr_service.settings import Settings
+from tests import samples
+from tests.integration.conftest import Worker
+from tests.integration.flow import submit, wait_for
+
+LONG_S = 120.0  # ~1 s of work for the tiny model: long enough to be killed mid-job
+
+
+class Lane:
+    """An API and its own workers on a private queue, with settings changed for one test."""
+
+    def __init__(self, settings: Settings, tmp_path: Path, **changes: object) -> None:
+        queue = f"lane-{uuid.uuid4().hex[:6]}"
+        self.settings = replace(settings, queue_name=queue, log_dir=str(tmp_path), **changes)
+        self.client: FlaskClient = create_app(self.settings).test_client()
+        self.workers: list[Worker] = []
+
+    def worker(self, start: bool = True) -> Worker:
+        worker = Worker(self.settings, f"{self.settings.queue_name}-{len(self.workers)}")
+        self.workers.append(worker)
+        if start:
+            worker.start()
+        return worker
+
+    def job(self, task_id: str) -> dict:
+        return self.client.get(f"/api/v1/asr/result/{task_id}").get_json()
+
+    def wait_processing(self, task_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.job(task_id)
+            if body["status"] == "processing":
+                return body
+            assert body["status"] == "queued", body
+            time.sleep(0.01)
+        raise AssertionError(f"{task_id} never started")
+
+    def worker_pid(self, task_id: str) -> int:
+        store = self.client.application.extensions["asr"].store
+        return store.get(task_id).worker_pid
+
+    def events(self) -> list[dict]:
+        path = Path(self.settings.log_dir) / "events.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@pytest.fixture
+def lane(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Lane]]:
+    lanes: list[Lane] = []
+
+    def make(**changes: object) -> Lane:
+        lanes.append(Lane(settings, tmp_path / f"lane{len(lanes)}", **changes))
+        return lanes[-1]
+
+    yield make
+    for made in lanes:
+        made.stop()
+
+
+def report(name: str, **figures: object) -> None:
+    """Figures for the closing note: `pytest -s` shows them."""
+    print(f"\nRELIABILITY {name}: " + json.dumps(figures))
+
+
+def test_killed_workers_lose_no_job_and_run_none_twice(lane, client, worker):
+    reference = wait_for(client, submit(client, samples.encode("wav", LONG_S)).get_json()
+                         ["task_id"])["result"]["text"]
+    crash = lane(job_lease_s=2)
+    first = crash.worker()
+    ids = [submit(crash.client, samples.encode("wav", LONG_S), f"j{i}.wav").get_json()["task_id"]
+           for i in range(6)]
+    kills = 0
+    for target in (ids[0], ids[2]):  # the child process dies mid-job; Celery replaces it
+        crash.wait_processing(target)
+        os.kill(crash.worker_pid(target), signal.SIGKILL)
+        kills += 1
+    crash.wait_processing(ids[4])  # then the whole worker dies, main process and children
+    kills += first.kill()
+    crash.worker()  # a new worker comes up; the dead one's job is recovered from its lease
+
+    finished = [wait_for(crash.client, task_id, timeout=120) for task_id in ids]
+
+    assert [job["status"] for job in finished] == ["succeeded"] * len(ids)
+    assert all(job["result"]["text"] == reference for job in finished)
+    succeeded = Counter(e["job_id"] for e in crash.events() if e["event"] == "job.succeeded")
+    started = Counter(e["job_id"] for e in crash.events() if e["event"] == "job.started")
+    assert succeeded == Counter(ids)  # each ran to completion exactly once
+    assert all(started[i] >= 2 for i in (ids[0], ids[2], ids[4]))
+    report("crash", jobs=len(ids), processes_killed=kills, lost=0,
+           completed_twice=sum(n - 1 for n in succeeded.values()),
+           restarts_after_kill=sum(started.values()) - len(ids))
+
+
+def test_poison_job_fails_after_bounded_deliveries_and_the_queue_moves_on(lane):
+    poison_lane = lane(max_deliveries=2, job_lease_s=2)
+    poison_lane.worker()
+    poison = submit(poison_lane.client, samples.encode("wav", LONG_S), "poison.wav") \
+        .get_json()["task_id"]
+    behind = [submit(poison_lane.client, samples.encode("wav", 2.0)).get_json()["task_id"]
+              for _ in range(2)]
+    kills = 0
+    deadline = time.monotonic() + 90
+    while poison_lane.job(poison)["status"] in ("queued", "processing"):
+        assert time.monotonic() < deadline, "the poison job never gave up"
+        body = poison_lane.job(poison)
+        if body["status"] == "processing" and body["attempts"] > kills:
+            os.kill(poison_lane.worker_pid(poison), signal.SIGKILL)  # it kills its worker
+            kills += 1
+        time.sleep(0.01)
+
+    failed = poison_lane.job(poison)
+    assert failed["status"] == "failed"
+    assert failed["error"]["type"] == "worker-lost"
+    assert "died 2 times" in failed["error"]["detail"]
+    assert kills == 2
+    assert [wait_for(poison_lane.client, t)["status"] for t in behind] == ["succeeded"] * 2
+    report("poison", deliveries=kills, final_status=failed["status"])
+
+
+def test_sigterm_lets_the_running_job_finish_once(lane):
+    deploy = lane()
+    old = deploy.worker()
+    running = submit(deploy.client, samples.encode("wav", LONG_S)).get_json()["task_id"]
+    waiting = submit(deploy.client, samples.encode("wav", 2.0)).get_json()["task_id"]
+    deploy.wait_processing(running)
+
+    old.proc.send_signal(signal.SIGTERM)  # what a deploy or `docker stop` sends
+    assert old.proc.wait(timeout=60) == 0
+    assert deploy.job(running)["status"] == "succeeded"
+    assert deploy.job(waiting)["status"] == "queued"  # handed to nobody yet, not lost
+    deploy.worker()  # the new version comes up
+
+    assert wait_for(deploy.client, waiting)["status"] == "succeeded"
+    succeeded = Counter(e["job_id"] for e in deploy.events() if e["event"] == "job.succeeded")
+    assert succeeded == Counter([running, waiting])
+
+
+def test_soft_time_limit_fails_the_job_and_keeps_the_process(lane):
+    limited = lane(task_time_limit_s=30, task_soft_time_limit_s=1)
+    limited.worker()
+    slow = submit(limited.client, samples.encode("wav", 3 * LONG_S)).get_json()["task_id"]
+    quick = submit(limited.client, samples.encode("wav", 2.0)).get_json()["task_id"]
+
+    failed = wait_for(limited.client, slow)
+    done = wait_for(limited.client, quick)
+
+    assert failed["status"] == "failed" and failed["error"]["type"] == "time-limit-exceeded"
+    assert "soft time limit of 1 s" in failed["error"]["detail"]
+    assert done["status"] == "succeeded"
+    assert limited.worker_pid(quick) == limited.worker_pid(slow)
+
+
+def test_hard_time_limit_fails_the_job_and_replaces_the_process(lane):
+    limited = lane(task_time_limit_s=1, task_soft_time_limit_s=1)  # soft not before hard: none
+    limited.worker()
+    slow = submit(limited.client, samples.encode("wav", 3 * LONG_S)).get_json()["task_id"]
+    limited.wait_processing(slow)
+    slow_pid = limited.worker_pid(slow)
+    quick = submit(limited.client, samples.encode("wav", 2.0)).get_json()["task_id"]
+
+    failed = wait_for(limited.client, slow)
+    done = wait_for(limited.client, quick, timeout=120)
+
+    assert failed["status"] == "failed" and failed["error"]["type"] == "time-limit-exceeded"
+    assert "hard time limit of 1 s" in failed["error"]["detail"]
+    assert done["status"] == "succeeded"
+    assert limited.worker_pid(quick) != slow_pid  # the killed process was replaced
+
+
+def test_memory_bound_recycles_the_worker_process(lane):
+    bounded = lane(worker_max_memory_mb=1)  # every process is above 1 MiB: replaced each job
+    bounded.worker()
+    ids = [submit(bounded.client, samples.encode("wav", 2.0)).get_json()["task_id"]
+           for _ in range(2)]
+    assert [wait_for(bounded.client, t, timeout=120)["status"] for t in ids] == ["succeeded"] * 2
+    assert bounded.worker_pid(ids[0]) != bounded.worker_pid(ids[1])
+
+
+def test_deleting_a_running_job_stops_it_and_the_worker_lives_on(lane):
+    cancel = lane()
+    cancel.worker()
+    running = submit(cancel.client, samples.encode("wav", 3 * LONG_S)).get_json()["task_id"]
+    cancel.wait_processing(running)
+    pid = cancel.worker_pid(running)
+
+    assert cancel.client.delete(f"/api/v1/asr/task/{running}").status_code == 204
+    after = submit(cancel.client, samples.encode("wav", 2.0)).get_json()["task_id"]
+
+    assert wait_for(cancel.client, after, timeout=30)["status"] == "succeeded"
+    assert cancel.worker_pid(after) == pid  # same process, model still loaded
+    assert cancel.client.get(f"/api/v1/asr/result/{running}").status_code == 404
+    assert not any(e["event"] == "job.succeeded" and e["job_id"] == running
+                   for e in cancel.events())
