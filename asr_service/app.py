@@ -6,7 +6,7 @@ import redis
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
-from asr_service.api import Services
+from asr_service.api import Services, access
 from asr_service.api import dashboard as dashboard_api
 from asr_service.api import jobs as jobs_api
 from asr_service.api import metrics as metrics_api
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         cluster=Cluster(client, settings.queue_name),
         celery=create_celery(settings),
     )
+    access.init_app(app, settings)
     api = Api(app)
     api.register_blueprint(jobs_api.blp)
     api.register_blueprint(system_api.blp)

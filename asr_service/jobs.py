@@ -122,6 +122,10 @@ class JobStore:
             raise JobNotFound(f"no task with id {job_id} (never submitted, deleted or expired)")
         return decode_job(raw)
 
+    def exists(self, job_id: str) -> bool:
+        """Whether a job record exists."""
+        return bool(self.redis.exists(self.job_key(job_id)))
+
     def audio(self, job_id: str) -> bytes:
         """The original upload; RecordingGone once retention removed it."""
         self.get(job_id)  # an unknown id is a 404 before a removed recording is a 410

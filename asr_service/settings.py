@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -56,6 +56,10 @@ class Settings:
     """How long a worker process may take to load and warm up its model."""
     queue_name: str = "asr"
     """Celery queue the API sends to and the workers consume."""
+    api_keys: str = field(default="", repr=False)
+    """Comma-separated API keys; when set, every endpoint but health requires one."""
+    rate_limit: str = ""
+    """Per API key (or per client address) limit such as "60/minute;1000/hour"; empty: off."""
     log_dir: str = "logs"
     """Directory for rotating log files."""
     log_level: str = "INFO"
@@ -77,6 +81,11 @@ class Settings:
         """Soft limit (None when it would not come before the hard one)."""
         soft = self.task_soft_time_limit_s or max(1, self.task_time_limit_s - 30)
         return soft if soft < self.task_time_limit_s else None
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        """The accepted API keys (empty: no authentication)."""
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
 
     @property
     def threads(self) -> int:
@@ -166,6 +175,17 @@ def _optional_text(raw: str) -> str:
     return raw
 
 
+def _rate_limit(raw: str) -> str:
+    if raw:
+        from limits import parse_many  # a leaf library: parses "10/second;100/minute"
+
+        try:
+            parse_many(raw)
+        except ValueError:
+            raise ValueError('must look like "60/minute" or "10/second;500/hour"') from None
+    return raw
+
+
 def _parser_for(default: object) -> Callable[[str], Any]:
     return _positive_int if isinstance(default, int) else _text
 
@@ -179,6 +199,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     # Empty is meaningful for these two: it turns the model off.
     "asr_vad_model": _optional_text,
     "asr_punc_model": _optional_text,
+    "api_keys": _optional_text,
+    "rate_limit": _rate_limit,
     "log_level": lambda raw: _choice("debug", "info", "warning", "error")(raw).upper(),
     "api_port": _port,
     "flower_port": _port,

@@ -22,6 +22,7 @@ _ERROR_DESCRIPTIONS = {
     410: "The recording was removed by retention",
     413: "Upload larger than MAX_UPLOAD_MB",
     422: "Invalid field, or not decodable / too long audio",
+    429: "Rate limit exceeded (RATE_LIMIT); see Retry-After",
     503: "Redis unreachable",
 }
 

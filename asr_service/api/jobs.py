@@ -17,7 +17,7 @@ from webargs.flaskparser import FlaskParser
 from webargs.multidictproxy import MultiDictProxy
 from werkzeug.datastructures import CombinedMultiDict, FileStorage
 
-from asr_service.api import problems, services
+from asr_service.api import idempotency, problems, services
 from asr_service.api.schemas import (
     HistoryArgsSchema,
     HistorySchema,
@@ -31,6 +31,7 @@ from asr_service.audio import AudioInfo, probe
 from asr_service.errors import AudioTooLong, QueueUnavailable
 from asr_service.jobs import ACTIVE, FAILED, QUEUED, SUCCEEDED, Job
 from asr_service.logs import log_event
+from asr_service.settings import Settings
 
 
 class _MultipartParser(FlaskParser):
@@ -48,6 +49,11 @@ class _Blueprint(Blueprint):
     ARGUMENTS_PARSER = _MultipartParser()
 
 
+SUBMIT_HEADERS = {
+    "Location": {"schema": {"type": "string"}, "description": "Where to poll the result"},
+    "Idempotent-Replayed": {"schema": {"type": "string"},
+                            "description": "true when an earlier submit's task is returned"},
+}
 blp = _Blueprint("asr", __name__, url_prefix="/api/v1/asr", description="Transcription jobs")
 log = logging.getLogger(__name__)
 TASK = "asr.transcribe"
@@ -80,35 +86,62 @@ class Submit(MethodView):
     """Queue a recording for transcription."""
 
     @blp.arguments(SubmitSchema, location="files")
-    @blp.response(202, SubmitResponseSchema, headers={"Location": {"schema": {"type": "string"}}})
-    @problems(blp, 413, 422, 503)
+    @blp.response(202, SubmitResponseSchema, headers=SUBMIT_HEADERS)
+    @problems(blp, 401, 413, 422, 429, 503)
     def post(self, form: dict[str, Any]) -> Any:
-        """Upload audio (multipart field `audio`); answers 202 with the task id at once."""
+        """Upload audio (multipart field `audio`); answers 202 with the task id at once.
+
+        With an `Idempotency-Key` header, a repeated submit (same key, same client, within
+        the retention period) returns the first task instead of creating a second one.
+        """
         svc = services()
+        key = idempotency.requested_key()
+        earlier = key and idempotency.earlier_task(svc.store.redis, key)
+        if earlier and svc.store.exists(earlier):
+            return _accepted(earlier, replayed=True)
         upload: FileStorage = form["audio"]
         data = upload.read()
-        info = probe(data)
-        if info.duration_s > svc.settings.max_audio_seconds:
-            raise AudioTooLong(f"the recording lasts {info.duration_s:.0f} s; the limit is "
-                               f"MAX_AUDIO_SECONDS={svc.settings.max_audio_seconds}")
-        job_id, now, name = str(uuid.uuid4()), time.time(), _display_name(upload)
-        job = Job(id=job_id, status=QUEUED, celery_id=job_id, filename=name,
-                  content_type=_content_type(upload, name, info), size_bytes=len(data),
-                  duration_s=round(info.duration_s, 3), language=form["language"],
-                  hotwords=form["hotwords"], queue=svc.settings.queue_name,
-                  created_at=now, queued_at=now)
+        job, info = _new_job(form, upload, data, svc.settings)
+        if key and (holder := idempotency.reserve(svc.store.redis, key, job.id,
+                                                  svc.settings.result_retention_s)) != job.id:
+            return _accepted(holder, replayed=True)  # a concurrent submit with the key won
         svc.store.create(job, data)
         try:
-            _enqueue(job_id, job_id)
+            _enqueue(job.id, job.id)
         except QueueUnavailable:
-            svc.store.delete(job_id)  # nothing half-made: the client is told to try again
+            svc.store.delete(job.id)  # nothing half-made: the client is told to try again
+            if key:
+                idempotency.release(svc.store.redis, key)
             raise
         svc.store.prune_recordings()
-        log_event("job.submitted", job_id, audio_s=job.duration_s, size_bytes=len(data),
+        log_event("job.submitted", job.id, audio_s=job.duration_s, size_bytes=len(data),
                   format=info.format, codec=info.codec)
-        location = url_for("asr.Result", task_id=job_id)
-        return ({"task_id": job_id, "status": QUEUED, "status_url": location}, 202,
-                {"Location": location})
+        return _accepted(job.id)
+
+
+def _new_job(form: dict[str, Any], upload: FileStorage, data: bytes,
+             settings: Settings) -> tuple[Job, AudioInfo]:
+    """A queued job for a probed upload; 422 when it is not audio or too long."""
+    info = probe(data)
+    if info.duration_s > settings.max_audio_seconds:
+        raise AudioTooLong(f"the recording lasts {info.duration_s:.0f} s; the limit is "
+                           f"MAX_AUDIO_SECONDS={settings.max_audio_seconds}")
+    job_id, now, name = str(uuid.uuid4()), time.time(), _display_name(upload)
+    job = Job(id=job_id, status=QUEUED, celery_id=job_id, filename=name,
+              content_type=_content_type(upload, name, info), size_bytes=len(data),
+              duration_s=round(info.duration_s, 3), language=form["language"],
+              hotwords=form["hotwords"], queue=settings.queue_name,
+              created_at=now, queued_at=now)
+    return job, info
+
+
+def _accepted(task_id: str, replayed: bool = False) -> tuple[dict[str, Any], int, dict[str, str]]:
+    location = url_for("asr.Result", task_id=task_id)
+    status = services().store.get(task_id).status if replayed else QUEUED
+    headers = {"Location": location}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return {"task_id": task_id, "status": status, "status_url": location}, 202, headers
 
 
 @blp.route("/result/<uuid:task_id>")

@@ -72,6 +72,8 @@ class Api(flask_smorest.Api):
                 f"{field}: {' '.join(map(str, msgs))}" for field, msgs in extra["errors"].items()
             )
         code = error.code or 500
+        if code == 429:
+            detail = f"rate limit exceeded ({detail}); try again after Retry-After seconds"
         return problem(code, error.name, detail, slug=error.name.lower().replace(" ", "-"),
                        headers=data.get("headers"), **extra)
 

@@ -1,0 +1,67 @@
+"""Who may call the API: optional API keys, and a per-key (or per-client) rate limit."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Flask, Response, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+from asr_service.api.problems import problem
+from asr_service.settings import Settings
+
+# Load balancers probe health without a key; documentation holds no data.
+OPEN_PATHS = ("/api/v1/health", "/openapi.json", "/docs", "/metrics", "/dashboard", "/static/")
+
+
+def presented_key() -> str | None:
+    """The key sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("X-API-Key", "").strip() or None
+
+
+def client_id() -> str:
+    """Whom a rate limit or an idempotency key belongs to: the key's digest, else the address."""
+    key = presented_key()
+    if key:
+        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return "addr:" + (get_remote_address() or "unknown")
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Install the key check and the rate limiter the settings ask for."""
+    keys = settings.api_key_set
+    if keys:
+        app.before_request(lambda: _check_key(keys))
+    limiter = Limiter(
+        key_func=client_id,
+        app=app,
+        # One budget per client across all endpoints, not one per endpoint.
+        application_limits=[settings.rate_limit] if settings.rate_limit else [],
+        # Shared by every gunicorn worker and API host; a Redis outage must not block requests
+        # (the endpoints themselves answer 503 then).
+        storage_uri=settings.redis_url,
+        storage_options={"socket_timeout": 2, "socket_connect_timeout": 2},
+        swallow_errors=True,
+        headers_enabled=True,
+        strategy="moving-window",
+        application_limits_exempt_when=lambda: request.path.startswith(OPEN_PATHS),
+    )
+    app.extensions["asr_limiter"] = limiter
+
+
+def _check_key(keys: frozenset[str]) -> Response | None:
+    if request.path.startswith(OPEN_PATHS) or request.method == "OPTIONS":
+        return None
+    key = presented_key()
+    # Compare with every key in constant time: timing must not reveal a near match.
+    if key is not None and any(hmac.compare_digest(key, k) for k in keys):
+        return None
+    detail = ("this endpoint needs an API key: send 'Authorization: Bearer <key>' or "
+              "'X-API-Key: <key>'") if key is None else "the API key is not valid"
+    return problem(401, "Unauthorized", detail, slug="unauthorized",
+                   headers={"WWW-Authenticate": 'Bearer realm="asr_service"'})
