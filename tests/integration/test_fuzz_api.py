@@ -31,12 +31,12 @@ def test_no_5xx_and_every_response_matches_the_schema(settings, worker):
     cases: dict[str, int] = {}
 
     for operation in operations:
-        label = f"{operation.method.upper()} {operation.path}"
 
         @given(case=operation.as_strategy())
         @hypothesis_settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
                              suppress_health_check=list(HealthCheck))
-        def fuzz(case: schemathesis.Case, label: str = label) -> None:
+        def fuzz(case: schemathesis.Case) -> None:
+            label = f"{case.method} {case.path}"
             cases[label] = cases.get(label, 0) + 1
             case.call_and_validate(checks=CHECKS)
 
