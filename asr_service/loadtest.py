@@ -180,7 +180,9 @@ class Sampler(threading.Thread):
                        and c.status == psutil.CONN_LISTEN and c.laddr.port == self.port)
             proc = psutil.Process(pid)
             # gunicorn workers share the master's listening socket: count from the master.
-            while (parent := proc.parent()) and "gunicorn" in " ".join(parent.cmdline()):
+            # (Same executable only: a shell that started gunicorn is not part of the API.)
+            while ((parent := proc.parent()) and parent.exe() == proc.exe()
+                   and "gunicorn" in " ".join(parent.cmdline())):
                 proc = parent
             return [proc]
         except (StopIteration, psutil.Error):
@@ -290,7 +292,8 @@ def plot(run: Run, samples: list[dict[str, Any]], started: float, path: Path) ->
     cpu.plot([s["t"] - started for s in samples], [s["worker"]["cpu_percent"] for s in samples],
              label="worker CPU %", color="tab:green", alpha=0.6)
     cpu.set_ylabel("worker CPU %")
-    fig.legend(loc="lower right")
+    lines = bottom.get_lines() + cpu.get_lines()
+    bottom.legend(lines, [line.get_label() for line in lines], loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

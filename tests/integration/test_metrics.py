@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client.parser import text_string_to_metric_families
 
+from asr_service.cluster import gpu_memory_bytes
 from tests import samples
 from tests.integration.flow import submit, wait_for
 
@@ -38,7 +41,8 @@ def test_metrics_count_a_finished_job(client, worker):
         after["asr_submit_latency_seconds_count"][()]
     assert 0 < after["asr_submit_latency_seconds_sum"][()] < 60
     assert after["asr_job_end_to_end_seconds_count"][()] == after["asr_jobs"][succeeded]
-    assert after["asr_job_rtf_count"][()] == after["asr_jobs"][succeeded]
+    # (a succeeded job of zero seconds has no RTF)
+    assert after["asr_job_rtf_count"][()] == before["asr_job_rtf_count"][()] + 1
     memory = after["asr_worker_memory_bytes"]
     assert any(dict(labels)["worker"].startswith(worker.name) and value > 50 * 2**20
                for labels, value in memory.items()), memory
@@ -76,3 +80,18 @@ def test_metrics_say_redis_is_down_instead_of_failing(make_client):
     down = make_client(redis_url="redis://127.0.0.1:1/0")
     metrics = scrape(down)
     assert metrics == {"asr_redis_up": {(): 0.0}}
+
+
+def test_worker_gpu_memory_is_read_per_process_from_the_driver(tmp_path, monkeypatch):
+    # No GPU here: a stand-in nvidia-smi prints what the real one prints for
+    # --query-compute-apps=pid,used_memory --format=csv,noheader,nounits (MiB).
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho '4242, 1536'\necho '999, 2048'\necho '4243, [N/A]'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    assert gpu_memory_bytes({4242, 4243}) == 1536 * 2**20
+    assert gpu_memory_bytes({1}) is None
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert gpu_memory_bytes({4242}) is None
