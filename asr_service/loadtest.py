@@ -14,6 +14,7 @@ import io
 import ipaddress
 import json
 import math
+import os
 import socket
 import sys
 import threading
@@ -84,6 +85,7 @@ class Run:
 
     base: str
     audio: bytes
+    api_key: str | None
     stop_submitting: float
     give_up: float
     max_jobs: int
@@ -101,9 +103,16 @@ class Run:
             return record
 
 
+def _session(api_key: str | None) -> requests.Session:
+    session = requests.Session()
+    if api_key:
+        session.headers["X-API-Key"] = api_key
+    return session
+
+
 def client_loop(run: Run) -> None:
     """One client: submit, wait for the result, repeat."""
-    session = requests.Session()
+    session = _session(run.api_key)
     while (record := run.claim()) is not None:
         try:
             response = session.post(f"{run.base}/api/v1/asr/submit", timeout=30,
@@ -148,16 +157,17 @@ def wait_for_result(session: requests.Session, run: Run, record: Record, task_id
 class Sampler(threading.Thread):
     """Samples CPU/memory of the API and worker processes and the queue depth every second."""
 
-    def __init__(self, base: str, stop: threading.Event) -> None:
+    def __init__(self, base: str, stop: threading.Event, api_key: str | None) -> None:
         super().__init__(daemon=True)
         self.base = base
+        self.api_key = api_key
         self.stop = stop
         self.port = urlparse(base).port or 80
         self.samples: list[dict[str, Any]] = []
         self._procs: dict[int, psutil.Process] = {}
 
     def run(self) -> None:
-        session = requests.Session()
+        session = _session(self.api_key)
         while not self.stop.is_set():
             snapshot = self._snapshot(session)
             api = self._usage(self._api_roots())
@@ -312,11 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     drain = args.drain_timeout
     if drain is None:
         drain = min(120, max(30, args.duration))
-    run = Run(base=base, audio=speech_like_wav(args.audio_seconds),
+    api_key = os.environ.get("ASR_API_KEY") or None  # when the service has API_KEYS set
+    run = Run(base=base, audio=speech_like_wav(args.audio_seconds), api_key=api_key,
               stop_submitting=started + args.duration, give_up=started + args.duration + drain,
               max_jobs=args.max_jobs)
     stop = threading.Event()
-    sampler = Sampler(base, stop)
+    sampler = Sampler(base, stop, api_key)
     sampler.start()
     clients = [threading.Thread(target=client_loop, args=(run,), daemon=True)
                for _ in range(args.concurrency)]

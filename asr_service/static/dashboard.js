@@ -128,7 +128,12 @@
 
   async function poll() {
     try {
-      const response = await fetch(source, { headers: { Accept: "application/json" } });
+      const headers = { Accept: "application/json" };
+      const key = sessionStorage.getItem("asrApiKey");
+      if (key) headers["X-API-Key"] = key;
+      const response = await fetch(source, { headers });
+      // With API_KEYS set, the figures need a key: ask for one (kept in this tab only).
+      document.getElementById("key-form").hidden = response.status !== 401;
       if (!response.ok) throw new Error(response.status + " " + response.statusText);
       const snap = await response.json();
       render(snap);
@@ -144,7 +149,17 @@
     }
   }
 
+  function askForKey() {
+    const form = document.getElementById("key-form");
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      sessionStorage.setItem("asrApiKey", document.getElementById("key-input").value.trim());
+      form.hidden = true;
+    });
+  }
+
   function start() {
+    askForKey();
     state.charts = {
       cpu: lineChart("chart-cpu", "%"),
       memory: lineChart("chart-memory", "MiB"),

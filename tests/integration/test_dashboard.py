@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +84,23 @@ class DevTools:
         return errors
 
 
-@pytest.fixture
-def server(settings) -> Iterator[str]:
+def serve(settings) -> Iterator[str]:
     """The real app over real HTTP (a threaded werkzeug server on a free port)."""
     httpd = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_port}"
     httpd.shutdown()
+
+
+@pytest.fixture
+def server(settings) -> Iterator[str]:
+    yield from serve(settings)
+
+
+@pytest.fixture
+def keyed_server(settings) -> Iterator[str]:
+    yield from serve(replace(settings, api_keys="dash-key-1"))
 
 
 @pytest.fixture
@@ -175,3 +185,18 @@ def test_dashboard_charts_move_during_a_load_run(server, browser, worker, tmp_pa
                      if label.startswith(worker.name) for v in values(data)]
     assert worker_memory and min(worker_memory) > 50  # MiB: a process holding a model
     assert "succeeded" in during["rows"]
+
+
+def test_dashboard_asks_for_the_api_key_when_the_service_requires_one(keyed_server, browser):
+    browser.call("Page.navigate", url=f"{keyed_server}/dashboard")
+    browser.wait_for("window.asrDashboard && window.asrDashboard.errors >= 1 && "
+                     "!document.getElementById('key-form').hidden", 15)
+    assert browser.evaluate("window.asrDashboard.updates") == 0
+
+    browser.evaluate("document.getElementById('key-input').value = 'dash-key-1';"
+                     "document.getElementById('key-form').requestSubmit(); true")
+    browser.wait_for("window.asrDashboard.updates >= 1", 10)
+    assert browser.evaluate("document.getElementById('key-form').hidden") is True
+    errors = browser.console_errors()
+    # The only error is the browser reporting the first, keyless 401.
+    assert errors and all("401" in e for e in errors), errors
