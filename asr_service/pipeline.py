@@ -69,7 +69,8 @@ def _transcribe(store: JobStore, engine: Engine | None, settings: Settings, job:
     result = to_result(transcript, len(samples) / TARGET_RATE, processing_s)
     # The result must be readable before the job says "succeeded", or a poller could miss it.
     save_result(result)
-    store.mark_finished(job_id, celery_id, SUCCEEDED, processing_s=processing_s)
+    if store.mark_finished(job_id, celery_id, SUCCEEDED, processing_s=processing_s) is None:
+        return result  # deleted or superseded meanwhile: nothing to announce
     store.prune_recordings()  # recordings that were skipped while this job ran may go now
     log_event("job.succeeded", job_id, worker=worker, audio_s=_round(result["duration_s"]),
               processing_s=_round(processing_s), rtf=_round(result["rtf"]),
