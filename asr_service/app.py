@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import redis
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
@@ -25,6 +27,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the API app; nothing here connects to Redis until a request needs it."""
     settings = settings or Settings.from_env()
     setup_logging("api", settings)
+    logging.getLogger(__name__).info("api starting", extra={
+        "redis": settings.redis_url_display, "queue": settings.queue_name,
+        "api_keys": len(settings.api_key_set), "rate_limit": settings.rate_limit or None,
+        "max_upload_mb": settings.max_upload_mb})
     app = Flask(__name__)
     app.config.update(
         API_TITLE="asr_service",

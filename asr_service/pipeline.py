@@ -108,8 +108,11 @@ def _explain(exc: Exception, settings: Settings) -> tuple[str, str]:
 
 
 def _fail(store: JobStore, job: Job, celery_id: str, kind: str, detail: str) -> None:
-    if store.mark_finished(job.id, celery_id, FAILED, error={"type": kind, "detail": detail}):
-        log_event("job.failed", job.id, error=kind, detail=detail, attempt=job.attempts)
+    failed = store.mark_finished(job.id, celery_id, FAILED, error={"type": kind, "detail": detail})
+    if failed:
+        log_event("job.failed", job.id, error=kind, detail=detail, attempt=job.attempts,
+                  worker=failed.worker, audio_s=job.duration_s,
+                  queue_wait_s=_round(job.queue_wait_s), processing_s=_round(failed.processing_s))
 
 
 def _round(value: float | None) -> float | None:

@@ -72,6 +72,12 @@ class Settings:
     """Port Flower binds."""
 
     @property
+    def redis_url_display(self) -> str:
+        """REDIS_URL without a password, for logs and error messages."""
+        scheme, _, rest = self.redis_url.partition("://")
+        return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
+
+    @property
     def max_upload_bytes(self) -> int:
         """Upload limit in bytes."""
         return self.max_upload_mb * 1024 * 1024

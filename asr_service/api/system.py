@@ -39,7 +39,7 @@ class Health(MethodView):
             redis_ok = True
         except redis.RedisError as exc:
             redis_ok, online = False, 0
-            reasons.append(f"redis unreachable at {_safe_url(svc.settings.redis_url)}: {exc}")
+            reasons.append(f"redis unreachable at {svc.settings.redis_url_display}: {exc}")
         if redis_ok and not online:
             reasons.append("no worker online: start one with `make worker`")
         body = {"redis": redis_ok, "workers_online": online, "reasons": reasons}
@@ -47,12 +47,6 @@ class Health(MethodView):
             return problem(503, "Service unavailable", "; ".join(reasons),
                            slug="service-unavailable", **body)
         return {"status": "ok", **body}
-
-
-def _safe_url(url: str) -> str:
-    # Never echo a password that may sit in REDIS_URL.
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
 
 
 @blp.route("/asr/queue/status")

@@ -60,6 +60,8 @@ def test_failed_retried_and_deleted_jobs_are_logged(client, worker, settings):
     failed = next(e for e in events_of(settings, task_id, "job.deleted")
                   if e["event"] == "job.failed")
     assert failed["error"] and failed["attempt"] == 1
+    assert failed["worker"].startswith("test-worker@") and failed["audio_s"] > 0
+    assert failed["queue_wait_s"] >= 0 and failed["processing_s"] >= 0
 
 
 def test_logs_are_json_lines_per_component_without_audio_or_secrets(client, worker, settings):
