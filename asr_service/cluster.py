@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, fields
@@ -14,6 +15,7 @@ import redis
 from asr_service.jobs import PREFIX
 
 HEARTBEAT_TTL_S = 10  # a worker that missed ~5 heartbeats (2 s apart) counts as offline
+ENGINE_MARK_TTL_S = 60  # a child that died stops being renewed and drops out
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class WorkerInfo:
     memory_rss_bytes: int | None = None
     """Resident memory of the main process and its children."""
     gpu_memory_bytes: int | None = None
+    engines_ready: int = 0
+    """Child processes that have loaded and warmed up the model (0 while starting)."""
     """GPU memory those processes hold; None without a GPU or when the driver cannot tell."""
 
 
@@ -117,6 +121,22 @@ class Cluster:
         """Record a worker heartbeat that expires unless renewed."""
         self.redis.set(self._worker_key(info.hostname), json.dumps(asdict(info)),
                        ex=HEARTBEAT_TTL_S)
+
+    @staticmethod
+    def _engine_key(pid: int) -> str:
+        return f"{PREFIX}engine:{socket.gethostname()}:{pid}"
+
+    def engine_loaded(self, pid: int, device: str) -> None:
+        """A worker child says its model is loaded (its parent's heartbeat keeps this fresh)."""
+        self.redis.set(self._engine_key(pid), device, ex=ENGINE_MARK_TTL_S)
+
+    def engines_ready(self, pids: set[int]) -> int:
+        """How many of these processes have loaded the model; renews their marks."""
+        ordered = sorted(pids)
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in ordered:
+            pipe.expire(self._engine_key(pid), ENGINE_MARK_TTL_S)
+        return sum(bool(renewed) for renewed in pipe.execute())
 
     def withdraw(self, hostname: str) -> None:
         """Forget a worker that shuts down cleanly."""

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
@@ -143,6 +144,10 @@ def _load_engine(**_: Any) -> None:
         os._exit(1)
     log.info("engine ready", extra={"model": app.engine.name, "device": app.engine.device,
                                     "load_s": round(time.perf_counter() - started, 3)})
+    try:
+        app.cluster.engine_loaded(os.getpid(), app.engine.device)
+    except redis.RedisError as exc:
+        log.warning("engine readiness not published: %s", exc)
 
 
 @signals.heartbeat_sent.connect
@@ -162,6 +167,7 @@ def _publish_heartbeat(sender: Any, **_: Any) -> None:
         gpu_memory_bytes=gpu_memory_bytes(pids) if app.device.startswith("cuda") else None,
     )
     try:
+        info = replace(info, engines_ready=app.cluster.engines_ready(pids - {os.getpid()}))
         app.cluster.publish(info)
     except redis.RedisError as exc:
         log.warning("heartbeat not published: %s", exc)

@@ -114,6 +114,8 @@ class ClusterCollector:
         workers = self.cluster.workers()
         yield GaugeMetricFamily("asr_workers_online", "Workers with a fresh heartbeat",
                                 value=len(workers))
+        yield GaugeMetricFamily("asr_engines_ready", "Worker processes with the model loaded",
+                                value=sum(w.engines_ready for w in workers))
         yield from self._worker_families(workers)
         done = [j for j in jobs if j.status == SUCCEEDED and j.finished_at is not None]
         yield _histogram("asr_job_end_to_end_seconds",

@@ -148,6 +148,8 @@ class WorkerSchema(Schema):
         "description": "Resident memory of the worker's processes"})
     gpu_memory_bytes = fields.Integer(allow_none=True, metadata={
         "description": "GPU memory of the worker's processes; null without a GPU"})
+    engines_ready = fields.Integer(metadata={
+        "description": "Processes with the model loaded; 0 while the worker starts"})
 
 
 class HealthSchema(Schema):
@@ -155,7 +157,7 @@ class HealthSchema(Schema):
 
     status = fields.String(validate=validate.OneOf(["ok"]))
     redis = fields.Boolean()
-    workers_online = fields.Integer()
+    workers_online = fields.Integer(metadata={"description": "Workers with the model loaded"})
     reasons = fields.List(fields.String())
 
 

@@ -30,17 +30,20 @@ class Health(MethodView):
     @blp.alt_response(503, schema=HealthProblemSchema, content_type=PROBLEM_JSON,
                       description="Redis unreachable or no worker online (problem+json)")
     def get(self) -> Any:
-        """200 when Redis answers and a worker is online; 503 with the reasons otherwise."""
+        """200 when Redis answers and a worker has its model loaded; 503 with the reasons."""
         svc = services()
         reasons: list[str] = []
         try:
             svc.store.redis.ping()
-            online = len(svc.cluster.workers())
+            workers = svc.cluster.workers()
             redis_ok = True
         except redis.RedisError as exc:
-            redis_ok, online = False, 0
+            redis_ok, workers = False, []
             reasons.append(f"redis unreachable at {svc.settings.redis_url_display}: {exc}")
-        if redis_ok and not online:
+        online = sum(1 for w in workers if w.engines_ready)
+        if redis_ok and workers and not online:
+            reasons.append(f"{len(workers)} worker(s) online, still loading the model")
+        elif redis_ok and not online:
             reasons.append("no worker online: start one with `make worker`")
         body = {"redis": redis_ok, "workers_online": online, "reasons": reasons}
         if reasons:

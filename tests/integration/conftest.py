@@ -18,6 +18,7 @@ import redis
 from flask.testing import FlaskClient
 
 from asr_service import create_app
+from asr_service.cluster import Cluster
 from asr_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,10 +124,13 @@ class Worker:
             self.wait_ready()
 
     def wait_ready(self) -> None:
+        """Until the service sees it ready: a heartbeat saying its model is loaded."""
+        cluster = Cluster(redis.Redis.from_url(self.settings.redis_url), self.settings.queue_name)
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.proc and self.proc.poll() is None, self.log_tail()
-            if "engine ready" in self.log_path.read_text(errors="replace")[self._log_offset:]:
+            if any(w.hostname.startswith(f"{self.name}@") and w.engines_ready
+                   and w.pid == self.proc.pid for w in cluster.workers()):
                 return
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready after {WORKER_START_TIMEOUT_S} s\n{self.log_tail()}")

@@ -135,6 +135,7 @@ def test_queue_status_counts_waiting_jobs_and_lists_workers(idle_client, worker)
     assert [w["hostname"].split("@")[0] for w in status["workers"]] == ["test-worker"]
     assert status["workers"][0]["concurrency"] == 1
     assert status["workers"][0]["device"] == "cpu"  # ASR_USE_GPU=false
+    assert status["workers"][0]["engines_ready"] == 1
     for task_id in ids:
         idle_client.delete(f"/api/v1/asr/task/{task_id}")
 

@@ -33,6 +33,7 @@ def test_metrics_count_a_finished_job(client, worker):
     succeeded = (("status", "succeeded"),)
     assert after["asr_jobs"][succeeded] == before["asr_jobs"][succeeded] + 1
     assert after["asr_workers_online"][()] >= 1
+    assert after["asr_engines_ready"][()] >= 1
     assert after["asr_queue_depth"][()] >= 0
     assert after["asr_submit_latency_seconds_count"][()] == \
         before["asr_submit_latency_seconds_count"][()] + 1

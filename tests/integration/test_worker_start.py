@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import pytest
@@ -43,3 +44,27 @@ def test_missing_model_directory_refuses_to_start(settings, tmp_path):
     out = start_worker(replace(settings, asr_model=str(tmp_path / "nope")))
     assert out.returncode == 1
     assert "no such model directory" in out.stdout + out.stderr
+
+
+def test_health_waits_for_the_model_not_just_the_worker_process(settings, make_client,
+                                                                 tmp_path):
+    from tests.integration.conftest import Worker
+
+    lane = replace(settings, queue_name="health-lane", log_dir=str(tmp_path))
+    client = make_client(queue_name="health-lane")
+    starting = Worker(lane, "health-probe")
+    starting.start(wait=False)
+    try:
+        seen = set()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            workers = client.get("/api/v1/asr/queue/status").get_json()["workers"]
+            mine = [w for w in workers if w["hostname"].startswith("health-probe@")]
+            if mine:
+                seen.add(mine[0]["engines_ready"])
+                if mine[0]["engines_ready"]:
+                    break
+            time.sleep(0.05)
+        assert seen == {0, 1}, seen  # announced while loading, then ready
+    finally:
+        starting.stop()
