@@ -20,7 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 from werkzeug.serving import make_server
 
 from asr_service import create_app, loadtest
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, stop_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
@@ -133,11 +133,7 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
                        deviceScaleFactor=1, mobile=False)
             yield tools
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=10)
 
 
 def values(series: list[float | None]) -> list[float]:

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests import samples
-from tests.integration.conftest import ROOT, free_port, settings_env
+from tests.integration.conftest import ROOT, free_port, settings_env, stop_process
 from tests.integration.flow import submit, wait_for
 
 START_TIMEOUT_S = 60
@@ -36,11 +36,7 @@ def flower(settings, worker) -> Iterator[str]:
                    lambda: f"Flower never listed {worker.name}\n{log_path.read_text()[-3000:]}")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def wait_until(check, timeout: float, why) -> object:
