@@ -138,12 +138,21 @@ class JobStore:
         return data
 
     def history(self, limit: int, offset: int, status: str | None = None) -> tuple[int, list[Job]]:
-        """Newest-first page of jobs and the total that match."""
-        ids = [i.decode() for i in self.redis.zrevrange(self._history, 0, -1)]
-        jobs = self._load_many(ids)
-        if status:
-            jobs = [j for j in jobs if j.status == status]
-        return len(jobs), jobs[offset : offset + limit]
+        """Newest-first page of jobs and the total that match.
+
+        Without a status only the page's records are read; the total may still count a few
+        records that expired since their index entry was last seen.
+        """
+        if status:  # the status lives in each record: this reads the whole history
+            ids = [i.decode() for i in self.redis.zrevrange(self._history, 0, -1)]
+            jobs = [j for j in self._load_many(ids) if j.status == status]
+            return len(jobs), jobs[offset : offset + limit]
+        while True:
+            ids = [i.decode() for i in
+                   self.redis.zrevrange(self._history, offset, offset + limit - 1)]
+            jobs = self._load_many(ids)  # drops expired ids from the index
+            if len(jobs) == len(ids):  # else the range shifted: read it again
+                return int(self.redis.zcard(self._history)), jobs
 
     def recent(self, count: int) -> list[Job]:
         """The newest `count` jobs (for statistics)."""

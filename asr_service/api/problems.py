@@ -56,7 +56,11 @@ class Api(flask_smorest.Api):
     def _register_error_handlers(self) -> None:
         super()._register_error_handlers()
         self._app.register_error_handler(errors.AsrError, handle_asr_error)
-        self._app.register_error_handler(redis.RedisError, handle_redis_error)
+        # Unreachable, timing out, loading or read-only (failover) Redis is a 503; any other
+        # Redis error is a bug of ours and stays a 500.
+        for unavailable in (redis.ConnectionError, redis.TimeoutError,
+                            redis.exceptions.ReadOnlyError):
+            self._app.register_error_handler(unavailable, handle_redis_error)
         self._app.register_error_handler(OperationalError, handle_redis_error)
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]

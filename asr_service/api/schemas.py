@@ -51,7 +51,7 @@ class HistoryArgsSchema(Schema):
     """Pagination and filter of the job history."""
 
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 200))
-    offset = fields.Integer(load_default=0, validate=validate.Range(0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, 1_000_000_000))
     status = fields.String(validate=validate.OneOf(STATUSES))
 
 

@@ -193,3 +193,8 @@ def test_api_process_never_imports_funasr_or_torch(settings):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "heavy: []" in out.stdout
+
+
+def test_history_page_far_beyond_the_end_is_empty(client):
+    body = client.get("/api/v1/asr/history?offset=1000000000&limit=5").get_json()
+    assert body["items"] == [] and body["total"] >= 0

@@ -92,3 +92,14 @@ def test_service_removes_old_recordings_and_says_so(make_client, worker):
                .get_json()["items"]}
     assert history[ids[0]]["audio_available"] is False
     assert small.post(f"/api/v1/asr/retry/{ids[0]}").status_code == 409  # succeeded
+
+
+def test_history_pages_skip_expired_records(store):
+    oldest, expired, newest = (add(store, QUEUED, age=age) for age in (30, 20, 10))
+    store.redis.delete(store.job_key(expired))  # what the record's TTL does
+
+    total, page = store.history(limit=2, offset=0)
+
+    assert [j.id for j in page] == [newest, oldest]
+    assert total == 2  # the expired entry left the index when the page met it
+    assert [j.id for j in store.history(limit=5, offset=0, status=QUEUED)[1]] == [newest, oldest]
