@@ -74,8 +74,7 @@ class Settings:
     @property
     def redis_url_display(self) -> str:
         """REDIS_URL without a password, for logs and error messages."""
-        scheme, _, rest = self.redis_url.partition("://")
-        return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
+        return _without_password(self.redis_url)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -123,11 +122,17 @@ class Settings:
         return cls(**values)
 
 
+def _without_password(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"  # drops user and password
+
+
 def _redis_url(env: Mapping[str, str]) -> str:
     if env.get("REDIS_URL"):
         url = env["REDIS_URL"].strip()
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"REDIS_URL={url!r}: must start with redis://, rediss:// or unix://")
+            raise ValueError(f"REDIS_URL={_without_password(url)!r}: must start with redis://, "
+                             "rediss:// or unix://")
         return url
     host = env.get("REDIS_HOST", "127.0.0.1").strip() or "127.0.0.1"
     port = env.get("REDIS_PORT", "6379").strip()

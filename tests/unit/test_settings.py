@@ -160,8 +160,8 @@ def test_tls_and_unix_socket_redis_urls_are_accepted(url: str) -> None:
     assert Settings.from_env({"REDIS_URL": url}).redis_url == url
 
 
-def test_redis_url_with_another_scheme_is_rejected() -> None:
-    assert error_lines({"REDIS_URL": "http://cache:6379"}) == [
+def test_redis_url_with_another_scheme_is_rejected_without_echoing_its_password() -> None:
+    assert error_lines({"REDIS_URL": "http://:hunter2@cache:6379"}) == [
         "REDIS_URL='http://cache:6379': must start with redis://, rediss:// or unix://"
     ]
 
@@ -235,3 +235,8 @@ def test_zero_threads_divides_the_cores_between_workers(
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
 
     assert Settings(asr_threads=0, worker_count=workers).threads == threads
+
+
+def test_redis_url_display_hides_the_password() -> None:
+    settings = Settings(redis_url="redis://ops:s3cret@cache.internal:6390/2")
+    assert settings.redis_url_display == "redis://cache.internal:6390/2"
