@@ -212,7 +212,7 @@ def _withdraw(sender: Any, **_: Any) -> None:
 
 
 @signals.task_revoked.connect
-def _mark_cancelled(request: Any = None, terminated: bool = False, **_: Any) -> None:
+def _mark_cancelled(request: Any = None, **_: Any) -> None:
     """A job revoked outside our API (Flower, `celery control revoke`) ends as cancelled."""
     if request is None or not request.args:
         return
