@@ -15,8 +15,11 @@ from asr_service.api import metrics as metrics_api
 from asr_service.api import system as system_api
 from asr_service.api.problems import Api
 from asr_service.cluster import Cluster
+from asr_service.figures import Figures
 from asr_service.jobs import JobStore
+from asr_service.lifecycle import Lifecycle, log_event_line
 from asr_service.logs import setup_logging
+from asr_service.service import Dispatcher, JobService
 from asr_service.settings import Settings
 from asr_service.worker import create_celery
 
@@ -44,11 +47,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
     )
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    store = JobStore(client, settings.max_recordings)
+    lifecycle = Lifecycle(client, settings.result_retention_s, settings.max_recordings,
+                          listeners=[log_event_line])
+    celery = create_celery(settings)
     app.extensions["asr"] = Services(
         settings=settings,
-        store=JobStore(client, settings.result_retention_s, settings.max_recordings),
+        store=store,
+        jobs=JobService(settings, store, lifecycle, Dispatcher(celery)),
         cluster=Cluster(client, settings.queue_name),
-        celery=create_celery(settings),
+        figures=Figures(client),
+        celery=celery,
     )
     access.init_app(app, settings)
     api = Api(app)

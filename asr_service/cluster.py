@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
-import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, fields
@@ -16,6 +16,7 @@ from asr_service.jobs import PREFIX
 
 HEARTBEAT_TTL_S = 10  # a worker that missed ~5 heartbeats (2 s apart) counts as offline
 ENGINE_MARK_TTL_S = 60  # a child that died stops being renewed and drops out
+STALE_WORKER_S = 60  # a heartbeat older than this is removed from the hash
 
 
 @dataclass(frozen=True)
@@ -103,52 +104,107 @@ def gpu_memory_bytes(pids: set[int]) -> int | None:
 
 
 class Cluster:
-    """Reads and writes cluster state; workers publish, the API reads."""
+    """Reads and writes cluster state; workers publish, the API reads. No key scans: the
+    heartbeats live in one hash, the broker's queue is read by its known key names."""
+
+    workers_key = f"{PREFIX}workers"
+    unacked_key = "unacked"  # kombu's Redis transport: messages taken by a worker, not acked
+    priority_sep = "\x06\x16"  # kombu: the list of priority P of queue Q is Q + sep + P
 
     def __init__(self, client: redis.Redis, queue_name: str) -> None:
         self.redis = client
         self.queue_name = queue_name
 
-    @staticmethod
-    def _worker_key(hostname: str) -> str:
-        return f"{PREFIX}worker:{hostname}"
+    def queue_depth(self, queue: str | None = None) -> int:
+        """Messages waiting in a broker queue (not yet taken by a worker)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self._queue_lists(queue or self.queue_name):
+            pipe.llen(key)
+        return int(sum(pipe.execute()))
 
-    def queue_depth(self) -> int:
-        """Messages waiting in the broker queue (not yet taken by a worker)."""
-        return int(self.redis.llen(self.queue_name))
+    def _queue_lists(self, queue: str) -> list[str]:
+        return [queue, *(f"{queue}{self.priority_sep}{p}" for p in (3, 6, 9))]
 
     def publish(self, info: WorkerInfo) -> None:
-        """Record a worker heartbeat that expires unless renewed."""
-        self.redis.set(self._worker_key(info.hostname), json.dumps(asdict(info)),
-                       ex=HEARTBEAT_TTL_S)
+        """Record a worker heartbeat; entries not renewed for a minute are dropped."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.workers_key, info.hostname, json.dumps(asdict(info)))
+        pipe.hgetall(self.workers_key)
+        stale = [name for name, raw in pipe.execute()[1].items()
+                 if json.loads(raw).get("last_seen", 0) < info.last_seen - STALE_WORKER_S]
+        if stale:
+            self.redis.hdel(self.workers_key, *stale)
 
     @staticmethod
-    def _engine_key(pid: int) -> str:
-        return f"{PREFIX}engine:{socket.gethostname()}:{pid}"
+    def _engine_key(node: str, pid: int) -> str:
+        return f"{PREFIX}engine:{node}:{pid}"
 
-    def engine_loaded(self, pid: int, device: str) -> None:
-        """A worker child says its model is loaded (its parent's heartbeat keeps this fresh)."""
-        self.redis.set(self._engine_key(pid), device, ex=ENGINE_MARK_TTL_S)
+    def engine_loaded(self, node: str, pid: int, device: str) -> None:
+        """A worker child says its model is loaded (its parent's heartbeat keeps this fresh).
 
-    def engines_ready(self, pids: set[int]) -> int:
+        `node` is a random token of the worker's main process: pids alone collide between
+        containers that share a hostname.
+        """
+        self.redis.set(self._engine_key(node, pid), device, ex=ENGINE_MARK_TTL_S)
+
+    def engines_ready(self, node: str, pids: set[int]) -> int:
         """How many of these processes have loaded the model; renews their marks."""
-        ordered = sorted(pids)
         pipe = self.redis.pipeline(transaction=False)
-        for pid in ordered:
-            pipe.expire(self._engine_key(pid), ENGINE_MARK_TTL_S)
+        for pid in sorted(pids):
+            pipe.expire(self._engine_key(node, pid), ENGINE_MARK_TTL_S)
         return sum(bool(renewed) for renewed in pipe.execute())
 
     def withdraw(self, hostname: str) -> None:
         """Forget a worker that shuts down cleanly."""
-        self.redis.delete(self._worker_key(hostname))
+        self.redis.hdel(self.workers_key, hostname)
 
     def workers(self) -> list[WorkerInfo]:
         """Workers whose heartbeat is fresh, by hostname."""
-        keys = sorted(self.redis.scan_iter(match=self._worker_key("*"), count=100))
-        if not keys:
-            return []
-        # Fields this version does not know (a newer worker) are ignored, missing ones default.
-        found = [WorkerInfo(**{k: v for k, v in json.loads(raw).items() if k in _WORKER_FIELDS})
-                 for raw in self.redis.mget(keys) if raw]
         cutoff = time.time() - HEARTBEAT_TTL_S
-        return [w for w in found if w.last_seen >= cutoff]
+        found = []
+        for _, raw in sorted(self.redis.hgetall(self.workers_key).items()):
+            # Fields this version does not know (a newer worker) are ignored, missing ones
+            # default.
+            values = json.loads(raw)
+            if values.get("last_seen", 0) >= cutoff:
+                found.append(WorkerInfo(**{k: v for k, v in values.items()
+                                           if k in _WORKER_FIELDS}))
+        return found
+
+    def deliveries(self, queues: set[str]) -> set[str]:
+        """Task ids of every message the broker holds for these queues or a worker has taken
+        and not acknowledged: O(messages), for the stranded-job sweep only (never a request)."""
+        pipe = self.redis.pipeline(transaction=True)  # one consistent snapshot
+        for queue in sorted(queues):
+            for key in self._queue_lists(queue):
+                pipe.lrange(key, 0, -1)
+        pipe.hvals(self.unacked_key)
+        *lists, unacked = pipe.execute()
+        found = {_task_id(raw) for messages in lists for raw in messages}
+        found.update(_task_id(raw, wrapped=True) for raw in unacked)
+        found.discard(None)
+        return found  # type: ignore[return-value]
+
+    def taken(self, limit: int = 200) -> list[str]:
+        """Job ids of messages workers have taken and not yet acknowledged (bounded by the
+        workers' prefetch)."""
+        ids = []
+        for raw in self.redis.hvals(self.unacked_key)[:limit]:
+            try:
+                message = json.loads(raw)[0]
+                args = json.loads(base64.b64decode(message["body"]))[0]
+                ids.append(str(args[0]))
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue  # not one of ours
+        return sorted(set(ids))
+
+
+def _task_id(raw: bytes, wrapped: bool = False) -> str | None:
+    """The Celery task id in a kombu message ([message, exchange, routing key] if wrapped)."""
+    try:
+        message = json.loads(raw)
+        if wrapped:
+            message = message[0]
+        return message["headers"]["id"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None

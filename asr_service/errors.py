@@ -42,6 +42,13 @@ class JobConflict(AsrError):
     slug = "task-conflict"
 
 
+class IdempotencyMismatch(AsrError):
+    """An Idempotency-Key was reused with a different request."""
+
+    title = "Idempotency-Key reused with a different request"
+    slug = "idempotency-key-mismatch"
+
+
 class RecordingGone(AsrError):
     """The job exists but its recording was removed by retention."""
 

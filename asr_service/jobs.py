@@ -1,32 +1,93 @@
-"""Job records, history and recordings in Redis, with retention beyond MAX_RECORDINGS."""
+"""Job records as stored in Redis, and every read of them (the writes are lifecycle.py's)."""
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 import redis
 
-from asr_service.errors import JobConflict, JobNotFound, RecordingGone
+from asr_service.errors import JobNotFound, RecordingGone
 
-QUEUED, PROCESSING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued", "processing", "succeeded", "failed", "cancelled",
-)
-STATUSES = (QUEUED, PROCESSING, SUCCEEDED, FAILED, CANCELLED)
-ACTIVE = frozenset({QUEUED, PROCESSING})
 PREFIX = "asr:"
+
+
+class Status(StrEnum):
+    """Where a job is in its life; only lifecycle.Lifecycle moves it."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ErrorType(StrEnum):
+    """Why a job failed or was cancelled, as `error.type` tells the client."""
+
+    AUDIO_INVALID = "audio-invalid"
+    AUDIO_TOO_LONG = "audio-too-long"
+    TRANSCRIPTION_FAILED = "transcription-failed"
+    NO_ENGINE = "asr-error"
+    TIME_LIMIT = "time-limit-exceeded"
+    WORKER_LOST = "worker-lost"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal-error"
+
+
+STATUSES = tuple(Status)
+ACTIVE = frozenset({Status.QUEUED, Status.PROCESSING})
+TERMINAL = frozenset(STATUSES) - ACTIVE
+
+
+class Keys:
+    """Every Redis key of the job store, in one place."""
+
+    def __init__(self, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
+        self.history = f"{prefix}history"  # zset: every retained job by created_at
+        self.finished = f"{prefix}finished"  # zset: terminal jobs by finished_at (retention)
+        self.done_audio = f"{prefix}recordings:done"  # zset: prunable recordings by finished_at
+        self.figures = f"{prefix}figures"  # hash: counters kept by the lifecycle scripts
+        self.recent = f"{prefix}figures:recent"  # list: latest succeeded jobs' timings
+        self.events = f"{prefix}events"  # stream: one entry per transition
+        self.suspects = f"{prefix}stranded:suspects"  # hash: queued jobs missing from the broker
+
+    def job(self, job_id: str) -> str:
+        """The hash holding a job record."""
+        return f"{self.prefix}job:{job_id}"
+
+    def audio(self, job_id: str) -> str:
+        """The string holding a job's recording."""
+        return f"{self.prefix}audio:{job_id}"
+
+    def result(self, job_id: str) -> str:
+        """The normalized transcript of a succeeded job (JSON)."""
+        return f"{self.prefix}result:{job_id}"
+
+    def lease(self, job_id: str) -> str:
+        """The token of the runner holding a running job; expires unless renewed."""
+        return f"{self.prefix}lease:{job_id}"
+
+    def runner(self, token: str) -> str:
+        """Present while the worker process with this token is alive."""
+        return f"{self.prefix}runner:{token}"
+
+    def status(self, status: str) -> str:
+        """The zset of jobs in one status, by created_at."""
+        return f"{self.prefix}status:{status}"
 
 
 @dataclass(frozen=True)
 class Job:
-    """One transcription job as stored in Redis (the transcript lives in the result backend)."""
+    """One transcription job as stored in Redis (its transcript is stored next to it)."""
 
     id: str
-    status: str
+    status: Status
     celery_id: str
+    """The current delivery: only the Celery message with this id may run or finish the job."""
     filename: str
     content_type: str
     size_bytes: int
@@ -43,8 +104,13 @@ class Job:
     processing_s: float | None = None
     worker: str | None = None
     worker_pid: int | None = None
+    runner: str | None = None
+    """Token of the worker process that holds the current run."""
     error: dict[str, str] | None = None
     audio_removed_at: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status))
 
     @property
     def audio_available(self) -> bool:
@@ -68,68 +134,50 @@ _FIELDS = {f.name for f in fields(Job)}
 
 
 def encode_fields(values: dict[str, Any]) -> dict[str, str]:
+    """A record's fields as stored: each value JSON-encoded."""
     return {k: json.dumps(v) for k, v in values.items()}
 
 
-def decode_job(raw: dict[bytes, bytes]) -> Job:
+def decode_job(raw: dict[bytes, bytes] | list[bytes]) -> Job:
+    """A Job from HGETALL's answer (a dict, or the flat list a script returns)."""
+    if isinstance(raw, list):
+        raw = dict(zip(raw[::2], raw[1::2], strict=True))
     values = {k.decode(): json.loads(v) for k, v in raw.items()}
     return Job(**{k: v for k, v in values.items() if k in _FIELDS})
 
 
+def not_found(job_id: str) -> JobNotFound:
+    """The error for an id that has no record."""
+    return JobNotFound(f"no task with id {job_id} (never submitted, deleted or expired)")
+
+
 class JobStore:
-    """Job state shared by the API and the workers; Redis is the only channel between them."""
+    """Reads job state shared by the API and the workers; every read is O(1) or O(page)."""
 
-    def __init__(self, client: redis.Redis, retention_s: int, max_recordings: int) -> None:
+    def __init__(self, client: redis.Redis, max_recordings: int, keys: Keys | None = None) -> None:
         self.redis = client
-        self.retention_s = retention_s
         self.max_recordings = max_recordings
-
-    @staticmethod
-    def job_key(job_id: str) -> str:
-        """The hash holding a job record."""
-        return f"{PREFIX}job:{job_id}"
-
-    @staticmethod
-    def audio_key(job_id: str) -> str:
-        """The string holding a job's recording."""
-        return f"{PREFIX}audio:{job_id}"
-
-    @staticmethod
-    def lease_key(job_id: str) -> str:
-        """Present (with a TTL the runner renews) while a worker process runs the job."""
-        return f"{PREFIX}lease:{job_id}"
-
-    _history = f"{PREFIX}history"
-    _recordings = f"{PREFIX}recordings"
-    running = f"{PREFIX}running"
-
-    def create(self, job: Job, audio: bytes) -> Job:
-        """Store a new queued job and its recording atomically."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self.audio_key(job.id), audio, ex=self.retention_s)
-        pipe.hset(self.job_key(job.id), mapping=encode_fields(asdict(job)))
-        pipe.expire(self.job_key(job.id), self.retention_s)
-        pipe.zadd(self._history, {job.id: job.created_at})
-        pipe.zadd(self._recordings, {job.id: job.created_at})
-        pipe.zremrangebyscore(self._history, 0, time.time() - 2 * self.retention_s)
-        pipe.execute()
-        return job
+        self.keys = keys or Keys()
 
     def get(self, job_id: str) -> Job:
         """The job, or JobNotFound for an id never seen, deleted or expired."""
-        raw = self.redis.hgetall(self.job_key(job_id))
+        raw = self.redis.hgetall(self.keys.job(job_id))
         if not raw:
-            raise JobNotFound(f"no task with id {job_id} (never submitted, deleted or expired)")
+            raise not_found(job_id)
         return decode_job(raw)
 
     def exists(self, job_id: str) -> bool:
         """Whether a job record exists."""
-        return bool(self.redis.exists(self.job_key(job_id)))
+        return bool(self.redis.exists(self.keys.job(job_id)))
 
     def audio(self, job_id: str) -> bytes:
         """The original upload; RecordingGone once retention removed it."""
-        self.get(job_id)  # an unknown id is a 404 before a removed recording is a 410
-        data = self.redis.get(self.audio_key(job_id))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(self.keys.job(job_id))
+        pipe.get(self.keys.audio(job_id))
+        exists, data = pipe.execute()
+        if not exists:  # an unknown id is a 404 before a removed recording is a 410
+            raise not_found(job_id)
         if data is None:
             raise RecordingGone(
                 f"the recording of task {job_id} was removed "
@@ -137,140 +185,63 @@ class JobStore:
             )
         return data
 
+    def transcript(self, job: Job) -> dict[str, Any] | None:
+        """The normalized transcript of a succeeded job (None otherwise)."""
+        if job.status != Status.SUCCEEDED:
+            return None
+        raw = self.redis.get(self.keys.result(job.id))
+        return json.loads(raw) if raw else None
+
     def history(self, limit: int, offset: int, status: str | None = None) -> tuple[int, list[Job]]:
-        """Newest-first page of jobs and the total that match.
+        """Newest-first page of jobs (all, or one status) and the total that match.
 
-        Without a status only the page's records are read; the total may still count a few
-        records that expired since their index entry was last seen.
+        Reads only the page's records, from the history index or the status's own index.
         """
-        if status:  # the status lives in each record: this reads the whole history
-            ids = [i.decode() for i in self.redis.zrevrange(self._history, 0, -1)]
-            jobs = [j for j in self._load_many(ids) if j.status == status]
-            return len(jobs), jobs[offset : offset + limit]
+        index = self.keys.status(status) if status else self.keys.history
         while True:
-            ids = [i.decode() for i in
-                   self.redis.zrevrange(self._history, offset, offset + limit - 1)]
-            jobs = self._load_many(ids)  # drops expired ids from the index
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(index)
+            pipe.zrevrange(index, offset, offset + limit - 1)
+            total, raw_ids = pipe.execute()
+            ids = [i.decode() for i in raw_ids]
+            jobs = self._load_many(ids)  # drops ids whose record expired
             if len(jobs) == len(ids):  # else the range shifted: read it again
-                return int(self.redis.zcard(self._history)), jobs
+                return int(total), jobs
 
-    def recent(self, count: int) -> list[Job]:
-        """The newest `count` jobs (for statistics)."""
-        ids = [i.decode() for i in self.redis.zrevrange(self._history, 0, count - 1)]
-        return self._load_many(ids)
+    def latest(self, count: int) -> list[Job]:
+        """The newest `count` jobs."""
+        return self.history(count, 0)[1]
 
-    def _load_many(self, ids: list[str]) -> list[Job]:
+    def counts(self) -> dict[Status, int]:
+        """Retained jobs by status, from the status indexes."""
+        pipe = self.redis.pipeline(transaction=False)
+        for status in STATUSES:
+            pipe.zcard(self.keys.status(status))
+        return dict(zip(STATUSES, map(int, pipe.execute()), strict=True))
+
+    def ids(self, status: Status, limit: int = -1) -> list[str]:
+        """Ids of jobs in one status, oldest first."""
+        end = -1 if limit < 0 else limit - 1
+        return [i.decode() for i in self.redis.zrange(self.keys.status(status), 0, end)]
+
+    def load_many(self, ids: list[str]) -> list[Job]:
+        """The records of these ids that still exist, in order."""
+        return self._load_many(ids, prune=False)
+
+    def _load_many(self, ids: list[str], prune: bool = True) -> list[Job]:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hgetall(self.job_key(job_id))
+            pipe.hgetall(self.keys.job(job_id))
         jobs, expired = [], []
         for job_id, raw in zip(ids, pipe.execute(), strict=True):
             if raw:
                 jobs.append(decode_job(raw))
             else:
                 expired.append(job_id)
-        if expired:
-            self.redis.zrem(self._history, *expired)
-            self.redis.zrem(self._recordings, *expired)
+        if expired and prune:  # an index entry outlived its record (TTL backstop): drop it
+            pipe = self.redis.pipeline(transaction=False)
+            for index in (self.keys.history, self.keys.finished, self.keys.done_audio,
+                          *map(self.keys.status, STATUSES)):
+                pipe.zrem(index, *expired)
+            pipe.execute()
         return jobs
-
-    def mark_finished(self, job_id: str, celery_id: str, status: str,
-                      error: dict[str, str] | None = None,
-                      processing_s: float | None = None) -> Job | None:
-        """processing -> succeeded/failed/cancelled for the current delivery."""
-
-        def check(job: Job) -> dict[str, Any] | None:
-            if job.celery_id != celery_id or job.status not in ACTIVE:
-                return None
-            now = time.time()
-            spent = processing_s if processing_s is not None else now - (job.started_at or now)
-            return {"status": status, "finished_at": now, "processing_s": spent, "error": error}
-
-        return self.transition(job_id, check, refresh_ttl=True, release=True)
-
-    def requeue(self, job_id: str, celery_id: str) -> Job:
-        """failed/cancelled -> queued under a new Celery id; 409 while active, 410 if no audio."""
-
-        def check(job: Job) -> dict[str, Any]:
-            if job.status in ACTIVE:
-                raise JobConflict(f"task {job_id} is {job.status}; only a finished task can be "
-                                  "retried")
-            if job.status == SUCCEEDED:
-                raise JobConflict(f"task {job_id} already succeeded")
-            if not job.audio_available:
-                raise RecordingGone(f"the recording of task {job_id} was removed; submit it again")
-            return {"status": QUEUED, "celery_id": celery_id, "queued_at": time.time(),
-                    "deliveries": 0, "started_at": None, "finished_at": None,
-                    "processing_s": None, "worker": None, "worker_pid": None, "error": None}
-
-        job = self.transition(job_id, check, missing_ok=False, refresh_ttl=True, release=True)
-        assert job is not None
-        return job
-
-    def delete(self, job_id: str) -> Job:
-        """Remove the job, its recording and its history entries."""
-        job = self.get(job_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.job_key(job_id), self.audio_key(job_id), self.lease_key(job_id))
-        pipe.srem(self.running, job_id)
-        pipe.zrem(self._history, job_id)
-        pipe.zrem(self._recordings, job_id)
-        pipe.execute()
-        return job
-
-    def prune_recordings(self) -> list[str]:
-        """Remove the oldest recordings beyond max_recordings, skipping queued or running jobs."""
-        excess = self.redis.zcard(self._recordings) - self.max_recordings
-        removed: list[str] = []
-        if excess <= 0:
-            return removed
-        for raw_id in self.redis.zrange(self._recordings, 0, -1):
-            if len(removed) >= excess:
-                break
-            if self._remove_recording(raw_id.decode()):
-                removed.append(raw_id.decode())
-        return removed
-
-    def _remove_recording(self, job_id: str) -> bool:
-        def remove(pipe: redis.client.Pipeline) -> bool:
-            raw = pipe.hgetall(self.job_key(job_id))
-            if raw and decode_job(raw).status in ACTIVE:
-                return False
-            pipe.multi()
-            pipe.delete(self.audio_key(job_id))
-            pipe.zrem(self._recordings, job_id)
-            if raw:
-                pipe.hset(self.job_key(job_id), "audio_removed_at", json.dumps(time.time()))
-            return True
-
-        return self.redis.transaction(remove, self.job_key(job_id), value_from_callable=True)
-
-    def transition(self, job_id: str, check: Callable[[Job], dict[str, Any] | None],
-                   missing_ok: bool = True, refresh_ttl: bool = False,
-                   release: bool = False) -> Job | None:
-        """Apply check(job)'s updates atomically (WATCH/MULTI); None if check declines.
-
-        release: the job no longer runs anywhere (drop its lease and running-set entry).
-        """
-        key = self.job_key(job_id)
-
-        def apply(pipe: redis.client.Pipeline) -> Job | None:
-            raw = pipe.hgetall(key)
-            if not raw:
-                if missing_ok:
-                    return None
-                raise JobNotFound(f"no task with id {job_id} (never submitted, deleted or expired)")
-            updates = check(decode_job(raw))
-            if updates is None:
-                return None
-            pipe.multi()
-            pipe.hset(key, mapping=encode_fields(updates))
-            if refresh_ttl:
-                pipe.expire(key, self.retention_s)
-                pipe.expire(self.audio_key(job_id), self.retention_s)
-            if release:
-                pipe.delete(self.lease_key(job_id))
-                pipe.srem(self.running, job_id)
-            return replace(decode_job(raw), **updates)
-
-        return self.redis.transaction(apply, key, value_from_callable=True)

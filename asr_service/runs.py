@@ -1,10 +1,19 @@
-"""Who runs a job: one claim per delivery, a lease while it runs, orphans handed back.
+"""Who runs a job: runner tokens with heartbeats, leases while a job runs, and the periodic
+sweeps that hand back what a dead worker or a lost message left behind.
 
 Celery's Redis transport redelivers an unacknowledged message only after the visibility
-timeout (hours, for long jobs), and `task_reject_on_worker_lost` redelivers at once when a
-child dies, possibly forever. The job record decides instead: a delivery runs only if no live
-process holds the job's lease, a job that killed its worker `max_deliveries` times fails, and a
-job whose whole worker died is re-queued by the next worker's reaper as soon as its lease lapses.
+timeout (hours, for long jobs), `task_reject_on_worker_lost` redelivers at once when a child
+dies, possibly forever, and a message that never reached the broker (or was lost by it) is
+never delivered at all. The job record decides instead (lifecycle.py moves it):
+- a delivery runs only if no live runner holds the job's lease; a runner is a random token per
+  worker process with its own heartbeat key, so processes that share a hostname or a pid
+  (containers) never mistake each other for dead;
+- the runner renews its lease by compare-and-extend; one that lost it (Redis away longer than
+  the lease, and the job taken over) cannot record a result: every write is fenced by the
+  delivery id and the runner token;
+- a job whose whole worker died is re-queued by the next sweep once its lease lapsed;
+- a queued job whose message is in no broker queue and no worker's hands, at two sweeps in a
+  row, is sent again under a new delivery id (the old message, should it reappear, is skipped).
 """
 
 from __future__ import annotations
@@ -17,106 +26,82 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from enum import Enum
 
 import redis
 
-from asr_service.jobs import ACTIVE, FAILED, PROCESSING, QUEUED, Job, JobStore, decode_job
-from asr_service.jobs import encode_fields as encode
+from asr_service.cluster import Cluster
+from asr_service.jobs import Job, JobStore, Status
+from asr_service.lifecycle import Lifecycle, Runner
 
 log = logging.getLogger(__name__)
+RUNNER_TTL_S = 6  # a runner whose process died is known dead after this
+RUNNER_BEAT_S = 2
+STRANDED_AFTER_S = 15  # a queued job younger than this may have its message in flight
+
+Dispatch = Callable[[Job], None]
 
 
-class Outcome(Enum):
-    """What a delivery of a job should do."""
-
-    RUN = "run"  # this process now holds the lease
-    SKIP = "skip"  # deleted, finished, or superseded by a newer delivery
-    BUSY = "busy"  # another live process runs it: try again when its lease may have lapsed
-    GAVE_UP = "gave-up"  # it killed its worker max_deliveries times: now failed
+def new_delivery(job_id: str, why: str) -> str:
+    """A fresh Celery task id for another delivery of a job."""
+    return f"{job_id}.{why}.{uuid.uuid4().hex[:8]}"
 
 
-@dataclass(frozen=True)
-class Claim:
-    """The outcome of claiming a delivery, and the job as it now stands."""
+class RunnerBeat:
+    """This worker process's runner token, kept alive by a daemon thread."""
 
-    outcome: Outcome
-    job: Job | None
+    def __init__(self, client: redis.Redis, store: JobStore) -> None:
+        self.runner = Runner(token=uuid.uuid4().hex, pid=os.getpid())
+        self.redis = client
+        self.key = store.keys.runner(self.runner.token)
+        self._stop = threading.Event()
 
+    def start(self) -> RunnerBeat:
+        """Publish the heartbeat now and keep it fresh."""
+        self._beat()
+        threading.Thread(target=self._run, name="runner-beat", daemon=True).start()
+        return self
 
-def runner_id() -> str:
-    """Identifies this process in a lease: host and pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    def _beat(self) -> None:
+        try:
+            self.redis.set(self.key, f"{socket.gethostname()}:{os.getpid()}", ex=RUNNER_TTL_S)
+        except redis.RedisError as exc:
+            log.warning("runner heartbeat not published: %s", exc)
 
+    def _run(self) -> None:
+        while not self._stop.wait(RUNNER_BEAT_S):
+            self._beat()
 
-def runner_alive(lease: bytes | None) -> bool:
-    """Whether the process named in a lease still runs (trusted as alive on another host)."""
-    if lease is None:
-        return False
-    host, _, pid = lease.decode().rpartition(":")
-    if host != socket.gethostname():
-        return True  # its lease TTL is the only signal we have from another host
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
-
-
-def claim(store: JobStore, job_id: str, celery_id: str, worker: str,
-          max_deliveries: int, lease_s: int) -> Claim:
-    """Atomically decide whether this delivery runs the job, and take the lease if so."""
-    key, lease_key = store.job_key(job_id), store.lease_key(job_id)
-
-    def apply(pipe: redis.client.Pipeline) -> Claim:
-        raw = pipe.hgetall(key)
-        if not raw:
-            return Claim(Outcome.SKIP, None)
-        job = decode_job(raw)
-        if job.celery_id != celery_id or job.status not in ACTIVE:
-            return Claim(Outcome.SKIP, job)
-        if job.status == PROCESSING and runner_alive(pipe.get(lease_key)):
-            return Claim(Outcome.BUSY, job)
-        now = time.time()
-        if job.deliveries >= max_deliveries:
-            updates = {"status": FAILED, "finished_at": now, "error": {
-                "type": "worker-lost",
-                "detail": f"the worker process died {job.deliveries} times while transcribing "
-                          "this recording; it is not tried again automatically (POST "
-                          "/api/v1/asr/retry/{task_id} to try once more)"}}
-            outcome = Outcome.GAVE_UP
-        else:
-            updates = {"status": PROCESSING, "started_at": now, "worker": worker,
-                       "worker_pid": os.getpid(), "attempts": job.attempts + 1,
-                       "deliveries": job.deliveries + 1}
-            outcome = Outcome.RUN
-        pipe.multi()
-        pipe.hset(key, mapping=encode(updates))
-        if outcome is Outcome.RUN:
-            pipe.set(lease_key, runner_id(), ex=lease_s)
-            pipe.sadd(store.running, job_id)
-        else:
-            pipe.delete(lease_key)
-            pipe.srem(store.running, job_id)
-        return Claim(outcome, replace(job, **updates))
-
-    return store.redis.transaction(apply, key, lease_key, value_from_callable=True)
+    def stop(self) -> None:
+        """Stop beating and say this runner is gone."""
+        self._stop.set()
+        try:
+            self.redis.delete(self.key)
+        except redis.RedisError:
+            pass  # it expires on its own
 
 
 @contextmanager
-def holding_lease(store: JobStore, job_id: str, lease_s: int) -> Iterator[None]:
-    """Renew the job's lease from a thread while the body runs."""
+def holding_lease(lifecycle: Lifecycle, job_id: str, token: str, lease_s: float,
+                  on_lost: Callable[[], None]) -> Iterator[None]:
+    """Renew the job's lease from a thread while the body runs; on_lost() once another
+    runner or delivery owns the job (the body should stop: its result would be refused)."""
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(lease_s / 3):
             try:
-                store.redis.set(store.lease_key(job_id), runner_id(), ex=lease_s, xx=True)
+                state = lifecycle.renew(job_id, token, lease_s)
             except redis.RedisError as exc:
                 log.warning("lease not renewed: %s", exc, extra={"job_id": job_id})
+                continue
+            if state == "reacquired":
+                log.warning("lease had lapsed; nobody took the job over: kept it",
+                            extra={"job_id": job_id})
+            elif state == "lost" and not stop.is_set():
+                log.warning("lease lost: the job is owned elsewhere now; stopping",
+                            extra={"job_id": job_id})
+                on_lost()
+                return
 
     thread = threading.Thread(target=renew, name=f"lease-{job_id[:8]}", daemon=True)
     thread.start()
@@ -127,37 +112,44 @@ def holding_lease(store: JobStore, job_id: str, lease_s: int) -> Iterator[None]:
         thread.join(timeout=1)
 
 
-def reap_orphans(store: JobStore, enqueue: Callable[[str, str, str], None]) -> list[str]:
-    """Re-queue running jobs whose runner died (lease lapsed); returns their ids.
-
-    enqueue(job_id, celery_id, queue) sends the new delivery to the job's own queue.
-    """
+def reap_orphans(store: JobStore, lifecycle: Lifecycle, dispatch: Dispatch) -> list[str]:
+    """Re-queue running jobs whose runner is gone; returns their ids. O(running jobs)."""
     requeued = []
-    for raw_id in store.redis.smembers(store.running):
-        job_id = raw_id.decode()
-        celery_id = f"{job_id}.recovered.{uuid.uuid4().hex[:8]}"
-        job = _requeue_orphan(store, job_id, celery_id)
-        if job is not None:
-            enqueue(job_id, celery_id, job.queue)
-            requeued.append(job_id)
+    for job in store.load_many(store.ids(Status.PROCESSING)):
+        if (recovered := lifecycle.recover(job.id, job.celery_id,
+                                           new_delivery(job.id, "recovered"))) is not None:
+            dispatch(recovered)
+            requeued.append(job.id)
     return requeued
 
 
-def _requeue_orphan(store: JobStore, job_id: str, celery_id: str) -> Job | None:
-    key, lease_key = store.job_key(job_id), store.lease_key(job_id)
+def sweep_stranded(store: JobStore, lifecycle: Lifecycle, cluster: Cluster, dispatch: Dispatch,
+                   now: float | None = None) -> list[str]:
+    """Send again the queued jobs whose message the broker does not hold; returns their ids.
 
-    def apply(pipe: redis.client.Pipeline) -> Job | None:
-        raw = pipe.hgetall(key)
-        job = decode_job(raw) if raw else None
-        if job is not None and job.status == PROCESSING and runner_alive(pipe.get(lease_key)):
-            return None
-        pipe.multi()
-        pipe.srem(store.running, job_id)
-        if job is None or job.status != PROCESSING:
-            return None  # stale entry: nothing to recover
-        updates = {"status": QUEUED, "celery_id": celery_id, "queued_at": time.time(),
-                   "worker": None, "worker_pid": None}
-        pipe.hset(key, mapping=encode(updates))
-        return replace(job, **updates)
-
-    return store.redis.transaction(apply, key, lease_key, value_from_callable=True)
+    A job counts as stranded when it has been queued for STRANDED_AFTER_S and its delivery
+    is missing from the broker at two sweeps in a row (a message moving from the queue to a
+    worker is in neither place for an instant). O(queued jobs + broker messages), run by one
+    worker of the cluster every few seconds, never by a request.
+    """
+    now = time.time() if now is None else now
+    cutoff = now - STRANDED_AFTER_S
+    candidates = [j for j in store.load_many(store.ids(Status.QUEUED)) if j.queued_at < cutoff]
+    present = cluster.deliveries({j.queue for j in candidates}) if candidates else set()
+    missing = {j.id: j for j in candidates if j.celery_id not in present}
+    suspects = {k.decode(): v.decode() for k, v in store.redis.hgetall(store.keys.suspects)
+                .items()}
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.delete(store.keys.suspects)
+    if missing:
+        pipe.hset(store.keys.suspects, mapping={j.id: j.celery_id for j in missing.values()})
+    pipe.execute()
+    sent = []
+    for job in missing.values():
+        if suspects.get(job.id) != job.celery_id:
+            continue  # first time seen missing: look again at the next sweep
+        moved = lifecycle.redispatch(job.id, job.celery_id, new_delivery(job.id, "resent"))
+        if moved is not None:
+            dispatch(moved)
+            sent.append(job.id)
+    return sent

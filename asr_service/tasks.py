@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import Task, shared_task
 
-from asr_service.pipeline import JobBusy, run_job
+from asr_service.pipeline import Delivery, JobBusy, run_job
+from asr_service.service import TASK_NAME
 
 
-@shared_task(name="asr.transcribe", bind=True)
-def transcribe(self: Task, job_id: str) -> dict[str, Any] | None:
+# ignore_result: the transcript is stored by the lifecycle with the job's success, fenced by
+# its delivery; Celery's result backend would keep a second, unfenced copy.
+@shared_task(name=TASK_NAME, bind=True, ignore_result=True)
+def transcribe(self: Task, job_id: str) -> None:
     """Transcribe one stored recording; the job record says how it ended."""
     app = self.app
     try:
-        return run_job(
-            app.store, app.engine, app.settings, job_id,
-            celery_id=self.request.id, worker=self.request.hostname or "unknown",
-            save_result=lambda result: app.backend.store_result(self.request.id, result,
-                                                                "SUCCESS"),
-        )
+        run_job(app.lifecycle, app.store, app.engine, app.settings,
+                Delivery(job_id, self.request.id, self.request.hostname or "unknown",
+                         app.runner))
     except JobBusy as busy:
         # Redelivered while the process that died with it may still hold the lease.
         raise self.retry(countdown=busy.retry_in_s, max_retries=None) from None

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 from dataclasses import replace
 from functools import cached_property
 from typing import Any
@@ -18,14 +19,16 @@ from celery.worker import state as worker_state
 from asr_service.cluster import Cluster, WorkerInfo, gpu_memory_bytes, tree_usage
 from asr_service.engine.base import Engine
 from asr_service.errors import ModelLoadError
-from asr_service.jobs import CANCELLED, FAILED, PREFIX, JobStore
-from asr_service.logs import log_event, setup_logging
-from asr_service.runs import reap_orphans
+from asr_service.jobs import PREFIX, ErrorType, JobStore, Status
+from asr_service.lifecycle import Lifecycle, Runner, log_event_line
+from asr_service.logs import setup_logging
+from asr_service.runs import RunnerBeat, reap_orphans, sweep_stranded
+from asr_service.service import Dispatcher
 from asr_service.settings import Settings
 
 log = logging.getLogger(__name__)
-REAPER_LOCK = f"{PREFIX}reaper"
-REAP_EVERY_S = 10
+SWEEP_LOCK = f"{PREFIX}sweeper"
+SWEEP_EVERY_S = 10
 
 
 class AsrCelery(Celery):
@@ -34,6 +37,10 @@ class AsrCelery(Celery):
     settings: Settings
     engine: Engine | None = None
     device: str = "unknown"
+    node: str = ""
+    """Random token of the worker's main process (set before the fork, children inherit it)."""
+    beat: RunnerBeat | None = None
+    """This child process's runner token and heartbeat (set after the fork)."""
 
     @cached_property
     def redis_client(self) -> redis.Redis:
@@ -43,9 +50,26 @@ class AsrCelery(Celery):
 
     @cached_property
     def store(self) -> JobStore:
-        """The shared job store."""
+        """Reads of the shared job store."""
+        return JobStore(self.redis_client, self.settings.max_recordings)
+
+    @cached_property
+    def lifecycle(self) -> Lifecycle:
+        """The one writer of job status."""
         s = self.settings
-        return JobStore(self.redis_client, s.result_retention_s, s.max_recordings)
+        return Lifecycle(self.redis_client, s.result_retention_s, s.max_recordings,
+                         listeners=[log_event_line])
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        """Sends jobs to their queue (the sweeps re-send what was lost)."""
+        return Dispatcher(self)
+
+    @property
+    def runner(self) -> Runner:
+        """This worker process as the runner of its jobs."""
+        assert self.beat is not None, "runner used outside a worker child process"
+        return self.beat.runner
 
     @cached_property
     def cluster(self) -> Cluster:
@@ -123,6 +147,7 @@ def _preflight(**_: Any) -> None:
     try:
         app = _app()
         app.device = preflight(app.settings)
+        app.node = uuid.uuid4().hex
     except ModelLoadError as exc:
         log.critical("worker refuses to start: %s", exc, extra={"error": str(exc)})
         raise SystemExit(1) from exc  # Celery logs and ignores ordinary handler exceptions
@@ -134,6 +159,7 @@ def _load_engine(**_: Any) -> None:
     from asr_service.engine import build_engine
 
     app = _app()
+    app.beat = RunnerBeat(app.redis_client, app.store).start()
     started = time.perf_counter()
     try:
         app.engine = build_engine(app.settings)
@@ -145,7 +171,7 @@ def _load_engine(**_: Any) -> None:
     log.info("engine ready", extra={"model": app.engine.name, "device": app.engine.device,
                                     "load_s": round(time.perf_counter() - started, 3)})
     try:
-        app.cluster.engine_loaded(os.getpid(), app.engine.device)
+        app.cluster.engine_loaded(app.node, os.getpid(), app.engine.device)
     except redis.RedisError as exc:
         log.warning("engine readiness not published: %s", exc)
 
@@ -167,26 +193,31 @@ def _publish_heartbeat(sender: Any, **_: Any) -> None:
         gpu_memory_bytes=gpu_memory_bytes(pids) if app.device.startswith("cuda") else None,
     )
     try:
-        info = replace(info, engines_ready=app.cluster.engines_ready(pids - {os.getpid()}))
+        info = replace(info, engines_ready=app.cluster.engines_ready(app.node,
+                                                                     pids - {os.getpid()}))
         app.cluster.publish(info)
     except redis.RedisError as exc:
         log.warning("heartbeat not published: %s", exc)
 
 
 @signals.heartbeat_sent.connect
-def _reap_orphans(sender: Any, **_: Any) -> None:
-    """Every ~10 s, one worker of the cluster re-queues jobs whose worker process died."""
+def _sweep(sender: Any, **_: Any) -> None:
+    """Every ~10 s, one worker of the cluster re-queues jobs whose runner died, re-sends
+    queued jobs whose message was lost, and removes jobs past their retention."""
     app = _app()
     try:
-        if not app.redis_client.set(REAPER_LOCK, sender.eventer.hostname, nx=True,
-                                    ex=REAP_EVERY_S):
+        if not app.redis_client.set(SWEEP_LOCK, sender.eventer.hostname, nx=True,
+                                    ex=SWEEP_EVERY_S):
             return
-        for job_id in reap_orphans(app.store, lambda job_id, celery_id, queue: app.send_task(
-                "asr.transcribe", args=[job_id], task_id=celery_id, queue=queue)):
+        for job_id in reap_orphans(app.store, app.lifecycle, app.dispatcher.try_send):
             log.warning("re-queued a job whose worker died", extra={"job_id": job_id})
-            log_event("job.retried", job_id, reason="worker-lost")
+        for job_id in sweep_stranded(app.store, app.lifecycle, app.cluster,
+                                     app.dispatcher.try_send):
+            log.warning("re-sent a queued job the broker had lost", extra={"job_id": job_id})
+        if expired := app.lifecycle.expire():
+            log.info("removed jobs past their retention", extra={"jobs": expired})
     except redis.RedisError as exc:
-        log.warning("orphan check skipped: %s", exc)
+        log.warning("sweep skipped: %s", exc)
 
 
 @signals.task_failure.connect
@@ -198,9 +229,7 @@ def _record_hard_timeout(task_id: str | None = None, exception: BaseException | 
     limit = _app().settings.task_time_limit_s
     detail = (f"killed at the hard time limit of {limit} s (TASK_TIME_LIMIT_S); "
               "the worker process was replaced")
-    if _app().store.mark_finished(args[0], task_id, FAILED,
-                                  error={"type": "time-limit-exceeded", "detail": detail}):
-        log_event("job.failed", args[0], error="time-limit-exceeded", detail=detail)
+    _app().lifecycle.fail(args[0], task_id, ErrorType.TIME_LIMIT, detail)
 
 
 @signals.worker_shutdown.connect
@@ -216,5 +245,6 @@ def _mark_cancelled(request: Any = None, **_: Any) -> None:
     """A job revoked outside our API (Flower, `celery control revoke`) ends as cancelled."""
     if request is None or not request.args:
         return
-    _app().store.mark_finished(request.args[0], request.id, CANCELLED,
-                               error={"type": "cancelled", "detail": "the task was revoked"})
+    _app().lifecycle.fail(request.args[0], request.id, ErrorType.CANCELLED,
+                          "the task was revoked", status=Status.CANCELLED)
+

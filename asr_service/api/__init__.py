@@ -11,7 +11,9 @@ from flask_smorest import Blueprint
 
 from asr_service.api.problems import PROBLEM_JSON, ProblemSchema
 from asr_service.cluster import Cluster
+from asr_service.figures import Figures
 from asr_service.jobs import JobStore
+from asr_service.service import JobService
 from asr_service.settings import Settings
 from asr_service.worker import AsrCelery
 
@@ -21,7 +23,8 @@ _ERROR_DESCRIPTIONS = {
     409: "The task is in a state that does not allow this",
     410: "The recording was removed by retention",
     413: "Upload larger than MAX_UPLOAD_MB",
-    422: "Invalid field, or not decodable / too long audio",
+    422: "Invalid field, not decodable / too long audio, or an Idempotency-Key reused with "
+         "a different request",
     429: "Rate limit exceeded (RATE_LIMIT); see Retry-After",
     503: "Redis unreachable",
 }
@@ -33,7 +36,9 @@ class Services:
 
     settings: Settings
     store: JobStore
+    jobs: JobService
     cluster: Cluster
+    figures: Figures
     celery: AsrCelery
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from typing import Any
 
 import psutil
@@ -15,10 +14,8 @@ from flask_smorest import Blueprint
 from asr_service.api import problems, services
 from asr_service.api.metrics import SubmitLatency
 from asr_service.api.schemas import DashboardSchema, job_view
-from asr_service.api.system import STATS_JOBS
 from asr_service.cluster import tree_usage
-from asr_service.jobs import SUCCEEDED, Job
-from asr_service.stats import percentiles, summarize
+from asr_service.figures import STATS_WINDOW_S, percentiles, summarize, throughput
 
 page = FlaskBlueprint("dashboard_page", __name__)
 blp = Blueprint("dashboard", __name__, url_prefix="/api/v1",
@@ -43,10 +40,9 @@ class Dashboard(MethodView):
     def get(self) -> dict[str, Any]:
         """Resources, queue, workers, latency and throughput now, plus the latest jobs."""
         svc = services()
-        now = time.time()
-        jobs = svc.store.recent(STATS_JOBS)  # the same records /api/v1/stats and /metrics use
+        snap = svc.figures.snapshot(STATS_WINDOW_S)
+        now = snap["now"]
         workers = svc.cluster.workers()
-        recent = _finished_since(jobs, now - WINDOW_S)
         return {
             "ts": now,
             "window_s": WINDOW_S,
@@ -56,17 +52,11 @@ class Dashboard(MethodView):
             "active_tasks": sum(w.active for w in workers),
             "queue_depth": svc.cluster.queue_depth(),
             "submit_latency_s": percentiles(SubmitLatency(svc.store.redis).since(now - WINDOW_S)),
-            "end_to_end_s": percentiles(j.finished_at - j.queued_at for j in recent
-                                        if j.finished_at),
-            "jobs_per_minute": round(len(recent) * 60 / WINDOW_S, 3),
-            "audio_seconds_per_second": round(sum(j.duration_s for j in recent) / WINDOW_S, 4),
-            "stats": summarize(jobs, now),
-            "latest_jobs": [job_view(j) for j in jobs[:LATEST_JOBS]],
+            "end_to_end_s": percentiles(r[3] for r in snap["recent"] if r[0] >= now - WINDOW_S),
+            **throughput(snap, WINDOW_S),
+            "stats": summarize(snap),
+            "latest_jobs": [job_view(j) for j in svc.store.latest(LATEST_JOBS)],
         }
-
-
-def _finished_since(jobs: list[Job], start: float) -> list[Job]:
-    return [j for j in jobs if j.status == SUCCEEDED and j.finished_at and j.finished_at >= start]
 
 
 def api_usage() -> dict[str, Any]:

@@ -1,22 +1,21 @@
-"""Prometheus /metrics, computed from Redis so every gunicorn process (and host) agrees.
+"""Prometheus /metrics, read from Redis so every gunicorn process (and host) agrees.
 
 Why not prometheus_client's usual per-process metrics: under gunicorn each worker process
 would count only the requests it served, and a scrape reaches one of them at random. The
-multiprocess mode fixes that for one host only, through a shared directory. Instead:
-- gauges (jobs by status, queue depth, workers) and the end-to-end latency and RTF histograms
-  are computed at scrape time from the same job records and heartbeats /api/v1/stats and the
-  dashboard read. Those histograms cover the retained jobs (the newest STATS_JOBS within
-  RESULT_RETENTION_S): their counts drop when records expire or are deleted, which
-  Prometheus' rate() treats as a counter reset;
-- submit latency is observed where it happens (the API) into cumulative counters in Redis
-  (HINCRBY per bucket), shared by all API processes and hosts, never reset.
+multiprocess mode fixes that for one host only, through a shared directory. Instead every
+figure is kept in Redis where it happens and read here at a fixed cost (no record scans):
+- jobs by status: the sizes of the lifecycle's status indexes;
+- end-to-end latency and RTF: cumulative histograms the lifecycle scripts update in the same
+  atomic step as a job's success (figures.py); audio seconds of the retained succeeded jobs;
+- submit latency: observed by the API (HINCRBY per bucket), shared by all API processes;
+- queue depth and workers: the broker's list length and the workers' heartbeat hash.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 
 import redis
 from flask import Blueprint, Flask, Response, g, request
@@ -24,16 +23,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from asr_service.api import services
-from asr_service.api.system import STATS_JOBS
 from asr_service.cluster import Cluster
-from asr_service.jobs import PREFIX, STATUSES, SUCCEEDED, JobStore
+from asr_service.figures import END_TO_END_BUCKETS, RTF_BUCKETS, Figures, histogram
+from asr_service.jobs import PREFIX
 
 log = logging.getLogger(__name__)
 blp = Blueprint("metrics", __name__)
 
 SUBMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-END_TO_END_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
-RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 RECENT_SUBMITS = 2000
 SUBMIT_ENDPOINT = "asr.Submit"
 
@@ -77,19 +74,11 @@ class SubmitLatency:
         return found
 
 
-def _histogram(name: str, doc: str, values: Iterable[float],
-               bounds: Sequence[float]) -> HistogramMetricFamily:
-    data = list(values)
-    buckets = [(str(b), float(sum(v <= b for v in data))) for b in bounds]
-    buckets.append(("+Inf", float(len(data))))
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=sum(data))
-
-
 class ClusterCollector:
     """Reads the cluster's figures from Redis on every scrape."""
 
-    def __init__(self, store: JobStore, cluster: Cluster) -> None:
-        self.store = store
+    def __init__(self, figures: Figures, cluster: Cluster) -> None:
+        self.figures = figures
         self.cluster = cluster
 
     def collect(self) -> Iterator[Metric]:
@@ -104,10 +93,10 @@ class ClusterCollector:
         yield from families
 
     def _families(self) -> Iterator[Metric]:
-        jobs = self.store.recent(STATS_JOBS)  # the same records /api/v1/stats summarizes
+        snap = self.figures.snapshot(0)
         by_status = GaugeMetricFamily("asr_jobs", "Retained jobs by status", labels=["status"])
-        for status in STATUSES:
-            by_status.add_metric([status], sum(j.status == status for j in jobs))
+        for status, count in snap["counts"].items():
+            by_status.add_metric([str(status)], count)
         yield by_status
         yield GaugeMetricFamily("asr_queue_depth", "Jobs waiting in the broker queue",
                                 value=self.cluster.queue_depth())
@@ -117,17 +106,16 @@ class ClusterCollector:
         yield GaugeMetricFamily("asr_engines_ready", "Worker processes with the model loaded",
                                 value=sum(w.engines_ready for w in workers))
         yield from self._worker_families(workers)
-        done = [j for j in jobs if j.status == SUCCEEDED and j.finished_at is not None]
-        yield _histogram("asr_job_end_to_end_seconds",
-                         "Queued to finished, succeeded retained jobs",
-                         (j.finished_at - j.queued_at for j in done if j.finished_at),
-                         END_TO_END_BUCKETS)
-        yield _histogram("asr_job_rtf", "Real-time factor (processing / audio seconds), "
-                         "succeeded retained jobs", (j.rtf for j in done if j.rtf is not None),
-                         RTF_BUCKETS)
+        kept = snap["kept"]
+        for name, metric, doc, bounds in (
+                ("e2e", "asr_job_end_to_end_seconds", "Queued to succeeded", END_TO_END_BUCKETS),
+                ("rtf", "asr_job_rtf", "Real-time factor (processing / audio seconds) of "
+                 "succeeded jobs", RTF_BUCKETS)):
+            buckets, total = histogram(kept, name, bounds)
+            yield HistogramMetricFamily(metric, doc, buckets=buckets, sum_value=total)
         yield GaugeMetricFamily("asr_audio_seconds", "Audio seconds of succeeded retained jobs",
-                                value=sum(j.duration_s for j in done))
-        buckets, total = SubmitLatency(self.store.redis).histogram()
+                                value=max(0.0, kept.get("retained_audio_s", 0.0)))
+        buckets, total = SubmitLatency(self.figures.redis).histogram()
         yield HistogramMetricFamily("asr_submit_latency_seconds",
                                     "Time the API took to accept a submission (202)",
                                     buckets=buckets, sum_value=total)
@@ -154,7 +142,7 @@ def metrics() -> Response:
     """Prometheus text exposition of the cluster's figures."""
     svc = services()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(svc.store, svc.cluster))
+    registry.register(ClusterCollector(svc.figures, svc.cluster))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 

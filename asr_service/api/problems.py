@@ -22,6 +22,7 @@ STATUS_BY_ERROR: dict[type[errors.AsrError], int] = {
     errors.AudioTooLong: 422,
     errors.JobNotFound: 404,
     errors.JobConflict: 409,
+    errors.IdempotencyMismatch: 422,
     errors.RecordingGone: 410,
     errors.QueueUnavailable: 503,
 }

@@ -52,7 +52,7 @@ class HistoryArgsSchema(Schema):
 
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 200))
     offset = fields.Integer(load_default=0, validate=validate.Range(0, 1_000_000_000))
-    status = fields.String(validate=validate.OneOf(STATUSES))
+    status = fields.String(validate=validate.OneOf([str(s) for s in STATUSES]))
 
 
 def _iso(ts: float | None) -> str | None:
@@ -90,7 +90,7 @@ class JobSchema(Schema):
     """A job: its state, timings, and the error once failed."""
 
     task_id = fields.String()
-    status = fields.String(validate=validate.OneOf(STATUSES))
+    status = fields.String(validate=validate.OneOf([str(s) for s in STATUSES]))
     filename = fields.String()
     content_type = fields.String()
     size_bytes = fields.Integer()
@@ -152,10 +152,18 @@ class WorkerSchema(Schema):
         "description": "Processes with the model loaded; 0 while the worker starts"})
 
 
-class HealthSchema(Schema):
-    """Whether the service can take and finish work."""
+class HealthArgsSchema(Schema):
+    """What health should require."""
 
-    status = fields.String(validate=validate.OneOf(["ok"]))
+    ready = fields.String(validate=validate.OneOf(["workers"]), metadata={
+        "description": "`workers`: 503 unless a worker has its model loaded (deploy scripts)"})
+
+
+class HealthSchema(Schema):
+    """Whether the service can take work (200), and whether workers can finish it."""
+
+    status = fields.String(validate=validate.OneOf(["ok", "degraded"]), metadata={
+        "description": "degraded: jobs are accepted but no worker has its model loaded"})
     redis = fields.Boolean()
     workers_online = fields.Integer(metadata={"description": "Workers with the model loaded"})
     reasons = fields.List(fields.String())
@@ -191,11 +199,15 @@ class StatsSchema(Schema):
 
     jobs_total = fields.Integer()
     by_status = fields.Dict(keys=fields.String(), values=fields.Integer())
-    audio_seconds_total = fields.Float()
-    average_rtf = fields.Float(allow_none=True)
-    queue_wait_s = fields.Nested(PercentilesSchema)
-    processing_s = fields.Nested(PercentilesSchema)
-    end_to_end_s = fields.Nested(PercentilesSchema)
+    audio_seconds_total = fields.Float(metadata={"description": "Succeeded retained jobs"})
+    average_rtf = fields.Float(allow_none=True, metadata={
+        "description": "Succeeded retained jobs"})
+    queue_wait_s = fields.Nested(PercentilesSchema, metadata={
+        "description": "Latest 1000 succeeded jobs"})
+    processing_s = fields.Nested(PercentilesSchema, metadata={
+        "description": "Latest 1000 succeeded jobs"})
+    end_to_end_s = fields.Nested(PercentilesSchema, metadata={
+        "description": "Latest 1000 succeeded jobs"})
     jobs_per_minute = fields.Float(metadata={"description": "Finished jobs, last 5 minutes"})
     audio_seconds_per_second = fields.Float(metadata={"description": "Last 5 minutes"})
 

@@ -11,45 +11,52 @@ from flask_smorest import Blueprint
 from asr_service.api import problems, services
 from asr_service.api.problems import PROBLEM_JSON, problem
 from asr_service.api.schemas import (
+    HealthArgsSchema,
     HealthProblemSchema,
     HealthSchema,
     QueueStatusSchema,
     StatsSchema,
 )
-from asr_service.stats import summarize
+from asr_service.jobs import Status
 
 blp = Blueprint("system", __name__, url_prefix="/api/v1", description="Service state")
-STATS_JOBS = 10_000
+LISTED = 200  # task ids listed by queue status, at most
 
 
 @blp.route("/health")
 class Health(MethodView):
-    """Can the service take and finish work?"""
+    """Can the service take work, and can it finish it?"""
 
+    @blp.arguments(HealthArgsSchema, location="query")
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthProblemSchema, content_type=PROBLEM_JSON,
-                      description="Redis unreachable or no worker online (problem+json)")
-    def get(self) -> Any:
-        """200 when Redis answers and a worker has its model loaded; 503 with the reasons."""
+                      description="Jobs cannot be accepted (Redis unreachable), or "
+                                  "`ready=workers` and no worker has its model loaded")
+    def get(self, args: dict[str, Any]) -> Any:
+        """200 while jobs can be accepted (Redis answers): `ok`, or `degraded` with the reason
+        when no worker has its model loaded (jobs queue and wait). 503 only when jobs cannot
+        be accepted; with `?ready=workers` (for deploy scripts) also while no worker is ready.
+        """
         svc = services()
-        reasons: list[str] = []
         try:
-            svc.store.redis.ping()
             workers = svc.cluster.workers()
-            redis_ok = True
         except redis.RedisError as exc:
-            redis_ok, workers = False, []
-            reasons.append(f"redis unreachable at {svc.settings.redis_url_display}: {exc}")
+            reason = f"redis unreachable at {svc.settings.redis_url_display}: {exc}"
+            return problem(503, "Service unavailable", reason, slug="service-unavailable",
+                           redis=False, workers_online=0, reasons=[reason])
         online = sum(1 for w in workers if w.engines_ready)
-        if redis_ok and workers and not online:
-            reasons.append(f"{len(workers)} worker(s) online, still loading the model")
-        elif redis_ok and not online:
-            reasons.append("no worker online: start one with `make worker`")
-        body = {"redis": redis_ok, "workers_online": online, "reasons": reasons}
-        if reasons:
-            return problem(503, "Service unavailable", "; ".join(reasons),
-                           slug="service-unavailable", **body)
-        return {"status": "ok", **body}
+        reasons = []
+        if workers and not online:
+            reasons.append(f"{len(workers)} worker(s) online, still loading the model; "
+                           "jobs are queued")
+        elif not online:
+            reasons.append("no worker online (start one with `make worker`); jobs are queued")
+        body = {"status": "degraded" if reasons else "ok", "redis": True,
+                "workers_online": online, "reasons": reasons}
+        if reasons and args.get("ready") == "workers":
+            return problem(503, "No worker ready", "; ".join(reasons), slug="workers-not-ready",
+                           **{k: v for k, v in body.items() if k != "status"})
+        return body
 
 
 @blp.route("/asr/queue/status")
@@ -59,21 +66,13 @@ class QueueStatus(MethodView):
     @blp.response(200, QueueStatusSchema)
     @problems(blp, 503)
     def get(self) -> dict[str, Any]:
-        """Queue depth, tasks being transcribed or reserved, and online workers."""
+        """Queue depth, tasks being transcribed or taken by a worker, and online workers."""
         svc = services()
-        workers = svc.cluster.workers()
-        active: list[str] = []
-        reserved: list[str] = []
-        if workers:
-            inspect = svc.celery.control.inspect(timeout=1.0, limit=len(workers))
-            active = _job_ids(inspect.active())
-            reserved = _job_ids(inspect.reserved())
+        active = svc.store.ids(Status.PROCESSING, limit=LISTED)
         return {"queue": svc.settings.queue_name, "depth": svc.cluster.queue_depth(),
-                "active": active, "reserved": reserved, "workers": workers}
-
-
-def _job_ids(replies: dict[str, list[dict[str, Any]]] | None) -> list[str]:
-    return sorted(t["args"][0] for tasks in (replies or {}).values() for t in tasks if t["args"])
+                "active": sorted(active),
+                "reserved": [i for i in svc.cluster.taken(LISTED) if i not in set(active)],
+                "workers": svc.cluster.workers()}
 
 
 @blp.route("/stats")
@@ -84,4 +83,4 @@ class Stats(MethodView):
     @problems(blp, 503)
     def get(self) -> dict[str, Any]:
         """Totals by status, audio seconds, average RTF, latency percentiles, throughput."""
-        return summarize(services().store.recent(STATS_JOBS))
+        return services().figures.stats()

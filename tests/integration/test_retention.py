@@ -8,65 +8,95 @@ import uuid
 import pytest
 import redis
 
-from asr_service.jobs import FAILED, PROCESSING, QUEUED, SUCCEEDED, Job, JobStore
-from asr_service.runs import Outcome, claim
+from asr_service.jobs import ErrorType, Job, JobStore, Status
+from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from tests import samples
 from tests.integration.flow import submit, wait_for
 
 
 @pytest.fixture
-def store(redis_server) -> JobStore:
-    """A job store on its own Redis database, so counts are exact."""
+def redis_db(redis_server) -> redis.Redis:
+    """A Redis database of its own, so counts are exact."""
     client = redis.Redis.from_url(redis_server.url.replace("/0", "/3"))
     client.flushdb()
-    return JobStore(client, retention_s=3600, max_recordings=2)
+    return client
 
 
-def add(store: JobStore, status: str, age: float) -> str:
+@pytest.fixture
+def store(redis_db) -> JobStore:
+    return JobStore(redis_db, max_recordings=2)
+
+
+@pytest.fixture
+def lifecycle(redis_db) -> Lifecycle:
+    return Lifecycle(redis_db, retention_s=3600, max_recordings=2)
+
+
+RUNNER = Runner(token="runner-1", pid=1)
+
+
+def add(lifecycle: Lifecycle, status: Status, age: float) -> str:
     job_id = str(uuid.uuid4())
     now = time.time() - age
-    store.create(Job(id=job_id, status=QUEUED, celery_id=job_id, filename="a.wav",
-                     content_type="audio/wav", size_bytes=3, duration_s=1.0,
-                     created_at=now, queued_at=now), b"abc")
-    if status != QUEUED:
-        assert claim(store, job_id, job_id, "w", 3, 60).outcome is Outcome.RUN
-    if status not in (QUEUED, PROCESSING):
-        store.mark_finished(job_id, job_id, status)
+    lifecycle.create(Job(id=job_id, status=Status.QUEUED, celery_id=job_id, filename="a.wav",
+                         content_type="audio/wav", size_bytes=3, duration_s=1.0,
+                         created_at=now, queued_at=now), b"abc")
+    if status != Status.QUEUED:
+        assert lifecycle.claim(job_id, job_id, RUNNER, "w", 3, 60).outcome is Outcome.OK
+    if status == Status.SUCCEEDED:
+        assert lifecycle.succeed(job_id, job_id, RUNNER.token, {"duration_s": 1.0}, 0.1)
+    elif status == Status.FAILED:
+        assert lifecycle.fail(job_id, job_id, ErrorType.AUDIO_INVALID, "bad", RUNNER.token)
     return job_id
 
 
-def test_oldest_finished_recordings_go_first_and_active_ones_stay(store):
-    queued_old = add(store, QUEUED, age=50)
-    done_old = add(store, SUCCEEDED, age=40)
-    running = add(store, PROCESSING, age=30)
-    failed = add(store, FAILED, age=20)
-    newest = add(store, SUCCEEDED, age=10)
+def test_oldest_finished_recordings_go_first_and_active_ones_stay(store, lifecycle):
+    done_old = add(lifecycle, Status.SUCCEEDED, age=40)
+    failed = add(lifecycle, Status.FAILED, age=20)
+    assert store.audio(done_old) == b"abc" and store.audio(failed) == b"abc"  # 2 <= 2
+    queued = add(lifecycle, Status.QUEUED, age=10)  # 3 > 2: the oldest finished one goes
 
-    removed = store.prune_recordings()
-
-    assert removed == [done_old, failed, newest]
-    assert store.audio(queued_old) == b"abc" and store.audio(running) == b"abc"
-    gone = store.get(done_old)
-    assert gone.audio_available is False and gone.status == SUCCEEDED
-
-
-def test_pruning_waits_for_active_jobs_to_finish(store):
-    first = add(store, QUEUED, age=30)
-    add(store, QUEUED, age=20)
-    add(store, QUEUED, age=10)
-    assert store.prune_recordings() == []  # three recordings, all still needed
-
-    claim(store, first, first, "w", 3, 60)
-    store.mark_finished(first, first, SUCCEEDED)
-    assert store.prune_recordings() == [first]
+    assert store.get(done_old).audio_available is False
+    assert store.get(done_old).status == Status.SUCCEEDED  # the record stays
+    assert store.audio(failed) == b"abc"
+    running = add(lifecycle, Status.PROCESSING, age=5)  # 3 > 2 again: the next finished one
+    assert store.get(failed).audio_available is False
+    assert store.audio(queued) == b"abc" and store.audio(running) == b"abc"
+    add(lifecycle, Status.QUEUED, age=1)  # only active recordings left: none is removed
+    assert store.audio(queued) == b"abc" and store.audio(running) == b"abc"
 
 
-def test_stale_delivery_cannot_touch_a_retried_job(store):
-    job_id = add(store, FAILED, age=1)
-    store.requeue(job_id, "new-delivery")
-    assert claim(store, job_id, job_id, "w", 3, 60).outcome is Outcome.SKIP  # old Celery id
-    assert store.get(job_id).status == QUEUED
-    assert claim(store, job_id, "new-delivery", "w", 3, 60).job.status == PROCESSING
+def test_pruning_waits_for_active_jobs_to_finish(store, lifecycle):
+    first = add(lifecycle, Status.QUEUED, age=30)
+    add(lifecycle, Status.QUEUED, age=20)
+    add(lifecycle, Status.QUEUED, age=10)
+    assert store.audio(first) == b"abc"  # three recordings, all still needed
+
+    lifecycle.claim(first, first, RUNNER, "w", 3, 60)
+    lifecycle.succeed(first, first, RUNNER.token, {}, 0.1)
+    assert store.get(first).audio_available is False  # finished: over the budget, it goes
+
+
+def test_stale_delivery_cannot_touch_a_retried_job(store, lifecycle):
+    job_id = add(lifecycle, Status.FAILED, age=1)
+    lifecycle.redis.set(lifecycle.keys.audio(job_id), b"abc")
+    lifecycle.redis.hset(lifecycle.keys.job(job_id), "audio_removed_at", "null")
+    lifecycle.retry(job_id, "new-delivery")
+    assert lifecycle.claim(job_id, job_id, RUNNER, "w", 3, 60).outcome is Outcome.SKIP
+    assert store.get(job_id).status == Status.QUEUED
+    assert lifecycle.claim(job_id, "new-delivery", RUNNER, "w", 3, 60).job.status == \
+        Status.PROCESSING
+
+
+def test_retention_removes_finished_jobs_from_every_index(store, lifecycle):
+    old = add(lifecycle, Status.SUCCEEDED, age=0)
+    active = add(lifecycle, Status.QUEUED, age=0)
+    assert lifecycle.expire(now=time.time()) == 0  # not yet past retention
+
+    assert lifecycle.expire(now=time.time() + 3601) == 1
+    assert not store.exists(old) and store.exists(active)
+    assert store.history(10, 0)[0] == 1
+    assert store.counts()[Status.SUCCEEDED] == 0
 
 
 def test_service_removes_old_recordings_and_says_so(make_client, worker):
@@ -94,12 +124,13 @@ def test_service_removes_old_recordings_and_says_so(make_client, worker):
     assert small.post(f"/api/v1/asr/retry/{ids[0]}").status_code == 409  # succeeded
 
 
-def test_history_pages_skip_expired_records(store):
-    oldest, expired, newest = (add(store, QUEUED, age=age) for age in (30, 20, 10))
-    store.redis.delete(store.job_key(expired))  # what the record's TTL does
+def test_history_pages_skip_expired_records(store, lifecycle):
+    oldest, expired, newest = (add(lifecycle, Status.QUEUED, age=age) for age in (30, 20, 10))
+    store.redis.delete(store.keys.job(expired))  # what the record's TTL backstop does
 
     total, page = store.history(limit=2, offset=0)
 
     assert [j.id for j in page] == [newest, oldest]
     assert total == 2  # the expired entry left the index when the page met it
-    assert [j.id for j in store.history(limit=5, offset=0, status=QUEUED)[1]] == [newest, oldest]
+    assert [j.id for j in store.history(limit=5, offset=0, status="queued")[1]] == \
+        [newest, oldest]

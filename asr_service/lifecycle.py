@@ -1,0 +1,264 @@
+"""The one owner of a job's status: atomic transitions, fenced by delivery and runner, each
+emitting one event.
+
+Every change of a job's status is one Lua script (asr_service/lua/) that checks the allowed
+move and the fences, and in the same atomic step keeps the status indexes, the lease, the
+TTLs, the recordings budget and the figures, and appends the event to the `asr:events` stream
+(`job.finished` is also published on `asr:job.finished` for waiters). In-process listeners
+(the events.jsonl log) then receive the same event. No other module writes a job's status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from asr_service.errors import JobConflict, RecordingGone
+from asr_service.figures import lua_constants
+from asr_service.jobs import (
+    ACTIVE,
+    ErrorType,
+    Job,
+    Keys,
+    Status,
+    decode_job,
+    encode_fields,
+    not_found,
+)
+from asr_service.logs import log_event
+
+log = logging.getLogger(__name__)
+LUA = Path(__file__).with_name("lua")
+
+
+def _script(name: str) -> str:
+    return lua_constants() + (LUA / "common.lua").read_text() + (LUA / f"{name}.lua").read_text()
+
+
+class Outcome(StrEnum):
+    """What a transition did."""
+
+    OK = "ok"
+    GAVE_UP = "gave-up"  # a claim found the job had killed its worker max_deliveries times
+    SKIP = "skip"  # wrong status, or fenced out: another delivery or runner owns the job
+    BUSY = "busy"  # a live runner holds it
+    GONE = "gone"  # its recording was removed
+    MISSING = "missing"  # no record (never existed, deleted or expired)
+
+
+@dataclass(frozen=True)
+class Moved:
+    """The outcome of a transition and the job as it now stands (None when missing)."""
+
+    outcome: Outcome
+    job: Job | None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One transition: job.submitted, job.started, job.finished, job.requeued, job.deleted."""
+
+    kind: str
+    job: Job
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A worker process that runs jobs: a random token (not host + pid), with its own
+    heartbeat key while it lives."""
+
+    token: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An Idempotency-Key, scoped to its client, and what the request sent with it."""
+
+    key: str
+    fingerprint: str
+    ttl_s: int
+
+
+Listener = Callable[[Event], None]
+
+
+class Lifecycle:
+    """Creates, moves and removes jobs; the only writer of their status."""
+
+    def __init__(self, client: redis.Redis, retention_s: int, max_recordings: int,
+                 keys: Keys | None = None, listeners: Iterable[Listener] = ()) -> None:
+        self.redis = client
+        self.retention_s = retention_s
+        self.max_recordings = max_recordings
+        self.keys = keys or Keys()
+        self.listeners = list(listeners)
+        self._create = client.register_script(_script("create"))
+        self._transition = client.register_script(_script("transition"))
+        self._remove = client.register_script(_script("remove"))
+        self._renew = client.register_script(_script("renew"))
+
+    def _emit(self, event: Event) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a log or figure must never undo or hide a transition
+                log.exception("event listener failed", extra={"job_id": event.job.id})
+
+    def create(self, job: Job, audio: bytes, idempotency: Idempotency | None = None,
+               **details: Any) -> tuple[str, str]:
+        """Store a queued job and its recording; ('created' | 'replayed' | 'conflict', id).
+
+        With an Idempotency-Key the key is bound in the same step: a key whose job still
+        exists replays it (or is a conflict when the request differs); a key whose job is gone
+        is free again.
+        """
+        record = [part for pair in encode_fields(vars(job)).items() for part in pair]
+        idem = idempotency or Idempotency("", "", 1)
+        outcome, job_id = self._create(args=[
+            self.keys.prefix, job.id, job.created_at, self.retention_s, self.max_recordings,
+            idem.key, idem.fingerprint, idem.ttl_s, audio, *record])
+        outcome, job_id = outcome.decode(), job_id.decode()
+        if outcome == "created":
+            self._emit(Event("job.submitted", job, details=details))
+        return outcome, job_id
+
+    def held_by(self, idempotency_key: str) -> tuple[str, str] | None:
+        """(job id, fingerprint) bound to an Idempotency-Key whose job still exists."""
+        held = self.redis.get(idempotency_key)
+        if not held:
+            return None
+        job_id, _, fingerprint = held.decode().partition(" ")
+        return (job_id, fingerprint) if self.redis.exists(self.keys.job(job_id)) else None
+
+    def _move(self, job_id: str, to: Status, *, allowed: Iterable[Status], event: str,
+              reason: str | None = None, details: dict[str, Any] | None = None,
+              **move: Any) -> Moved:
+        spec = {"to": to, "from": list(allowed), "event": event, "reason": reason,
+                "retention_s": self.retention_s, "max_recordings": self.max_recordings, **move}
+        answer = self._transition(args=[self.keys.prefix, job_id, time.time(), json.dumps(spec)])
+        outcome = Outcome(answer[0].decode())
+        job = decode_job(answer[1]) if len(answer) > 1 else None
+        if outcome in (Outcome.OK, Outcome.GAVE_UP) and job is not None:
+            kind = "job.finished" if outcome is Outcome.GAVE_UP else event
+            self._emit(Event(kind, job, reason, details or {}))
+        return Moved(outcome, job)
+
+    def claim(self, job_id: str, delivery: str, runner: Runner, worker: str,
+              max_deliveries: int, lease_s: float) -> Moved:
+        """Run this delivery in `worker`: take the lease unless a live runner holds the job."""
+        return self._move(job_id, Status.PROCESSING, allowed=ACTIVE, event="job.started",
+                          delivery=delivery, claim={
+                              "token": runner.token, "worker": worker, "pid": runner.pid,
+                              "lease_ms": int(lease_s * 1000), "max_deliveries": max_deliveries})
+
+    def renew(self, job_id: str, token: str, lease_s: float) -> str:
+        """Extend the lease if this runner still owns the job: 'held', 'reacquired' or 'lost'."""
+        return self._renew(args=[self.keys.prefix, job_id, token, int(lease_s * 1000)]).decode()
+
+    def succeed(self, job_id: str, delivery: str, runner: str, result: dict[str, Any],
+                processing_s: float) -> Job | None:
+        """processing -> succeeded with its transcript; None when fenced out (or deleted)."""
+        moved = self._move(job_id, Status.SUCCEEDED, allowed=[Status.PROCESSING],
+                           event="job.finished", delivery=delivery, runner=runner,
+                           set={"processing_s": processing_s}, result=json.dumps(result),
+                           details={"model": result.get("model"),
+                                    "audio_s": result.get("duration_s")})
+        return moved.job if moved.outcome is Outcome.OK else None
+
+    def fail(self, job_id: str, delivery: str, kind: ErrorType, detail: str,
+             runner: str | None = None, status: Status = Status.FAILED) -> Job | None:
+        """An active job ends failed (or cancelled) for this delivery; None when fenced out."""
+        moved = self._move(job_id, status, allowed=ACTIVE, event="job.finished",
+                           delivery=delivery, runner=runner,
+                           set={"error": {"type": kind, "detail": detail}})
+        return moved.job if moved.outcome is Outcome.OK else None
+
+    def retry(self, job_id: str, delivery: str) -> Job:
+        """failed/cancelled -> queued under a new delivery; 409 otherwise, 410 without audio."""
+        moved = self._move(job_id, Status.QUEUED, allowed=[Status.FAILED, Status.CANCELLED],
+                           event="job.requeued", reason="retry", needs_audio=True,
+                           set=_fresh_run(delivery, deliveries=0))
+        if moved.outcome is Outcome.MISSING:
+            raise not_found(job_id)
+        if moved.outcome is Outcome.GONE:
+            raise RecordingGone(f"the recording of task {job_id} was removed; submit it again")
+        if moved.outcome is not Outcome.OK or moved.job is None:
+            status = moved.job.status if moved.job else "gone"
+            what = "already succeeded" if status == Status.SUCCEEDED else f"is {status}"
+            raise JobConflict(f"task {job_id} {what}; only a failed or cancelled task can be "
+                              "retried")
+        return moved.job
+
+    def recover(self, job_id: str, delivery: str, new_delivery: str) -> Job | None:
+        """processing -> queued when its runner is gone (an orphan); None if it lives."""
+        moved = self._move(job_id, Status.QUEUED, allowed=[Status.PROCESSING],
+                           event="job.requeued", reason="worker-lost", delivery=delivery,
+                           dead_only=True, set=_fresh_run(new_delivery))
+        return moved.job if moved.outcome is Outcome.OK else None
+
+    def redispatch(self, job_id: str, delivery: str, new_delivery: str) -> Job | None:
+        """queued -> queued under a new delivery, for a job whose message the broker lost."""
+        moved = self._move(job_id, Status.QUEUED, allowed=[Status.QUEUED],
+                           event="job.requeued", reason="message-lost", delivery=delivery,
+                           set={"celery_id": new_delivery})
+        return moved.job if moved.outcome is Outcome.OK else None
+
+    def delete(self, job_id: str) -> Job:
+        """Remove the job, its recording, transcript, lease and index entries, for good."""
+        answer = self._remove(args=[self.keys.prefix, "delete", job_id])
+        if answer[0] == b"missing":
+            raise not_found(job_id)
+        job = decode_job(answer[1])
+        self._emit(Event("job.deleted", job))
+        return job
+
+    def expire(self, now: float | None = None, limit: int = 500) -> int:
+        """Remove up to `limit` jobs that finished more than the retention period ago."""
+        cutoff = (time.time() if now is None else now) - self.retention_s
+        return int(self._remove(args=[self.keys.prefix, "expire", cutoff, limit]))
+
+
+def _fresh_run(delivery: str, **more: Any) -> dict[str, Any]:
+    return {"celery_id": delivery, "queued_at": time.time(), "started_at": None,
+            "finished_at": None, "processing_s": None, "worker": None, "worker_pid": None,
+            "runner": None, "error": None, **more}
+
+
+def log_event_line(event: Event) -> None:
+    """Listener: one events.jsonl line per transition (job.succeeded/failed/cancelled for the
+    end of a job, job.retried when it is queued again)."""
+    job = event.job
+    timings = {"worker": job.worker, "attempt": job.attempts, "audio_s": job.duration_s,
+               "queue_wait_s": _round(job.queue_wait_s)}
+    if event.kind == "job.submitted":
+        log_event("job.submitted", job.id, audio_s=job.duration_s, size_bytes=job.size_bytes,
+                  **event.details)
+    elif event.kind == "job.started":
+        log_event("job.started", job.id, worker=job.worker, attempt=job.attempts,
+                  delivery=job.deliveries, queue_wait_s=_round(job.queue_wait_s))
+    elif event.kind == "job.finished" and job.status == Status.SUCCEEDED:
+        log_event("job.succeeded", job.id, **{**timings, **event.details},
+                  processing_s=_round(job.processing_s), rtf=_round(job.rtf))
+    elif event.kind == "job.finished":
+        error = job.error or {}
+        log_event(f"job.{job.status}", job.id, **timings, error=error.get("type"),
+                  detail=error.get("detail"), processing_s=_round(job.processing_s))
+    elif event.kind == "job.requeued":
+        log_event("job.retried", job.id, reason=event.reason, attempt=job.attempts + 1)
+    elif event.kind == "job.deleted":
+        log_event("job.deleted", job.id, status=job.status)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -1,0 +1,111 @@
+-- Shared by every lifecycle script (prepended to each). ARGV[1] is the key prefix; the rest
+-- is the script's own. A record is a hash whose values are JSON; nil stands for JSON null.
+-- Scripts run atomically: a transition, its indexes, lease, TTLs, figures and event are one step.
+local P = ARGV[1]
+local HISTORY, FINISHED, DONE_AUDIO = P .. 'history', P .. 'finished', P .. 'recordings:done'
+local FIGURES, RECENT, EVENTS = P .. 'figures', P .. 'figures:recent', P .. 'events'
+local STATUSES = {'queued', 'processing', 'succeeded', 'failed', 'cancelled'}
+local TERMINAL = {succeeded = true, failed = true, cancelled = true}
+local RECENT_SAMPLES, EVENTS_KEPT, SLOT_S, SLOT_TTL_S = 1000, 10000, 10, 900
+
+local function jkey(id) return P .. 'job:' .. id end
+local function akey(id) return P .. 'audio:' .. id end
+local function rkey(id) return P .. 'result:' .. id end
+local function lkey(id) return P .. 'lease:' .. id end
+local function skey(status) return P .. 'status:' .. status end
+
+local function value(raw)
+  if not raw then return nil end
+  local v = cjson.decode(raw)
+  if v == cjson.null then return nil end
+  return v
+end
+
+-- The record as a table of values, and as the flat HGETALL list (nil when there is none).
+local function load(id)
+  local flat = redis.call('HGETALL', jkey(id))
+  if #flat == 0 then return nil, nil end
+  local job = {}
+  for i = 1, #flat, 2 do job[flat[i]] = value(flat[i + 1]) end
+  return job, flat
+end
+
+local function emit(kind, id, status, reason)
+  if reason == cjson.null then reason = nil end
+  redis.call('XADD', EVENTS, 'MAXLEN', '~', EVENTS_KEPT, '*', 'type', kind, 'job_id', id,
+             'status', status or '', 'reason', reason or '')
+  if kind == 'job.finished' then
+    redis.call('PUBLISH', P .. 'job.finished', id .. ' ' .. status)
+  end
+end
+
+local function observe(name, bounds, v)
+  local slot = #bounds + 1
+  for i, bound in ipairs(bounds) do
+    if v <= bound then slot = i break end
+  end
+  redis.call('HINCRBY', FIGURES, name .. ':' .. slot, 1)
+  redis.call('HINCRBYFLOAT', FIGURES, name .. ':sum', v)
+end
+
+-- Figures follow a job that succeeded: retained totals, cumulative histograms, recent timings.
+local function count_success(job, now)
+  local audio = job.duration_s or 0
+  local e2e = now - (job.queued_at or now)
+  local wait = (job.started_at or now) - (job.queued_at or now)
+  local proc = job.processing_s or 0
+  redis.call('HINCRBYFLOAT', FIGURES, 'retained_audio_s', audio)
+  observe('e2e', E2E_BOUNDS, e2e)
+  if audio > 0 then
+    redis.call('HINCRBYFLOAT', FIGURES, 'retained_rtf_sum', proc / audio)
+    redis.call('HINCRBY', FIGURES, 'retained_rtf_n', 1)
+    observe('rtf', RTF_BOUNDS, proc / audio)
+  end
+  redis.call('HINCRBYFLOAT', FIGURES, 'audio_s_total', audio)
+  redis.call('LPUSH', RECENT, cjson.encode({now, wait, proc, e2e, audio}))
+  redis.call('LTRIM', RECENT, 0, RECENT_SAMPLES - 1)
+  local slot = P .. 'figures:t:' .. math.floor(now / SLOT_S)
+  redis.call('HINCRBY', slot, 'jobs', 1)
+  redis.call('HINCRBYFLOAT', slot, 'audio_s', audio)
+  redis.call('EXPIRE', slot, SLOT_TTL_S)
+end
+
+-- A retained succeeded job leaves (deleted or expired): its share of the retained totals goes.
+local function uncount_success(job)
+  local audio = job.duration_s or 0
+  redis.call('HINCRBYFLOAT', FIGURES, 'retained_audio_s', -audio)
+  if audio > 0 and job.processing_s then
+    redis.call('HINCRBYFLOAT', FIGURES, 'retained_rtf_sum', -job.processing_s / audio)
+    redis.call('HINCRBY', FIGURES, 'retained_rtf_n', -1)
+  end
+end
+
+-- Recordings beyond max_recordings go, oldest finished first; an active job's never does.
+-- Costs O(recordings removed): the candidates have their own index.
+local function prune(max_recordings, now, limit)
+  local active = redis.call('ZCARD', skey('queued')) + redis.call('ZCARD', skey('processing'))
+  local done = redis.call('ZCARD', DONE_AUDIO)
+  local excess = math.min(active + done - max_recordings, done, limit)
+  if excess <= 0 then return 0 end
+  local ids = redis.call('ZRANGE', DONE_AUDIO, 0, excess - 1)
+  for _, id in ipairs(ids) do
+    redis.call('DEL', akey(id))
+    redis.call('ZREM', DONE_AUDIO, id)
+    if redis.call('EXISTS', jkey(id)) == 1 then
+      redis.call('HSET', jkey(id), 'audio_removed_at', cjson.encode(now))
+    end
+  end
+  return #ids
+end
+
+-- Everything of one job goes, from every index; the figures forget a succeeded one.
+local function remove(id)
+  local job, flat = load(id)
+  redis.call('DEL', jkey(id), akey(id), rkey(id), lkey(id))
+  redis.call('ZREM', HISTORY, id)
+  redis.call('ZREM', FINISHED, id)
+  redis.call('ZREM', DONE_AUDIO, id)
+  for _, status in ipairs(STATUSES) do redis.call('ZREM', skey(status), id) end
+  if job and job.status == 'succeeded' then uncount_success(job) end
+  return job, flat
+end

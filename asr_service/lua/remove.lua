@@ -1,0 +1,13 @@
+-- Delete one job for good, or expire the retained jobs that finished before a cutoff.
+-- ARGV: prefix, 'delete', id       -> {'deleted', record as a flat list} | {'missing'}
+--       prefix, 'expire', cutoff, limit -> number of jobs removed
+-- A late write cannot bring a removed job back: every write to a job checks its record.
+if ARGV[2] == 'delete' then
+  local job, flat = remove(ARGV[3])
+  if not job then return {'missing'} end
+  emit('job.deleted', ARGV[3], job.status)
+  return {'deleted', flat}
+end
+local ids = redis.call('ZRANGEBYSCORE', FINISHED, '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
+for _, id in ipairs(ids) do remove(id) end
+return #ids

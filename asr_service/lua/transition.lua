@@ -1,0 +1,93 @@
+-- The one way a job changes status. ARGV: prefix, id, now, move (JSON):
+--   to            the new status
+--   from          statuses it may leave (else 'skip')
+--   delivery      fence: the record's delivery (celery_id) must be this one
+--   runner        fence: the record's runner token must be this one
+--   set           fields to write (plain values, encoded here)
+--   claim         {token, lease_ms, max_deliveries, worker, pid}: take the lease and run it,
+--                 'busy' while the current runner lives, 'gave-up' after max_deliveries
+--   dead_only     only when the current runner is gone (recovering an orphan)
+--   needs_audio   'gone' when the recording was removed
+--   result        JSON transcript, stored with a succeeded job
+--   retention_s, max_recordings, event, reason
+-- Answers {outcome, record as a flat list}: ok | gave-up | skip | busy | gone | missing.
+local id, now = ARGV[2], tonumber(ARGV[3])
+local move = cjson.decode(ARGV[4])
+local function given(v) return v ~= nil and v ~= cjson.null end
+
+local job, flat = load(id)
+if not job then return {'missing'} end
+local allowed = false
+for _, status in ipairs(move.from) do
+  if job.status == status then allowed = true end
+end
+if not allowed then return {'skip', flat} end
+if given(move.delivery) and job.celery_id ~= move.delivery then return {'skip', flat} end
+if given(move.runner) and job.runner ~= move.runner then return {'skip', flat} end
+if job.status == 'processing' and (given(move.claim) or move.dead_only) then
+  local holder = redis.call('GET', lkey(id))
+  if holder and redis.call('EXISTS', P .. 'runner:' .. holder) == 1 then
+    return {'busy', flat}
+  end
+end
+if move.needs_audio and job.audio_removed_at then return {'gone', flat} end
+
+local to, set, outcome, event = move.to, move.set, 'ok', move.event
+if not given(set) or next(set) == nil then set = {} end
+if given(move.claim) then
+  local claim = move.claim
+  if (job.deliveries or 0) >= claim.max_deliveries then
+    to, outcome, event = 'failed', 'gave-up', 'job.finished'
+    set.error = {type = 'worker-lost', detail = 'the worker process died ' .. job.deliveries ..
+      ' times while transcribing this recording; it is not tried again automatically ' ..
+      '(POST /api/v1/asr/retry/{task_id} to try once more)'}
+  else
+    set.started_at, set.worker, set.worker_pid, set.runner = now, claim.worker, claim.pid,
+      claim.token
+    set.attempts, set.deliveries = (job.attempts or 0) + 1, (job.deliveries or 0) + 1
+    redis.call('SET', lkey(id), claim.token, 'PX', claim.lease_ms)
+  end
+end
+
+local retention = move.retention_s
+if TERMINAL[to] then
+  set.finished_at = now
+  if not given(set.processing_s) then
+    set.processing_s = job.started_at and (now - job.started_at) or cjson.null
+  end
+  redis.call('DEL', lkey(id))
+  redis.call('ZADD', FINISHED, now, id)
+  if not job.audio_removed_at then redis.call('ZADD', DONE_AUDIO, now, id) end
+  -- Redis TTLs are a backstop: the retention sweep removes finished jobs on time.
+  redis.call('EXPIRE', jkey(id), retention + 3600)
+  redis.call('EXPIRE', akey(id), retention + 3600)
+  if given(move.result) then
+    redis.call('SET', rkey(id), move.result, 'EX', retention + 3600)
+  end
+elseif to == 'queued' then
+  redis.call('DEL', lkey(id))
+  redis.call('ZREM', FINISHED, id)
+  redis.call('ZREM', DONE_AUDIO, id)
+  redis.call('DEL', rkey(id))
+  redis.call('EXPIRE', jkey(id), retention)
+  redis.call('EXPIRE', akey(id), retention)
+end
+
+local from = job.status
+set.status = to
+local fields = {}
+for name, v in pairs(set) do
+  fields[#fields + 1] = name
+  fields[#fields + 1] = cjson.encode(v)
+  if v == cjson.null then v = nil end
+  job[name] = v
+end
+redis.call('HSET', jkey(id), unpack(fields))
+if from ~= to then
+  redis.call('ZREM', skey(from), id)
+  redis.call('ZADD', skey(to), job.created_at or now, id)
+end
+if to == 'succeeded' then count_success(job, now) end
+emit(event, id, to, move.reason)
+if TERMINAL[to] then prune(move.max_recordings, now, 100) end
+return {outcome, redis.call('HGETALL', jkey(id))}

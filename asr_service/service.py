@@ -1,0 +1,160 @@
+"""What the API does with jobs: submit, result, retry, delete. Views only adapt HTTP to these.
+
+The task name and the dispatch to Celery live here (the workers' sweeps use the same
+Dispatcher). A dispatch that fails after the job was stored is not undone: the job is complete
+in the store, and the stranded-job sweep sends it within a minute (runs.sweep_stranded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from asr_service.audio import AudioInfo, probe
+from asr_service.errors import AudioTooLong, IdempotencyMismatch
+from asr_service.jobs import ACTIVE, Job, JobStore, Status
+from asr_service.lifecycle import Idempotency, Lifecycle
+from asr_service.runs import new_delivery
+from asr_service.settings import Settings
+
+TASK_NAME = "asr.transcribe"
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Sends a job's current delivery to its queue, and revokes one."""
+
+    def __init__(self, celery: Celery) -> None:
+        self.celery = celery
+
+    def send(self, job: Job) -> None:
+        """Publish the Celery message of the job's current delivery."""
+        self.celery.send_task(TASK_NAME, args=[job.id], task_id=job.celery_id, queue=job.queue)
+
+    def try_send(self, job: Job) -> bool:
+        """send(), but a broker failure leaves the job to the stranded-job sweep."""
+        try:
+            self.send(job)
+            return True
+        except Exception as exc:  # kombu raises several types when the broker is unreachable
+            log.warning("dispatch failed; the sweep sends it later: %s", exc,
+                        extra={"job_id": job.id})
+            return False
+
+    def revoke(self, job: Job) -> None:
+        """Stop a running delivery without killing its process: SIGUSR1 raises
+        SoftTimeLimitExceeded inside the task (the model stays loaded)."""
+        self.celery.control.revoke(job.celery_id, terminate=True, signal="SIGUSR1")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded recording and what came with it."""
+
+    data: bytes
+    filename: str | None
+    mimetype: str | None
+    language: str
+    hotwords: list[str]
+
+    def fingerprint(self) -> str:
+        """Identifies the request, so a reused Idempotency-Key with another upload is caught."""
+        digest = hashlib.sha256(self.data)
+        digest.update(f"\0{self.language}\0{' '.join(self.hotwords)}".encode())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The job a submit created or, for a repeated Idempotency-Key, replayed."""
+
+    job: Job
+    replayed: bool
+
+
+class JobService:
+    """Submit, read, retry and delete jobs."""
+
+    def __init__(self, settings: Settings, store: JobStore, lifecycle: Lifecycle,
+                 dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.store = store
+        self.lifecycle = lifecycle
+        self.dispatcher = dispatcher
+
+    def submit(self, upload: Upload, idempotency_key: str | None = None) -> Submitted:
+        """Store and queue a recording; 422 when it is not audio, too long, or reuses an
+        Idempotency-Key with a different request."""
+        idem = None
+        if idempotency_key:
+            idem = Idempotency(idempotency_key, upload.fingerprint(),
+                               self.settings.result_retention_s)
+            if held := self.lifecycle.held_by(idempotency_key):  # replay without decoding
+                return self._replay(*held, idem)
+        info = probe(upload.data)
+        job = self._new_job(upload, info)
+        outcome, job_id = self.lifecycle.create(job, upload.data, idem, format=info.format,
+                                                codec=info.codec)
+        if outcome != "created":
+            assert idem is not None
+            return self._replay(job_id, idem.fingerprint if outcome == "replayed" else "", idem)
+        self.dispatcher.try_send(job)
+        return Submitted(job, replayed=False)
+
+    def _replay(self, job_id: str, fingerprint: str, idem: Idempotency) -> Submitted:
+        if fingerprint != idem.fingerprint:
+            raise IdempotencyMismatch(
+                f"this Idempotency-Key was used for task {job_id} with a different upload or "
+                "fields; use a new key for a new request")
+        return Submitted(self.store.get(job_id), replayed=True)
+
+    def _new_job(self, upload: Upload, info: AudioInfo) -> Job:
+        limit = self.settings.max_audio_seconds
+        if info.duration_s > limit:
+            raise AudioTooLong(f"the recording lasts {info.duration_s:.0f} s; the limit is "
+                               f"MAX_AUDIO_SECONDS={limit}")
+        job_id, now, name = str(uuid.uuid4()), time.time(), _display_name(upload.filename)
+        return Job(id=job_id, status=Status.QUEUED, celery_id=job_id, filename=name,
+                   content_type=_content_type(upload.mimetype, name, info),
+                   size_bytes=len(upload.data), duration_s=round(info.duration_s, 3),
+                   language=upload.language, hotwords=upload.hotwords,
+                   queue=self.settings.queue_name, created_at=now, queued_at=now)
+
+    def result(self, job_id: str) -> tuple[Job, dict[str, Any] | None]:
+        """The job and, once it succeeded, its transcript."""
+        job = self.store.get(job_id)
+        return job, self.store.transcript(job)
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or cancelled job again (409 otherwise, 410 without its recording)."""
+        job = self.lifecycle.retry(job_id, new_delivery(job_id, "retry"))
+        self.dispatcher.try_send(job)
+        return job
+
+    def delete(self, job_id: str) -> Job:
+        """Delete the job for good, stopping it first if it is queued or running."""
+        job = self.lifecycle.delete(job_id)
+        if job.status in ACTIVE:
+            # A queued delivery finds no record and is dropped; a running one is stopped and
+            # cannot write anything back (every write checks the record).
+            self.dispatcher.revoke(job)
+        return job
+
+
+def _display_name(filename: str | None) -> str:
+    # Only ever shown and offered as a download name; nothing is written to disk under it.
+    name = (filename or "audio").replace("\\", "/").rsplit("/", 1)[-1]
+    return name.strip()[:255] or "audio"
+
+
+def _content_type(mimetype: str | None, name: str, info: AudioInfo) -> str:
+    if mimetype and mimetype != "application/octet-stream":
+        return mimetype
+    return mimetypes.guess_type(name)[0] or f"audio/{info.format}"
