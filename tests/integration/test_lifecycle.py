@@ -1,0 +1,298 @@
+"""The lifecycle's guarantees against real processes: nothing stranded, nothing run twice to
+completion, delete is final, idempotent submit, a health a load balancer can use."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+
+from asr_service import create_app
+from asr_service.jobs import ErrorType, Job, JobStore, Status
+from asr_service.lifecycle import Lifecycle, Outcome, Runner
+from asr_service.runs import new_delivery
+from tests import samples
+from tests.integration.conftest import RedisServer, Worker
+from tests.integration.flow import submit, wait_for
+from tests.integration.test_reliability import LONG_S, Lane, report
+
+STRANDED_DEADLINE_S = 60  # what the service promises for a job whose message was lost
+
+
+@pytest.fixture
+def lane(settings, tmp_path) -> Iterator[Callable[..., Lane]]:
+    lanes: list[Lane] = []
+
+    def make(**changes: object) -> Lane:
+        lanes.append(Lane(settings, tmp_path / f"lane{len(lanes)}", **changes))
+        return lanes[-1]
+
+    yield make
+    for made in lanes:
+        made.stop()
+
+
+def finished_events(client: redis.Redis, job_id: str) -> list[str]:
+    """The statuses of the job.finished events the lifecycle emitted for a job."""
+    return [fields[b"status"].decode() for _, fields in client.xrange("asr:events")
+            if fields[b"type"] == b"job.finished" and fields[b"job_id"].decode() == job_id]
+
+
+def succeeded_once(made: Lane, ids: list[str]) -> None:
+    """Each job ended succeeded, with exactly one success recorded and logged."""
+    client = made.client.application.extensions["asr"].store.redis
+    assert [wait_for(made.client, i, timeout=STRANDED_DEADLINE_S + 30)["status"]
+            for i in ids] == ["succeeded"] * len(ids)
+    assert all(finished_events(client, i) == ["succeeded"] for i in ids)
+    logged = Counter(e["job_id"] for e in made.events() if e["event"] == "job.succeeded")
+    assert logged == Counter(ids)
+
+
+def queue_key(made: Lane) -> str:
+    return made.settings.queue_name
+
+
+def test_jobs_whose_message_never_reached_or_left_the_broker_run_once(lane):
+    stranded = lane()
+    store = stranded.client.application.extensions["asr"].store
+    lifecycle = Lifecycle(store.redis, stranded.settings.result_retention_s,
+                          stranded.settings.max_recordings)
+    # 1. The API died between writing the record and sending the message: a record only.
+    unsent = []
+    for _ in range(2):
+        job_id, now = str(uuid.uuid4()), time.time()
+        data = samples.encode("wav", 2.0)
+        lifecycle.create(Job(id=job_id, status=Status.QUEUED, celery_id=job_id,
+                             filename="a.wav", content_type="audio/wav", size_bytes=len(data),
+                             duration_s=2.0, queue=stranded.settings.queue_name,
+                             created_at=now, queued_at=now), data)
+        unsent.append(job_id)
+    # 2. The broker lost the messages (its queue list is gone) after a normal submit.
+    lost = [submit(stranded.client, samples.encode("wav", 2.0)).get_json()["task_id"]
+            for _ in range(3)]
+    assert store.redis.llen(queue_key(stranded)) == 3
+    store.redis.delete(queue_key(stranded))
+
+    started = time.monotonic()
+    stranded.worker()
+    succeeded_once(stranded, unsent + lost)
+    took = time.monotonic() - started
+    assert took < STRANDED_DEADLINE_S + 30
+    report("stranded", jobs=len(unsent + lost), never_sent=len(unsent), message_lost=len(lost),
+           all_succeeded_after_worker_start_s=round(took, 1), completed_twice=0)
+
+
+def _truncate_before_last_push(aof_dir: Path, queue: str) -> int:
+    """Cut the append-only file just before its last push to `queue`, as a crash that lost
+    the last second of writes would; returns the bytes cut."""
+    incr = max(aof_dir.glob("*.incr.aof"), key=lambda p: p.stat().st_mtime)
+    data = incr.read_bytes()
+    command = f"$5\r\nLPUSH\r\n${len(queue)}\r\n{queue}\r\n".encode()
+    at = data.rfind(command)
+    assert at > 0, "no push to the queue in the append-only file"
+    start = data.rfind(b"*3\r\n", 0, at)
+    incr.write_bytes(data[:start])
+    return len(data) - start
+
+
+def test_a_job_whose_message_an_aof_lost_runs_once(settings, tmp_path):
+    server = RedisServer(tmp_path / "redis", persistent=True)
+    server.workdir.mkdir()
+    server.start()
+    redis.Redis.from_url(server.url).config_set("appendfsync", "always")
+    made = Lane(replace(settings, redis_url=server.url), tmp_path / "lane")
+    try:
+        ids = [submit(made.client, samples.encode("wav", 2.0)).get_json()["task_id"]
+               for _ in range(2)]
+        server.proc.send_signal(signal.SIGKILL)  # a crash: only what the AOF holds survives
+        server.proc.wait(timeout=10)
+        cut = _truncate_before_last_push(server.workdir / "appendonlydir", queue_key(made))
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        assert client.llen(queue_key(made)) == 1  # the last job's message is gone...
+        assert {made.job(i)["status"] for i in ids} == {"queued"}  # ...its record is not
+
+        made.worker()
+        succeeded_once(made, ids)
+        report("aof-lost-write", jobs=len(ids), aof_bytes_cut=cut, lost=0, completed_twice=0)
+    finally:
+        made.stop()
+        server.stop()
+
+
+def test_a_runner_that_lost_its_job_cannot_record_a_result(redis_server):
+    client = redis.Redis.from_url(redis_server.url.replace("/0", "/4"))
+    client.flushdb()
+    lifecycle, store = Lifecycle(client, 3600, 10), JobStore(client, 10)
+    job_id, now = str(uuid.uuid4()), time.time()
+    lifecycle.create(Job(id=job_id, status=Status.QUEUED, celery_id=job_id, filename="a",
+                         content_type="audio/wav", size_bytes=1, duration_s=1.0,
+                         created_at=now, queued_at=now), b"x")
+    first, second = Runner("first", 1), Runner("second", 1)
+    client.set(store.keys.runner(first.token), "alive")
+    assert lifecycle.claim(job_id, job_id, first, "w1", 3, 1).outcome is Outcome.OK
+    assert lifecycle.claim(job_id, job_id, second, "w2", 3, 1).outcome is Outcome.BUSY
+    client.delete(store.keys.lease(job_id))  # Redis was away longer than the lease...
+    client.delete(store.keys.runner(first.token))  # ...and the first runner's heartbeat
+    recovered = lifecycle.recover(job_id, job_id, new_delivery(job_id, "recovered"))
+    assert recovered is not None  # the sweep re-queued it under a new delivery
+    assert lifecycle.claim(job_id, recovered.celery_id, second, "w2", 3, 1).outcome \
+        is Outcome.OK
+
+    assert lifecycle.renew(job_id, first.token, 1) == "lost"
+    assert lifecycle.succeed(job_id, job_id, first.token, {"text": "stale"}, 1.0) is None
+    assert lifecycle.fail(job_id, job_id, ErrorType.INTERNAL, "stale", first.token) is None
+    assert lifecycle.succeed(job_id, recovered.celery_id, second.token, {"text": "ok"}, 1.0)
+    assert store.transcript(store.get(job_id)) == {"text": "ok"}
+    assert finished_events(client, job_id) == ["succeeded"]
+
+
+def test_redis_paused_longer_than_the_lease_completes_once(lane, redis_server):
+    paused = lane(job_lease_s=1)
+    paused.worker()
+    job_id = submit(paused.client, samples.encode("wav", 3 * LONG_S)).get_json()["task_id"]
+    paused.wait_processing(job_id)
+
+    redis_server.proc.send_signal(signal.SIGSTOP)  # longer than the lease and the heartbeat
+    time.sleep(8)
+    redis_server.proc.send_signal(signal.SIGCONT)
+
+    succeeded_once(paused, [job_id])
+    started = sum(e["event"] == "job.started" and e["job_id"] == job_id
+                  for e in paused.events())
+    report("redis-paused", pause_s=8, lease_s=1, runs_started=started, completed=1)
+
+
+def _unshare_works() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+class NamespacedWorker(Worker):
+    """A worker in its own pid namespace: same hostname as the others, pids that collide."""
+
+    def start(self, wait: bool = True) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        from tests.integration.conftest import ROOT, settings_env
+
+        self.proc = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "celery",
+             "-A", "celery_app", "worker", "--pool=prefork", "--concurrency=1",
+             "-n", f"{self.name}@%h", "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=settings_env(self.settings), stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT)
+        if wait:
+            store = redis.Redis.from_url(self.settings.redis_url)
+            deadline = time.monotonic() + 180
+            while not any(json.loads(raw).get("engines_ready") for name, raw in
+                          store.hgetall("asr:workers").items()
+                          if name.decode().startswith(f"{self.name}@")):
+                assert self.proc.poll() is None and time.monotonic() < deadline, \
+                    self.log_tail()
+                time.sleep(0.2)
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="this kernel refuses pid namespaces")
+def test_workers_sharing_a_hostname_in_separate_pid_namespaces_lose_nothing(lane):
+    shared = lane(job_lease_s=2)
+    for n in range(2):
+        worker = NamespacedWorker(shared.settings, f"{shared.settings.queue_name}-ns{n}")
+        shared.workers.append(worker)
+        worker.start()
+    ids = [submit(shared.client, samples.encode("wav", LONG_S)).get_json()["task_id"]
+           for _ in range(6)]
+
+    succeeded_once(shared, ids)
+    workers = {shared.job(i)["worker"] for i in ids}
+    assert not any(shared.job(i)["error"] for i in ids)
+    report("pid-namespaces", workers=len(workers), jobs=len(ids), worker_lost=0)
+
+
+def test_deleting_a_running_job_is_final(lane):
+    cancel = lane()
+    cancel.worker()
+    store = cancel.client.application.extensions["asr"].store
+    running = submit(cancel.client, samples.encode("wav", 3 * LONG_S)).get_json()["task_id"]
+    cancel.wait_processing(running)
+
+    assert cancel.client.delete(f"/api/v1/asr/task/{running}").status_code == 204
+    after = submit(cancel.client, samples.encode("wav", 2.0)).get_json()["task_id"]
+    assert wait_for(cancel.client, after, timeout=60)["status"] == "succeeded"
+
+    keys = store.keys
+    assert not store.redis.exists(keys.job(running), keys.audio(running),
+                                  keys.result(running), keys.lease(running))
+    assert cancel.client.get(f"/api/v1/asr/result/{running}").status_code == 404
+    assert running not in {j["task_id"] for j in
+                           cancel.client.get("/api/v1/asr/history?limit=200").get_json()["items"]}
+
+
+def test_idempotency_key_is_bound_with_the_job_and_checks_the_upload(make_client, worker):
+    client = make_client()
+    data, other = samples.encode("wav", 1.0), samples.encode("wav", 2.0)
+    key = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
+
+    def send(body: bytes):
+        return client.post("/api/v1/asr/submit", headers=key, content_type="multipart/form-data",
+                           data={"audio": (io.BytesIO(body), "a.wav")})
+
+    with ThreadPoolExecutor(4) as pool:  # concurrent retries of one request: one job
+        answers = list(pool.map(lambda _: send(data), range(4)))
+    ids = {a.get_json()["task_id"] for a in answers}
+    assert len(ids) == 1 and {a.status_code for a in answers} == {202}
+    task_id = ids.pop()
+
+    mismatch = send(other)
+    assert mismatch.status_code == 422 and mismatch.content_type == "application/problem+json"
+    assert task_id in mismatch.get_json()["detail"]
+
+    wait_for(client, task_id)
+    assert client.delete(f"/api/v1/asr/task/{task_id}").status_code == 204
+    fresh = send(other)  # the key's job is gone: the key is free again
+    assert fresh.status_code == 202 and fresh.get_json()["task_id"] != task_id
+    assert "Idempotent-Replayed" not in fresh.headers
+
+
+def test_health_stays_200_degraded_while_no_worker_has_a_model(settings, tmp_path):
+    server = RedisServer(tmp_path / "redis")
+    server.workdir.mkdir()
+    server.start()
+    own = replace(settings, redis_url=server.url, log_dir=str(tmp_path / "logs"))
+    client = create_app(own).test_client()
+    worker = Worker(own, "restarting")
+    try:
+        before = client.get("/api/v1/health")
+        assert before.status_code == 200 and before.get_json()["status"] == "degraded"
+        assert "no worker online" in before.get_json()["reasons"][0]
+        ready = client.get("/api/v1/health?ready=workers")
+        assert ready.status_code == 503 and ready.content_type == "application/problem+json"
+        queued = submit(client, samples.encode("wav", 1.0))
+        assert queued.status_code == 202  # jobs are accepted while no worker runs
+
+        worker.start()
+        assert client.get("/api/v1/health").get_json()["status"] == "ok"
+        assert client.get("/api/v1/health?ready=workers").status_code == 200
+        worker.proc.send_signal(signal.SIGTERM)  # a deploy restarts the worker
+        worker.proc.wait(timeout=60)
+        during = client.get("/api/v1/health")
+        assert during.status_code == 200 and during.get_json()["status"] == "degraded"
+        assert wait_for(client, queued.get_json()["task_id"])["status"] == "succeeded"
+    finally:
+        worker.stop()
+        server.stop()
