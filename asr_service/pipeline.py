@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from asr_service.audio import TARGET_RATE, decode
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class JobBusy(Exception):
-    """Another live process runs this job: deliver it again later."""
+    """Deliver this job again later: another live process runs it, or Redis failed mid-job."""
 
     def __init__(self, retry_in_s: int) -> None:
         super().__init__(f"running elsewhere; retry in {retry_in_s} s")
@@ -51,9 +52,16 @@ def run_job(lifecycle: Lifecycle, store: JobStore, engine: Engine | None, settin
         log.info("not run: %s (deleted, finished, superseded or given up)", claimed.outcome,
                  extra={"job_id": delivery.job_id})
         return
-    with holding_lease(lifecycle, delivery.job_id, delivery.runner.token, settings.job_lease_s,
-                       on_lost=_stop_this_job):
-        _transcribe(lifecycle, store, engine, settings, claimed.job, delivery)
+    try:
+        with holding_lease(lifecycle, delivery.job_id, delivery.runner.token,
+                           settings.job_lease_s, on_lost=_stop_this_job):
+            _transcribe(lifecycle, store, engine, settings, claimed.job, delivery)
+    except redis.RedisError as exc:
+        # Redis went away mid-job: that is no fault of the job. Its lease lapses; this same
+        # delivery comes back after it (or the sweep re-queues the job) and runs it again.
+        log.warning("redis failed mid-job; it will run again: %s", exc,
+                    extra={"job_id": delivery.job_id})
+        raise JobBusy(settings.job_lease_s + 1) from exc
 
 
 def _stop_this_job() -> None:
@@ -70,6 +78,8 @@ def _transcribe(lifecycle: Lifecycle, store: JobStore, engine: Engine | None,
         samples = decode(store.audio(job.id), settings.max_audio_seconds)
         options = TranscribeOptions(language=job.language, hotwords=list(job.hotwords))
         transcript = engine.transcribe(samples, options)
+    except redis.RedisError:
+        raise
     except Exception as exc:
         kind, detail = _explain(exc, settings)
         lifecycle.fail(job.id, delivery.delivery, kind, detail, runner=delivery.runner.token)
