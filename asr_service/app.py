@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     store = JobStore(client, settings.max_recordings)
     lifecycle = Lifecycle(client, settings.result_retention_s, settings.max_recordings,
-                          listeners=[log_event_line])
+                          listeners=[log_event_line],
+                          max_stored_bytes=settings.max_stored_audio_bytes)
     celery = create_celery(settings)
     app.extensions["asr"] = Services(
         settings=settings,

@@ -56,6 +56,14 @@ class RecordingGone(AsrError):
     slug = "recording-gone"
 
 
+class StorageFull(AsrError):
+    """The recordings of queued and running jobs fill the stored-audio budget."""
+
+    title = "Audio storage full"
+    slug = "audio-storage-full"
+    retry_after_s = 30
+
+
 class QueueUnavailable(AsrError):
     """Redis (broker, result backend and job store) cannot be reached."""
 

@@ -97,10 +97,12 @@ class Lifecycle:
     """Creates, moves and removes jobs; the only writer of their status."""
 
     def __init__(self, client: redis.Redis, retention_s: int, max_recordings: int,
-                 keys: Keys | None = None, listeners: Iterable[Listener] = ()) -> None:
+                 keys: Keys | None = None, listeners: Iterable[Listener] = (),
+                 max_stored_bytes: int = 0) -> None:
         self.redis = client
         self.retention_s = retention_s
         self.max_recordings = max_recordings
+        self.max_stored_bytes = max_stored_bytes
         self.keys = keys or Keys()
         self.listeners = list(listeners)
         self._create = client.register_script(_script("create"))
@@ -117,7 +119,8 @@ class Lifecycle:
 
     def create(self, job: Job, audio: bytes, idempotency: Idempotency | None = None,
                **details: Any) -> tuple[str, str]:
-        """Store a queued job and its recording; ('created' | 'replayed' | 'conflict', id).
+        """Store a queued job and its recording; ('created' | 'replayed' | 'conflict' | 'full',
+        id). 'full': the stored-audio budget is taken by active jobs; nothing was stored.
 
         With an Idempotency-Key the key is bound in the same step: a key whose job still
         exists replays it (or is a conflict when the request differs); a key whose job is gone
@@ -127,7 +130,7 @@ class Lifecycle:
         idem = idempotency or Idempotency("", "", 1)
         outcome, job_id = self._create(args=[
             self.keys.prefix, job.id, job.created_at, self.retention_s, self.max_recordings,
-            idem.key, idem.fingerprint, idem.ttl_s, audio, *record])
+            self.max_stored_bytes, idem.key, idem.fingerprint, idem.ttl_s, audio, *record])
         outcome, job_id = outcome.decode(), job_id.decode()
         if outcome == "created":
             self._emit(Event("job.submitted", job, details=details))
@@ -145,7 +148,8 @@ class Lifecycle:
               reason: str | None = None, details: dict[str, Any] | None = None,
               **move: Any) -> Moved:
         spec = {"to": to, "from": list(allowed), "event": event, "reason": reason,
-                "retention_s": self.retention_s, "max_recordings": self.max_recordings, **move}
+                "retention_s": self.retention_s, "max_recordings": self.max_recordings,
+                "max_stored_bytes": self.max_stored_bytes, **move}
         answer = self._transition(args=[self.keys.prefix, job_id, time.time(), json.dumps(spec)])
         outcome = Outcome(answer[0].decode())
         job = decode_job(answer[1]) if len(answer) > 1 else None

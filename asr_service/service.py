@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 
 from asr_service.audio import AudioInfo, probe
-from asr_service.errors import AudioTooLong, IdempotencyMismatch
+from asr_service.errors import AudioTooLong, IdempotencyMismatch, StorageFull
 from asr_service.jobs import ACTIVE, Job, JobStore, Status
 from asr_service.lifecycle import Idempotency, Lifecycle
 from asr_service.runs import new_delivery
@@ -102,6 +102,11 @@ class JobService:
         job = self._new_job(upload, info)
         outcome, job_id = self.lifecycle.create(job, upload.data, idem, format=info.format,
                                                 codec=info.codec)
+        if outcome == "full":
+            raise StorageFull(
+                "the recordings of queued and running jobs fill the audio storage budget "
+                f"(MAX_STORED_AUDIO_MB={self.settings.max_stored_audio_mb}); nothing was stored, "
+                "try again once jobs finish")
         if outcome != "created":
             assert idem is not None
             return self._replay(job_id, idem.fingerprint if outcome == "replayed" else "", idem)

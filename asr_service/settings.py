@@ -32,6 +32,9 @@ class Settings:
     """CPU threads per worker process; 0 divides the host's cores by WORKER_COUNT."""
     max_recordings: int = 1000
     """Recordings kept in Redis; older ones are removed (never a queued or running job's)."""
+    max_stored_audio_mb: int = 2048
+    """Budget for all recordings held in Redis (0: none). Finished jobs' recordings are removed
+    first, oldest first; a submit that queued recordings alone would push over it gets 503."""
     worker_count: int = 1
     """Worker processes `make worker` starts on this host (Celery concurrency)."""
     max_upload_mb: int = 100
@@ -80,6 +83,11 @@ class Settings:
     def max_upload_bytes(self) -> int:
         """Upload limit in bytes."""
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_stored_audio_bytes(self) -> int:
+        """The stored-audio budget in bytes (0: none)."""
+        return self.max_stored_audio_mb * 1024 * 1024
 
     @property
     def soft_time_limit_s(self) -> int | None:
@@ -207,6 +215,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "task_soft_time_limit_s": _non_negative_int,
     "worker_max_tasks_per_child": _non_negative_int,
     "worker_max_memory_mb": _non_negative_int,
+    "max_stored_audio_mb": _non_negative_int,
     # Empty is meaningful for these two: it turns the model off.
     "asr_vad_model": _optional_text,
     "asr_punc_model": _optional_text,

@@ -58,7 +58,7 @@ class AsrCelery(Celery):
         """The one writer of job status."""
         s = self.settings
         return Lifecycle(self.redis_client, s.result_retention_s, s.max_recordings,
-                         listeners=[log_event_line])
+                         listeners=[log_event_line], max_stored_bytes=s.max_stored_audio_bytes)
 
     @cached_property
     def dispatcher(self) -> Dispatcher:

@@ -5,5 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 port=$(.venv/bin/python -m asr_service.devtools redis-port)
 mkdir -p run/redis
+# maxmemory bounds Redis whatever happens; noeviction makes a full Redis refuse writes (the API
+# answers 503) instead of silently dropping queued jobs. Size it above MAX_STORED_AUDIO_MB.
 exec redis-server --port "$port" --bind 127.0.0.1 --appendonly yes --appendfsync everysec \
+  --maxmemory "${REDIS_MAXMEMORY:-3gb}" --maxmemory-policy noeviction \
   --dir "$PWD/run/redis" --save ""

@@ -25,6 +25,7 @@ STATUS_BY_ERROR: dict[type[errors.AsrError], int] = {
     errors.IdempotencyMismatch: 422,
     errors.RecordingGone: 410,
     errors.QueueUnavailable: 503,
+    errors.StorageFull: 503,
 }
 
 
@@ -63,6 +64,7 @@ class Api(flask_smorest.Api):
                             redis.exceptions.ReadOnlyError):
             self._app.register_error_handler(unavailable, handle_redis_error)
         self._app.register_error_handler(OperationalError, handle_redis_error)
+        self._app.register_error_handler(redis.exceptions.OutOfMemoryError, handle_redis_full)
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         """Every HTTP error (abort, 404 routes, 413, 422 validation, 500) as problem+json."""
@@ -86,7 +88,19 @@ class Api(flask_smorest.Api):
 def handle_asr_error(error: errors.AsrError) -> Response:
     """Domain errors: the status comes from STATUS_BY_ERROR, never from domain code."""
     status = STATUS_BY_ERROR.get(type(error), 500)
-    return problem(status, error.title, error.detail, slug=error.slug)
+    retry = getattr(error, "retry_after_s", None)
+    return problem(status, error.title, error.detail, slug=error.slug,
+                   headers={"Retry-After": str(retry)} if retry else None)
+
+
+def handle_redis_full(error: Exception) -> Response:
+    """Redis reached its maxmemory (noeviction): a 503 to retry later, never a 500."""
+    log.error("redis out of memory: %s", error)
+    return problem(503, errors.StorageFull.title,
+                   "Redis is out of memory (maxmemory); nothing was stored. Try again later, and "
+                   "see the README on sizing MAX_STORED_AUDIO_MB against Redis maxmemory.",
+                   slug=errors.StorageFull.slug,
+                   headers={"Retry-After": str(errors.StorageFull.retry_after_s)})
 
 
 def handle_redis_error(error: Exception) -> Response:

@@ -4,6 +4,7 @@
 local P = ARGV[1]
 local HISTORY, FINISHED, DONE_AUDIO = P .. 'history', P .. 'finished', P .. 'recordings:done'
 local FIGURES, RECENT, EVENTS = P .. 'figures', P .. 'figures:recent', P .. 'events'
+local BYTES = P .. 'recordings:bytes'  -- hash: 'stored' (all recordings), 'active' (of active jobs)
 local STATUSES = {'queued', 'processing', 'succeeded', 'failed', 'cancelled'}
 local TERMINAL = {succeeded = true, failed = true, cancelled = true}
 local RECENT_SAMPLES, EVENTS_KEPT, SLOT_S, SLOT_TTL_S = 1000, 10000, 10, 900
@@ -80,27 +81,41 @@ local function uncount_success(job)
   end
 end
 
--- Recordings beyond max_recordings go, oldest finished first; an active job's never does.
--- Costs O(recordings removed): the candidates have their own index.
-local function prune(max_recordings, now, limit)
-  local active = redis.call('ZCARD', skey('queued')) + redis.call('ZCARD', skey('processing'))
-  local done = redis.call('ZCARD', DONE_AUDIO)
-  local excess = math.min(active + done - max_recordings, done, limit)
-  if excess <= 0 then return 0 end
-  local ids = redis.call('ZRANGE', DONE_AUDIO, 0, excess - 1)
-  for _, id in ipairs(ids) do
+local function bytes(field)
+  return tonumber(redis.call('HGET', BYTES, field) or '0')
+end
+
+-- Recordings beyond max_recordings, or beyond budget bytes (0: no budget), go, oldest finished
+-- first; an active job's never does. Costs O(recordings removed): they have their own index.
+local function prune(max_recordings, budget, now, limit)
+  local removed = 0
+  while removed < limit do
+    local done = redis.call('ZCARD', DONE_AUDIO)
+    if done == 0 then break end
+    local active = redis.call('ZCARD', skey('queued')) + redis.call('ZCARD', skey('processing'))
+    if active + done <= max_recordings and (budget <= 0 or bytes('stored') <= budget) then
+      break
+    end
+    local id = redis.call('ZRANGE', DONE_AUDIO, 0, 0)[1]
+    redis.call('HINCRBY', BYTES, 'stored', -redis.call('STRLEN', akey(id)))
     redis.call('DEL', akey(id))
     redis.call('ZREM', DONE_AUDIO, id)
     if redis.call('EXISTS', jkey(id)) == 1 then
       redis.call('HSET', jkey(id), 'audio_removed_at', cjson.encode(now))
     end
+    removed = removed + 1
   end
-  return #ids
+  return removed
 end
 
 -- Everything of one job goes, from every index; the figures forget a succeeded one.
 local function remove(id)
   local job, flat = load(id)
+  local size = redis.call('STRLEN', akey(id))
+  redis.call('HINCRBY', BYTES, 'stored', -size)
+  if job and (job.status == 'queued' or job.status == 'processing') then
+    redis.call('HINCRBY', BYTES, 'active', -size)
+  end
   redis.call('DEL', jkey(id), akey(id), rkey(id), lkey(id))
   redis.call('ZREM', HISTORY, id)
   redis.call('ZREM', FINISHED, id)

@@ -1,8 +1,11 @@
 -- A new queued job, its recording, its indexes and (optionally) its Idempotency-Key, at once.
--- ARGV: prefix, id, now, retention_s, max_recordings, idempotency key ('' for none),
---       fingerprint, idempotency ttl, audio, then the record as field, JSON value pairs.
+-- ARGV: prefix, id, now, retention_s, max_recordings, stored-audio budget in bytes (0: none),
+--       idempotency key ('' for none), fingerprint, idempotency ttl, audio, then the record as
+--       field, JSON value pairs.
+-- Answers {'created' | 'replayed' | 'conflict' | 'full', id}; 'full' stores nothing: the
+-- recordings of active jobs alone would exceed the budget.
 local id, now, retention = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local idem, fingerprint = ARGV[6], ARGV[7]
+local budget, idem, fingerprint, audio = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[10]
 if idem ~= '' then
   local held = redis.call('GET', idem)
   if held then
@@ -12,18 +15,23 @@ if idem ~= '' then
       return {'replayed', holder}
     end  -- the key's job is gone: the key is free again
   end
-  redis.call('SET', idem, id .. ' ' .. fingerprint, 'EX', tonumber(ARGV[8]))
+end
+if budget > 0 and bytes('active') + string.len(audio) > budget then return {'full', id} end
+if idem ~= '' then
+  redis.call('SET', idem, id .. ' ' .. fingerprint, 'EX', tonumber(ARGV[9]))
 end
 local record = {}
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   record[#record + 1] = ARGV[i]
   record[#record + 1] = ARGV[i + 1]
 end
 redis.call('HSET', jkey(id), unpack(record))
 redis.call('EXPIRE', jkey(id), retention)
-redis.call('SET', akey(id), ARGV[9], 'EX', retention)
+redis.call('SET', akey(id), audio, 'EX', retention)
+redis.call('HINCRBY', BYTES, 'stored', string.len(audio))
+redis.call('HINCRBY', BYTES, 'active', string.len(audio))
 redis.call('ZADD', HISTORY, now, id)
 redis.call('ZADD', skey('queued'), now, id)
 emit('job.submitted', id, 'queued')
-prune(tonumber(ARGV[5]), now, 100)
+prune(tonumber(ARGV[5]), budget, now, 100)
 return {'created', id}

@@ -9,7 +9,7 @@
 --   dead_only     only when the current runner is gone (recovering an orphan)
 --   needs_audio   'gone' when the recording was removed
 --   result        JSON transcript, stored with a succeeded job
---   retention_s, max_recordings, event, reason
+--   retention_s, max_recordings, max_stored_bytes, event, reason
 -- Answers {outcome, record as a flat list}: ok | gave-up | skip | busy | gone | missing.
 local id, now = ARGV[2], tonumber(ARGV[3])
 local move = cjson.decode(ARGV[4])
@@ -56,6 +56,7 @@ if TERMINAL[to] then
     set.processing_s = job.started_at and (now - job.started_at) or cjson.null
   end
   redis.call('DEL', lkey(id))
+  redis.call('HINCRBY', BYTES, 'active', -redis.call('STRLEN', akey(id)))
   redis.call('ZADD', FINISHED, now, id)
   if not job.audio_removed_at then redis.call('ZADD', DONE_AUDIO, now, id) end
   -- Redis TTLs are a backstop: the retention sweep removes finished jobs on time.
@@ -65,6 +66,9 @@ if TERMINAL[to] then
     redis.call('SET', rkey(id), move.result, 'EX', retention + 3600)
   end
 elseif to == 'queued' then
+  if TERMINAL[job.status] then
+    redis.call('HINCRBY', BYTES, 'active', redis.call('STRLEN', akey(id)))
+  end
   redis.call('DEL', lkey(id))
   redis.call('ZREM', FINISHED, id)
   redis.call('ZREM', DONE_AUDIO, id)
@@ -89,5 +93,5 @@ if from ~= to then
 end
 if to == 'succeeded' then count_success(job, now) end
 emit(event, id, to, move.reason)
-if TERMINAL[to] then prune(move.max_recordings, now, 100) end
+if TERMINAL[to] then prune(move.max_recordings, move.max_stored_bytes, now, 100) end
 return {outcome, redis.call('HGETALL', jkey(id))}

@@ -134,3 +134,26 @@ def test_history_pages_skip_expired_records(store, lifecycle):
     assert total == 2  # the expired entry left the index when the page met it
     assert [j.id for j in store.history(limit=5, offset=0, status="queued")[1]] == \
         [newest, oldest]
+
+
+def test_the_audio_budget_removes_finished_recordings_first_and_refuses_when_full(redis_db):
+    budgeted = Lifecycle(redis_db, retention_s=3600, max_recordings=100, max_stored_bytes=10)
+    store = JobStore(redis_db, max_recordings=100)
+    done = add(budgeted, Status.SUCCEEDED, age=30)  # 3 bytes each
+    queued = [add(budgeted, Status.QUEUED, age=20), add(budgeted, Status.QUEUED, age=10)]
+    assert store.audio(done) == b"abc"  # 9 <= 10
+    third = add(budgeted, Status.QUEUED, age=5)  # 12 > 10: the finished one goes
+    assert store.get(done).audio_available is False
+    assert all(store.audio(i) == b"abc" for i in [*queued, third])
+
+    job_id = str(uuid.uuid4())
+    refused = budgeted.create(Job(id=job_id, status=Status.QUEUED, celery_id=job_id,
+                                  filename="a.wav", content_type="audio/wav", size_bytes=3,
+                                  duration_s=1.0, created_at=time.time()), b"abc")
+    assert refused == ("full", job_id)  # active recordings alone would be 12 > 10
+    assert not store.exists(job_id) and not redis_db.exists(store.keys.audio(job_id))
+    assert store.counts()[Status.QUEUED] == 3
+    budgeted.delete(queued[0])  # room again
+    assert budgeted.create(Job(id=job_id, status=Status.QUEUED, celery_id=job_id,
+                               filename="a.wav", content_type="audio/wav", size_bytes=3,
+                               duration_s=1.0, created_at=time.time()), b"abc")[0] == "created"
