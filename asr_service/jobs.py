@@ -30,7 +30,6 @@ class ErrorType(StrEnum):
     AUDIO_INVALID = "audio-invalid"
     AUDIO_TOO_LONG = "audio-too-long"
     TRANSCRIPTION_FAILED = "transcription-failed"
-    NO_ENGINE = "asr-error"
     TIME_LIMIT = "time-limit-exceeded"
     WORKER_LOST = "worker-lost"
     CANCELLED = "cancelled"

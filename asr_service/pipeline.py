@@ -14,7 +14,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from asr_service.audio import TARGET_RATE, decode
 from asr_service.engine.base import Engine, TranscribeOptions, Transcript
-from asr_service.errors import AsrError
+from asr_service.errors import AsrError, AudioInvalid, AudioTooLong, EngineError
 from asr_service.jobs import ErrorType, Job, JobStore
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from asr_service.runs import RUNNER_TTL_S, holding_lease
@@ -81,7 +81,7 @@ def _transcribe(lifecycle: Lifecycle, store: JobStore, engine: Engine | None,
     except redis.RedisError:
         raise
     except Exception as exc:
-        kind, detail = _explain(exc, settings)
+        kind, detail = _explain(exc, settings, job.id)
         lifecycle.fail(job.id, delivery.delivery, kind, detail, runner=delivery.runner.token)
         raise
     processing_s = time.perf_counter() - started
@@ -108,17 +108,23 @@ def to_result(transcript: Transcript, duration_s: float, processing_s: float) ->
     }
 
 
-def _explain(exc: Exception, settings: Settings) -> tuple[ErrorType, str]:
-    """The error type and detail a user sees for a failed job."""
+# Errors whose detail is written for the user; any other keeps its internals in the log.
+_USER_FACING = (AudioInvalid, AudioTooLong)
+
+
+def _explain(exc: Exception, settings: Settings, job_id: str) -> tuple[ErrorType, str]:
+    """The stable error type and the user-facing detail of a failed job; the internals go to
+    the worker log under the job id."""
     # The engine wraps what FunASR raises, so the soft limit may arrive as the cause.
     if isinstance(exc, SoftTimeLimitExceeded) or isinstance(exc.__cause__, SoftTimeLimitExceeded):
         return (ErrorType.TIME_LIMIT,
                 f"transcription stopped at the soft time limit of {settings.soft_time_limit_s} s"
                 " (TASK_SOFT_TIME_LIMIT_S / TASK_TIME_LIMIT_S), or the job was cancelled")
-    if isinstance(exc, AsrError):
-        try:
-            return ErrorType(exc.slug), exc.detail
-        except ValueError:
-            pass
-    log.error("job failed", exc_info=exc)
-    return ErrorType.INTERNAL, f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, _USER_FACING):
+        return ErrorType(exc.slug), exc.detail
+    log.error("job failed", exc_info=exc, extra={"job_id": job_id})
+    if isinstance(exc, EngineError):
+        return (ErrorType.TRANSCRIPTION_FAILED, "the model failed on this recording; the "
+                f"worker log has the details under job id {job_id}")
+    return (ErrorType.INTERNAL, "the worker failed on this job; the worker log has the details "
+            f"under job id {job_id}")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import mimetypes
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +60,6 @@ class Upload:
 
     data: bytes
     filename: str | None
-    mimetype: str | None
     language: str
     hotwords: list[str]
 
@@ -127,7 +126,7 @@ class JobService:
                                f"MAX_AUDIO_SECONDS={limit}")
         job_id, now, name = str(uuid.uuid4()), time.time(), _display_name(upload.filename)
         return Job(id=job_id, status=Status.QUEUED, celery_id=job_id, filename=name,
-                   content_type=_content_type(upload.mimetype, name, info),
+                   content_type=_content_type(info),
                    size_bytes=len(upload.data), duration_s=round(info.duration_s, 3),
                    language=upload.language, hotwords=upload.hotwords,
                    queue=self.settings.queue_name, created_at=now, queued_at=now)
@@ -155,11 +154,18 @@ class JobService:
 
 def _display_name(filename: str | None) -> str:
     # Only ever shown and offered as a download name; nothing is written to disk under it.
+    # Control and format characters (CR/LF, NUL, bidi overrides) never reach a header or a log.
     name = (filename or "audio").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C")
     return name.strip()[:255] or "audio"
 
 
-def _content_type(mimetype: str | None, name: str, info: AudioInfo) -> str:
-    if mimetype and mimetype != "application/octet-stream":
-        return mimetype
-    return mimetypes.guess_type(name)[0] or f"audio/{info.format}"
+# What the probe found, not what the client claimed, names the type a download is served with.
+_AUDIO_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg",
+                "mp3": "audio/mpeg", "mov": "audio/mp4", "mp4": "audio/mp4", "ipod": "audio/mp4",
+                "m4a": "audio/mp4", "matroska": "audio/webm", "webm": "audio/webm",
+                "aiff": "audio/aiff", "au": "audio/basic"}
+
+
+def _content_type(info: AudioInfo) -> str:
+    return _AUDIO_TYPES.get(info.format, "application/octet-stream")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
@@ -25,11 +25,20 @@ def presented_key() -> str | None:
 
 
 def client_id() -> str:
-    """Whom a rate limit or an idempotency key belongs to: the key's digest, else the address."""
+    """Whom a rate limit or an idempotency key belongs to: the authenticated key's digest, else
+    the client address. An unchecked header never picks the bucket (a random key per request
+    would otherwise get a fresh rate-limit budget each time)."""
     key = presented_key()
-    if key:
+    if key and _is_valid(key, current_app.extensions["asr"].settings.api_key_set):
         return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
     return "addr:" + (get_remote_address() or "unknown")
+
+
+def _is_valid(key: str, keys: frozenset[str]) -> bool:
+    # Bytes, so a non-ASCII key is just a wrong key (compare_digest refuses non-ASCII str);
+    # every key is compared in constant time: timing must not reveal a near match.
+    presented = key.encode("utf-8", "surrogateescape")
+    return any(hmac.compare_digest(presented, k.encode()) for k in keys)
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -58,8 +67,7 @@ def _check_key(keys: frozenset[str]) -> Response | None:
     if request.path.startswith(OPEN_PATHS) or request.method == "OPTIONS":
         return None
     key = presented_key()
-    # Compare with every key in constant time: timing must not reveal a near match.
-    if key is not None and any(hmac.compare_digest(key, k) for k in keys):
+    if key is not None and _is_valid(key, keys):
         return None
     detail = ("this endpoint needs an API key: send 'Authorization: Bearer <key>' or "
               "'X-API-Key: <key>'") if key is None else "the API key is not valid"

@@ -66,8 +66,7 @@ class Submit(MethodView):
         """
         upload: FileStorage = form["audio"]
         submitted = services().jobs.submit(
-            Upload(upload.read(), upload.filename, upload.mimetype, form["language"],
-                   form["hotwords"]),
+            Upload(upload.read(), upload.filename, form["language"], form["hotwords"]),
             idempotency.requested_key())
         location = url_for("asr.Result", task_id=submitted.job.id)
         headers = {"Location": location}
@@ -115,8 +114,10 @@ class Audio(MethodView):
         store = services().store
         data = store.audio(str(task_id))
         job = store.get(str(task_id))
-        return send_file(io.BytesIO(data), mimetype=job.content_type, as_attachment=True,
-                         download_name=job.filename)
+        response = send_file(io.BytesIO(data), mimetype=job.content_type, as_attachment=True,
+                             download_name=job.filename)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 @blp.route("/retry/<uuid:task_id>")

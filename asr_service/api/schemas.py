@@ -8,6 +8,7 @@ from typing import Any
 
 from flask_smorest.fields import Upload
 from marshmallow import Schema, ValidationError, fields, post_load, validate
+from werkzeug.datastructures import FileStorage
 
 from asr_service.api.problems import ProblemSchema
 from asr_service.jobs import STATUSES, Job
@@ -41,10 +42,20 @@ class SubmitFormSchema(Schema):
         return data
 
 
+class FileUpload(Upload):
+    """An uploaded file; a plain form field of the same name is a 422, not a crash."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, FileStorage):
+            raise ValidationError("must be a file (multipart file part), not a text field")
+        return value
+
+
 class SubmitSchema(SubmitFormSchema):
     """The multipart body: the recording in field `audio`, plus the optional fields."""
 
-    audio = Upload(required=True, metadata={"description": "wav, flac, ogg/opus, mp3, m4a, webm"})
+    audio = FileUpload(required=True,
+                       metadata={"description": "wav, flac, ogg/opus, mp3, m4a, webm"})
 
 
 class HistoryArgsSchema(Schema):

@@ -85,6 +85,11 @@ local function bytes(field)
   return tonumber(redis.call('HGET', BYTES, field) or '0')
 end
 
+local function add_bytes(field, delta)
+  -- Lua 5.1 writes a negated zero as "-0", which HINCRBY refuses.
+  if delta ~= 0 then redis.call('HINCRBY', BYTES, field, delta) end
+end
+
 -- Recordings beyond max_recordings, or beyond budget bytes (0: no budget), go, oldest finished
 -- first; an active job's never does. Costs O(recordings removed): they have their own index.
 local function prune(max_recordings, budget, now, limit)
@@ -97,7 +102,7 @@ local function prune(max_recordings, budget, now, limit)
       break
     end
     local id = redis.call('ZRANGE', DONE_AUDIO, 0, 0)[1]
-    redis.call('HINCRBY', BYTES, 'stored', -redis.call('STRLEN', akey(id)))
+    add_bytes('stored', -redis.call('STRLEN', akey(id)))
     redis.call('DEL', akey(id))
     redis.call('ZREM', DONE_AUDIO, id)
     if redis.call('EXISTS', jkey(id)) == 1 then
@@ -112,9 +117,9 @@ end
 local function remove(id)
   local job, flat = load(id)
   local size = redis.call('STRLEN', akey(id))
-  redis.call('HINCRBY', BYTES, 'stored', -size)
+  add_bytes('stored', -size)
   if job and (job.status == 'queued' or job.status == 'processing') then
-    redis.call('HINCRBY', BYTES, 'active', -size)
+    add_bytes('active', -size)
   end
   redis.call('DEL', jkey(id), akey(id), rkey(id), lkey(id))
   redis.call('ZREM', HISTORY, id)

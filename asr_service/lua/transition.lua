@@ -56,7 +56,7 @@ if TERMINAL[to] then
     set.processing_s = job.started_at and (now - job.started_at) or cjson.null
   end
   redis.call('DEL', lkey(id))
-  redis.call('HINCRBY', BYTES, 'active', -redis.call('STRLEN', akey(id)))
+  add_bytes('active', -redis.call('STRLEN', akey(id)))
   redis.call('ZADD', FINISHED, now, id)
   if not job.audio_removed_at then redis.call('ZADD', DONE_AUDIO, now, id) end
   -- Redis TTLs are a backstop: the retention sweep removes finished jobs on time.
@@ -67,7 +67,7 @@ if TERMINAL[to] then
   end
 elseif to == 'queued' then
   if TERMINAL[job.status] then
-    redis.call('HINCRBY', BYTES, 'active', redis.call('STRLEN', akey(id)))
+    add_bytes('active', redis.call('STRLEN', akey(id)))
   end
   redis.call('DEL', lkey(id))
   redis.call('ZREM', FINISHED, id)
