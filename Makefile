@@ -15,8 +15,8 @@ api: venv ## only the API (gunicorn), e.g. on a web host
 worker: venv ## only the workers (WORKER_COUNT processes), e.g. on a GPU host that reaches Redis
 	$(VENV)/bin/celery -A celery_app worker --pool=prefork -n worker@%h --loglevel=INFO
 
-flower: venv ## only Flower, on FLOWER_PORT (default 5555)
-	$(VENV)/bin/celery -A celery_app flower
+flower: venv ## only Flower, on FLOWER_HOST:FLOWER_PORT (default 127.0.0.1:5555)
+	$(VENV)/bin/celery -A celery_app flower --conf=config/flowerconfig.py
 
 test: venv models system-packages ## set up and run the whole test suite
 	$(VENV)/bin/pytest

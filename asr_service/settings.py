@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import quote
 
 
 class SettingsError(ValueError):
@@ -16,7 +18,7 @@ class SettingsError(ValueError):
 class Settings:
     """Service configuration. Every field has a matching variable in config/.env.example."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     """Broker, result backend and job store. REDIS_URL, or REDIS_HOST/REDIS_PORT."""
     asr_use_gpu: str = "auto"
     """auto: CUDA when present else CPU; true: CUDA required; false: CPU."""
@@ -61,16 +63,26 @@ class Settings:
     """Celery queue the API sends to and the workers consume."""
     api_keys: str = field(default="", repr=False)
     """Comma-separated API keys; when set, every endpoint but health requires one."""
+    allow_anonymous: bool = False
+    """Let the API listen beyond loopback without API_KEYS (logged loudly at start)."""
+    redis_password: str = field(default="", repr=False)
+    """Redis password, added to REDIS_URL (or REDIS_HOST/PORT) when the URL carries none."""
+    flower_basic_auth: str = field(default="", repr=False)
+    """user:password for Flower; required when Flower listens beyond loopback."""
     rate_limit: str = ""
     """Per API key (or per client address) limit such as "60/minute;1000/hour"; empty: off."""
     log_dir: str = "logs"
     """Directory for rotating log files."""
     log_level: str = "INFO"
     """DEBUG, INFO, WARNING or ERROR."""
+    api_host: str = "127.0.0.1"
+    """Address gunicorn binds; beyond loopback it requires API_KEYS (or ALLOW_ANONYMOUS)."""
     api_port: int = 8000
     """Port gunicorn binds."""
     api_workers: int = 2
     """gunicorn worker processes, 8 threads each (uploads are I/O-bound)."""
+    flower_host: str = "127.0.0.1"
+    """Address Flower binds; beyond loopback it requires FLOWER_BASIC_AUTH."""
     flower_port: int = 5555
     """Port Flower binds."""
 
@@ -83,6 +95,21 @@ class Settings:
     def max_upload_bytes(self) -> int:
         """Upload limit in bytes."""
         return self.max_upload_mb * 1024 * 1024
+
+    def api_exposure_error(self) -> str | None:
+        """Why the API must not start on API_HOST (beyond loopback without keys), if so."""
+        if is_loopback(self.api_host) or self.api_key_set or self.allow_anonymous:
+            return None
+        return (f"refusing to serve the API on {self.api_host} without authentication: set "
+                "API_KEYS (clients send 'Authorization: Bearer <key>'), or API_HOST=127.0.0.1, "
+                "or ALLOW_ANONYMOUS=true if something in front of it authenticates")
+
+    def flower_exposure_error(self) -> str | None:
+        """Why Flower must not start on FLOWER_HOST (beyond loopback without a login), if so."""
+        if is_loopback(self.flower_host) or self.flower_basic_auth:
+            return None
+        return (f"refusing to serve Flower on {self.flower_host} without a login: set "
+                "FLOWER_BASIC_AUTH=user:password, or FLOWER_HOST=127.0.0.1")
 
     @property
     def max_stored_audio_bytes(self) -> int:
@@ -130,12 +157,31 @@ class Settings:
         return cls(**values)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable from this host only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name or 0.0.0.0-like wildcard: treat as reachable from outside
+
+
 def _without_password(url: str) -> str:
     scheme, _, rest = url.partition("://")
     return f"{scheme}://{rest.rsplit('@', 1)[-1]}"  # drops user and password
 
 
 def _redis_url(env: Mapping[str, str]) -> str:
+    url = _redis_url_as_given(env)
+    password = env.get("REDIS_PASSWORD", "").strip()
+    scheme, sep, rest = url.partition("://")
+    if password and scheme in ("redis", "rediss") and "@" not in rest:
+        return f"{scheme}{sep}:{quote(password, safe='')}@{rest}"
+    return url
+
+
+def _redis_url_as_given(env: Mapping[str, str]) -> str:
     if env.get("REDIS_URL"):
         url = env["REDIS_URL"].strip()
         if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -194,6 +240,15 @@ def _optional_text(raw: str) -> str:
     return raw
 
 
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _rate_limit(raw: str) -> str:
     if raw:
         from limits import parse_many  # a leaf library: parses "10/second;100/minute"
@@ -220,6 +275,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "asr_vad_model": _optional_text,
     "asr_punc_model": _optional_text,
     "api_keys": _optional_text,
+    "allow_anonymous": _bool,
+    "redis_password": _optional_text,
+    "flower_basic_auth": _optional_text,
     "rate_limit": _rate_limit,
     "log_level": lambda raw: _choice("debug", "info", "warning", "error")(raw).upper(),
     "api_port": _port,

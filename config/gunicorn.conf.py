@@ -1,10 +1,19 @@
 """gunicorn settings for the API: `gunicorn -c config/gunicorn.conf.py wsgi:app`."""
 
-from asr_service.settings import Settings
+import sys
+
+from asr_service.settings import Settings, is_loopback
 
 _settings = Settings.from_env()
+# Nothing listens beyond loopback without authentication (like Redis's protected mode).
+if _problem := _settings.api_exposure_error():
+    raise SystemExit(f"asr_service: {_problem}")
+if _settings.allow_anonymous and not is_loopback(_settings.api_host):
+    print(f"asr_service: WARNING: the API listens on {_settings.api_host} WITHOUT "
+          "authentication (ALLOW_ANONYMOUS=true)", file=sys.stderr)
 
-bind = f"0.0.0.0:{_settings.api_port}"
+_host = f"[{_settings.api_host}]" if ":" in _settings.api_host else _settings.api_host
+bind = f"{_host}:{_settings.api_port}"
 workers = _settings.api_workers
 worker_class = "gthread"
 threads = 8

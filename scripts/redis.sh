@@ -7,6 +7,7 @@ port=$(.venv/bin/python -m asr_service.devtools redis-port)
 mkdir -p run/redis
 # maxmemory bounds Redis whatever happens; noeviction makes a full Redis refuse writes (the API
 # answers 503) instead of silently dropping queued jobs. Size it above MAX_STORED_AUDIO_MB.
+# Loopback only; with REDIS_PASSWORD set it also requires that password.
 exec redis-server --port "$port" --bind 127.0.0.1 --appendonly yes --appendfsync everysec \
   --maxmemory "${REDIS_MAXMEMORY:-3gb}" --maxmemory-policy noeviction \
-  --dir "$PWD/run/redis" --save ""
+  ${REDIS_PASSWORD:+--requirepass "$REDIS_PASSWORD"} --dir "$PWD/run/redis" --save ""

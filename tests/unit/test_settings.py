@@ -240,3 +240,35 @@ def test_zero_threads_divides_the_cores_between_workers(
 def test_redis_url_display_hides_the_password() -> None:
     settings = Settings(redis_url="redis://ops:s3cret@cache.internal:6390/2")
     assert settings.redis_url_display == "redis://cache.internal:6390/2"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "api.example.com"])
+def test_an_api_beyond_loopback_needs_keys_or_an_explicit_opt_out(host: str) -> None:
+    exposed = Settings.from_env({"API_HOST": host})
+    assert "API_KEYS" in (exposed.api_exposure_error() or "")
+    assert Settings.from_env({"API_HOST": host, "API_KEYS": "k1"}).api_exposure_error() is None
+    assert Settings.from_env({"API_HOST": host, "ALLOW_ANONYMOUS": "true"}) \
+        .api_exposure_error() is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_loopback_needs_no_authentication(host: str) -> None:
+    settings = Settings.from_env({"API_HOST": host, "FLOWER_HOST": host})
+    assert settings.api_exposure_error() is None and settings.flower_exposure_error() is None
+
+
+def test_flower_beyond_loopback_needs_a_login() -> None:
+    assert "FLOWER_BASIC_AUTH" in (Settings.from_env({"FLOWER_HOST": "0.0.0.0"})
+                                   .flower_exposure_error() or "")
+    assert Settings.from_env({"FLOWER_HOST": "0.0.0.0", "FLOWER_BASIC_AUTH": "ops:pw"}) \
+        .flower_exposure_error() is None
+
+
+def test_redis_password_joins_a_url_without_one_and_stays_out_of_reprs() -> None:
+    settings = Settings.from_env({"REDIS_HOST": "cache", "REDIS_PASSWORD": "p@ss/word"})
+    assert settings.redis_url == "redis://:p%40ss%2Fword@cache:6379/0"
+    assert "p%40ss" not in repr(settings) and "p%40ss" not in settings.redis_url_display
+    given = Settings.from_env({"REDIS_URL": "redis://:own@cache:1/0", "REDIS_PASSWORD": "x"})
+    assert given.redis_url == "redis://:own@cache:1/0"
+    assert error_lines({"ALLOW_ANONYMOUS": "maybe"}) == \
+        ["ALLOW_ANONYMOUS='maybe': must be true or false"]
