@@ -4,7 +4,8 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run api worker flower test lint models venv system-packages redis-server vendor clean
+.PHONY: run api worker flower test lint models venv system-packages redis-server vendor clean \
+	bench-slow
 
 run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower
 	./scripts/run.sh
@@ -20,6 +21,9 @@ flower: venv ## only Flower, on FLOWER_HOST:FLOWER_PORT (default 127.0.0.1:5555)
 
 test: venv models system-packages ## set up and run the whole test suite
 	$(VENV)/bin/pytest
+
+bench-slow: venv redis-server ## /health latency while 32 uploads trickle in at 1 KB/s (prints a table)
+	PYTHONPATH=. $(VENV)/bin/python scripts/bench_slow_clients.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -80,7 +80,7 @@ class Settings:
     api_port: int = 8000
     """Port gunicorn binds."""
     api_workers: int = 2
-    """gunicorn worker processes, 8 threads each (uploads are I/O-bound)."""
+    """gunicorn worker processes (gevent: each serves many slow clients at once)."""
     flower_host: str = "127.0.0.1"
     """Address Flower binds; beyond loopback it requires FLOWER_BASIC_AUTH."""
     flower_port: int = 5555

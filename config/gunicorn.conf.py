@@ -15,8 +15,12 @@ if _settings.allow_anonymous and not is_loopback(_settings.api_host):
 _host = f"[{_settings.api_host}]" if ":" in _settings.api_host else _settings.api_host
 bind = f"{_host}:{_settings.api_port}"
 workers = _settings.api_workers
-worker_class = "gthread"
-threads = 8
+# gevent: a slow client (an upload trickling in at 1 KB/s) holds a cheap greenlet, not one of
+# a few threads. With gthread (8 threads x 2 workers), 32 such uploads made /health time out
+# (10 s); with gevent it stayed at p99 5 ms (`make bench-slow`). CPU work (probing audio) is
+# short; Redis and the broker are reached through sockets gevent makes cooperative.
+worker_class = "gevent"
+worker_connections = 1000
 # Slow clients uploading large files must not be cut off; the API itself never waits on a model.
 timeout = 120
 graceful_timeout = 30
