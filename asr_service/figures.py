@@ -99,9 +99,9 @@ def summarize(snap: dict[str, Any]) -> dict[str, Any]:
 
 def throughput(snap: dict[str, Any], window_s: int) -> dict[str, float]:
     """Succeeded jobs per minute and audio seconds per second over the last window_s."""
-    start = snap["now"] - window_s - SLOT_S
-    jobs = sum(j for t, j, _ in snap["slots"] if t > start)
-    audio = sum(a for t, _, a in snap["slots"] if t > start)
+    start = snap["now"] - window_s  # slots that began inside the window (10 s granularity)
+    jobs = sum(j for t, j, _ in snap["slots"] if t >= start)
+    audio = sum(a for t, _, a in snap["slots"] if t >= start)
     return {"jobs_per_minute": round(jobs / (window_s / 60), 3),
             "audio_seconds_per_second": round(audio / window_s, 4)}
 
