@@ -13,6 +13,6 @@ if _problem := _settings.flower_exposure_error():
 
 address = _settings.flower_host
 port = _settings.flower_port
-if _settings.flower_basic_auth:
-    basic_auth = [_settings.flower_basic_auth]
+# Set either way: Flower also reads FLOWER_BASIC_AUTH itself, and takes an empty one for a login.
+basic_auth = [_settings.flower_basic_auth] if _settings.flower_basic_auth else []
 unauthenticated_api = is_loopback(_settings.flower_host) and not _settings.flower_basic_auth

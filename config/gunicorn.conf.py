@@ -23,7 +23,8 @@ worker_class = "gevent"
 worker_connections = 1000
 # Slow clients uploading large files must not be cut off; the API itself never waits on a model.
 timeout = 120
-graceful_timeout = 30
+# On SIGTERM, in-flight requests get this long; an upload stalled mid-body is cut after it.
+graceful_timeout = 20
 accesslog = "-"
 access_log_format = '{"ts_local": "%(t)s", "component": "api-access", "method": "%(m)s", ' \
     '"path": "%(U)s", "status": %(s)s, "bytes": %(B)s, "duration_ms": %(M)s}'

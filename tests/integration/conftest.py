@@ -110,6 +110,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ASR_", "REDIS_"))}
     for name, value in vars(settings).items():
         env[name.upper()] = str(value)
+    if not settings.flower_basic_auth:  # Flower reads it too: an empty one means user ''
+        del env["FLOWER_BASIC_AUTH"]
     return env
 
 
