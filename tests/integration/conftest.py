@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,28 +18,10 @@ from flask.testing import FlaskClient
 from asr_service import create_app
 from asr_service.cluster import Cluster
 from asr_service.settings import Settings
+from tests.harness import free_port, log_tail, start_process, stop_process, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_START_TIMEOUT_S = 180
-
-
-def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
-    """SIGTERM, and SIGKILL if it has not exited after `timeout` seconds."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
@@ -58,27 +38,18 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Start it (again: same port, same directory) and return once it answers a PING."""
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (make test installs it)"
-        self.proc = subprocess.Popen(
+        self.proc = start_process(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes" if self.persistent else "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ready=redis.Redis.from_url(self.url).ping, ignoring=redis.ConnectionError,
+            timeout=10, log_path=self.workdir / "redis-server.out",
         )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -125,32 +96,33 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        out = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        """Start the worker; with `wait`, return once its model is loaded (see wait_ready)."""
+        self.proc = start_process(
             [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool=prefork",
              f"--concurrency={self.settings.worker_count}", "-n", f"{self.name}@%h",
              "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=settings_env(self.settings), stdout=out, stderr=subprocess.STDOUT,
+            ready=lambda: True,  # running is enough here: wait_ready needs its pid
+            timeout=WORKER_START_TIMEOUT_S, env=settings_env(self.settings), cwd=ROOT,
+            log_path=self.log_path,
         )
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()
+                raise
 
     def wait_ready(self) -> None:
         """Until the service sees it ready: a heartbeat saying its model is loaded."""
+        assert self.proc is not None
         cluster = Cluster(redis.Redis.from_url(self.settings.redis_url), self.settings.queue_name)
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.proc and self.proc.poll() is None, self.log_tail()
-            if any(w.hostname.startswith(f"{self.name}@") and w.engines_ready
-                   and w.pid == self.proc.pid for w in cluster.workers()):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"worker not ready after {WORKER_START_TIMEOUT_S} s\n{self.log_tail()}")
+        pid = self.proc.pid  # this very process, not an earlier worker of the same name
+        wait_ready(self.proc, lambda: any(
+            w.hostname.startswith(f"{self.name}@") and w.engines_ready and w.pid == pid
+            for w in cluster.workers()), WORKER_START_TIMEOUT_S, self.log_path, interval=0.2)
 
     def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return log_tail(self.log_path)
 
     def kill(self) -> int:
         """SIGKILL the whole worker, main process and children, as a host crash would."""

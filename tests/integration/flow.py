@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
-import time
 from typing import Any
 
 from flask.testing import FlaskClient
+
+from tests.harness import eventually
 
 
 def submit(client: FlaskClient, data: bytes, filename: str = "clip.wav",
@@ -18,10 +19,13 @@ def submit(client: FlaskClient, data: bytes, filename: str = "clip.wav",
 
 def wait_for(client: FlaskClient, task_id: str, timeout: float = 60) -> dict[str, Any]:
     """Poll the result until the job finished; return its body."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/api/v1/asr/result/{task_id}").get_json()
-        if body["status"] not in ("queued", "processing"):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} still {body['status']} after {timeout} s")
+    def finished() -> dict[str, Any] | None:
+        body = _result(client, task_id)
+        return body if body["status"] not in ("queued", "processing") else None
+
+    return eventually(finished, timeout, interval=0.1,
+                      message=lambda: f"task {task_id} still {_result(client, task_id)['status']}")
+
+
+def _result(client: FlaskClient, task_id: str) -> dict[str, Any]:
+    return client.get(f"/api/v1/asr/result/{task_id}").get_json()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -12,7 +11,8 @@ import pytest
 import requests
 
 from tests import samples
-from tests.integration.conftest import ROOT, free_port, settings_env, stop_process
+from tests.harness import eventually, free_port, start_process, stop_process
+from tests.integration.conftest import ROOT, settings_env
 from tests.integration.flow import submit, wait_for
 
 START_TIMEOUT_S = 60
@@ -23,34 +23,18 @@ def flower(settings, worker) -> Iterator[str]:
     """`celery -A celery_app flower` on a free port, on the test Redis; yields its base URL."""
     port = free_port()
     env = {**settings_env(settings), "FLOWER_UNAUTHENTICATED_API": "true"}
-    log_path = Path(settings.log_dir) / "flower.out"
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "celery_app", "flower", f"--port={port}",
-             "--address=127.0.0.1"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
     base = f"http://127.0.0.1:{port}"
+    proc = start_process(
+        [sys.executable, "-m", "celery", "-A", "celery_app", "flower", f"--port={port}",
+         "--address=127.0.0.1"],
+        ready=lambda: worker_seen(base, worker.name),  # Flower lists our worker
+        ignoring=requests.RequestException, timeout=START_TIMEOUT_S, interval=0.3, env=env,
+        cwd=ROOT, log_path=Path(settings.log_dir) / "flower.out",
+    )
     try:
-        wait_until(lambda: worker_seen(base, worker.name), START_TIMEOUT_S,
-                   lambda: f"Flower never listed {worker.name}\n{log_path.read_text()[-3000:]}")
         yield base
     finally:
         stop_process(proc)
-
-
-def wait_until(check, timeout: float, why) -> object:
-    """Poll check() until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            found = check()
-        except requests.RequestException:
-            found = None
-        if found:
-            return found
-        time.sleep(0.3)
-    raise AssertionError(why())
 
 
 def worker_seen(base: str, name: str) -> dict | None:
@@ -76,7 +60,8 @@ def test_flower_api_shows_a_finished_task(flower, client, worker):
         return next((t for t in tasks.values()
                      if task_id in (t.get("args") or "") and t.get("state") == "SUCCESS"), None)
 
-    task = wait_until(finished, 20, lambda: f"Flower has no finished task for {task_id}")
+    task = eventually(finished, 20, interval=0.3, ignoring=requests.RequestException,
+                      message=f"Flower has no finished task for {task_id}")
     assert task["name"] == "asr.transcribe"
     assert task["worker"].startswith(f"{worker.name}@")
     assert task["runtime"] > 0

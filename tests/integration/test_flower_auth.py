@@ -2,38 +2,33 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
+from pathlib import Path
 
 import requests
 
-from tests.integration.conftest import ROOT, free_port, settings_env
+from tests.harness import free_port, start_process, stop_process
+from tests.integration.conftest import ROOT, settings_env
 
 
 def test_flower_basic_auth_guards_ui_and_api(settings):
     port = free_port()
     env = {**settings_env(settings), "FLOWER_BASIC_AUTH": "ops:s3cret"}
     env.pop("FLOWER_UNAUTHENTICATED_API", None)
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "celery_app", "flower",
-                             f"--port={port}", "--address=127.0.0.1"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
+    proc = start_process(
+        [sys.executable, "-m", "celery", "-A", "celery_app", "flower", f"--port={port}",
+         "--address=127.0.0.1"],
+        ready=lambda: requests.get(f"{base}/api/workers", timeout=5).status_code > 0,  # answers
+        ignoring=requests.ConnectionError, timeout=60, interval=0.3, env=env, cwd=ROOT,
+        log_path=Path(settings.log_dir) / "flower-auth.out",
+    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                anonymous = requests.get(f"{base}/api/workers", timeout=5)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "flower did not start"
-                time.sleep(0.3)
-        assert anonymous.status_code == 401
+        assert requests.get(f"{base}/api/workers", timeout=5).status_code == 401
         assert requests.get(f"{base}/", timeout=5).status_code == 401
         assert requests.get(f"{base}/api/workers", auth=("ops", "wrong"),
                             timeout=5).status_code == 401
         assert requests.get(f"{base}/api/workers", auth=("ops", "s3cret"),
                             timeout=10).status_code == 200
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop_process(proc)

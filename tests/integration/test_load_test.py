@@ -6,14 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.integration.conftest import ROOT, free_port, settings_env
+from tests.harness import free_port, start_process, stop_process
+from tests.integration.conftest import ROOT, settings_env
 
 SCRIPT = ROOT / "scripts" / "run_load_test.sh"
 
@@ -23,27 +23,16 @@ def gunicorn_api(settings, worker) -> Iterator[str]:
     """The API as `make api` runs it (gunicorn, config/gunicorn.conf.py) on a free port."""
     port = free_port()
     env = {**settings_env(settings), "API_PORT": str(port), "API_WORKERS": "2"}
-    log_path = Path(settings.log_dir) / "gunicorn.out"
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", "config/gunicorn.conf.py",
-             "--bind", f"127.0.0.1:{port}", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        try:
-            if requests.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-        time.sleep(0.2)
+    proc = start_process(
+        [Path(sys.executable).parent / "gunicorn", "-c", "config/gunicorn.conf.py",
+         "--bind", f"127.0.0.1:{port}", "wsgi:app"],
+        ready=lambda: requests.get(f"{base}/api/v1/health", timeout=2).status_code == 200,
+        ignoring=requests.RequestException, timeout=60, interval=0.2, env=env, cwd=ROOT,
+        log_path=Path(settings.log_dir) / "gunicorn.out",
+    )
     yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_process(proc, timeout=30)
 
 
 def run_script(*args: str, url: str, out: Path) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from asr_service import create_app
 from asr_service.settings import Settings
 from tests import samples
+from tests.harness import eventually
 from tests.integration.conftest import Worker
 from tests.integration.flow import submit, wait_for
 
@@ -44,14 +45,12 @@ class Lane:
         return self.client.get(f"/api/v1/asr/result/{task_id}").get_json()
 
     def wait_processing(self, task_id: str, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def started() -> dict | None:
             body = self.job(task_id)
-            if body["status"] == "processing":
-                return body
-            assert body["status"] == "queued", body
-            time.sleep(0.01)
-        raise AssertionError(f"{task_id} never started")
+            assert body["status"] in ("queued", "processing"), body
+            return body if body["status"] == "processing" else None
+
+        return eventually(started, timeout, interval=0.01, message=f"{task_id} never started")
 
     def worker_pid(self, task_id: str) -> int:
         store = self.client.application.extensions["asr"].store

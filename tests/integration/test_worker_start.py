@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
 
+from tests.harness import eventually
 from tests.integration.conftest import ROOT, settings_env
 
 
@@ -56,15 +56,15 @@ def test_health_waits_for_the_model_not_just_the_worker_process(settings, make_c
     starting.start(wait=False)
     try:
         seen = set()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             workers = client.get("/api/v1/asr/queue/status").get_json()["workers"]
             mine = [w for w in workers if w["hostname"].startswith("health-probe@")]
             if mine:
                 seen.add(mine[0]["engines_ready"])
-                if mine[0]["engines_ready"]:
-                    break
-            time.sleep(0.05)
+            return bool(mine and mine[0]["engines_ready"])
+
+        eventually(ready, 120, message=lambda: f"health-probe never ready, saw {seen}")
         assert seen == {0, 1}, seen  # announced while loading, then ready
     finally:
         starting.stop()

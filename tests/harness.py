@@ -1,0 +1,97 @@
+"""Test harness: start a real process on a readiness signal, poll until true, stop the process."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+Errors = type[Exception] | tuple[type[Exception], ...]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eventually(predicate: Callable[[], T], timeout: float, interval: float = 0.05,
+               message: str | Callable[[], str] = "condition never held",
+               ignoring: Errors = ()) -> T:
+    """Poll `predicate` until it returns something truthy and return that.
+
+    Raises AssertionError with `message` (a callable is called only then) and the last value
+    after `timeout` seconds. Exceptions of the `ignoring` types count as "not yet"; any other
+    exception, an assertion in the predicate included, fails at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value: object = predicate()
+        except ignoring as exc:
+            value = exc
+        else:
+            if value:
+                return value  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"{text} (after {timeout} s, last: {value!r})")
+        time.sleep(interval)
+
+
+def log_tail(path: Path, chars: int = 4000) -> str:
+    """The end of a process's log, for a failure message."""
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], object], timeout: float,
+               log_path: Path, *, interval: float = 0.05, ignoring: Errors = ()) -> None:
+    """Poll `ready` while `proc` runs; fail at once, with its log's tail, if it exits."""
+    def running_and_ready() -> object:
+        assert proc.poll() is None, \
+            f"{shlex.join(map(str, proc.args))} exited with {proc.returncode}\n{log_tail(log_path)}"
+        return ready()
+
+    eventually(running_and_ready, timeout, interval, ignoring=ignoring,
+               message=lambda: f"not ready: {shlex.join(map(str, proc.args))}\n"
+                               f"{log_tail(log_path)}")
+
+
+def start_process(argv: Sequence[str | Path], *, ready: Callable[[], object], timeout: float,
+                  log_path: Path, env: Mapping[str, str] | None = None,
+                  cwd: Path | None = None, interval: float = 0.05,
+                  ignoring: Errors = ()) -> subprocess.Popen[bytes]:
+    """Start `argv` (stdout and stderr appended to `log_path`) and return it once `ready()`.
+
+    `ready` may raise one of `ignoring` while the process comes up (a refused connection).
+    If the process exits or is not ready within `timeout` seconds it is stopped and the
+    AssertionError carries its log's tail.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen([str(a) for a in argv], cwd=cwd, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_ready(proc, ready, timeout, log_path, interval=interval, ignoring=ignoring)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+    """SIGTERM, and SIGKILL if it has not exited after `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
