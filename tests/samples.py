@@ -1,8 +1,9 @@
-"""Test recordings made in code: a deterministic tone-and-noise signal in any container."""
+"""Test recordings made in code (a tone-and-noise signal in any container), and broken ones."""
 
 from __future__ import annotations
 
 import io
+import struct
 
 import av
 import numpy as np
@@ -67,3 +68,44 @@ def encode(fmt: str, seconds: float = 3.0) -> bytes:
     if fmt == "webm":
         return av_bytes(samples, "webm", "libopus")
     raise ValueError(fmt)
+
+
+# Hostile and broken input: every test that feeds the service bad bytes takes them from here.
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def noise(size: int, seed: int = 1) -> bytes:
+    """Random bytes: no container, no codec."""
+    return np.random.default_rng(seed).bytes(size)
+
+
+def text_file(lines: int = 20) -> bytes:
+    """A text file, as someone might name it recording.wav."""
+    return b"hello, this is a text file someone named recording.wav\n" * lines
+
+
+def png_image(padding: int) -> bytes:
+    """A PNG signature and `padding` zero bytes: an image, not a recording."""
+    return PNG_SIGNATURE + bytes(padding)
+
+
+def truncated(fmt: str, seconds: float, keep: int) -> bytes:
+    """The first `keep` bytes of a recording, as an interrupted transfer leaves it."""
+    return encode(fmt, seconds)[:keep]
+
+
+def lying_wav(claimed_s: float, real_s: float) -> bytes:
+    """A WAV whose data chunk says claimed_s while real_s of samples follow."""
+    data = bytearray(encode("wav", real_s))
+    at = data.index(b"data")
+    data[at + 4: at + 8] = struct.pack("<I", int(claimed_s * RATE * 2))
+    return bytes(data)
+
+
+def corrupt_m4a() -> bytes:
+    """Probes fine (its first frames decode) but cannot be decoded in full: the job fails."""
+    data = bytearray(encode("m4a", 10.0))
+    third = len(data) // 3
+    data[third: 2 * third] = b"\x5a" * third
+    return bytes(data)

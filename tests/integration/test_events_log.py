@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from tests import samples
+from tests.harness import eventually
 from tests.integration.flow import submit, wait_for
-
-
-def corrupt_m4a() -> bytes:
-    """Probes fine (its first frames decode) but cannot be decoded in full: the job fails."""
-    data = bytearray(samples.encode("m4a", 10.0))
-    third = len(data) // 3
-    data[third: 2 * third] = b"\x5a" * third
-    return bytes(data)
 
 
 def events_of(settings, job_id: str, until: str, timeout: float = 10) -> list[dict]:
     """The job's events, once `until` was written (the worker writes after the job is done)."""
     path = Path(settings.log_dir) / "events.jsonl"
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def written() -> list[dict] | None:
         lines = path.read_text().splitlines() if path.exists() else []
         found = [e for e in map(json.loads, lines) if e["job_id"] == job_id]
-        if any(e["event"] == until for e in found) or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
+        return found if any(e["event"] == until for e in found) else None
+
+    return eventually(written, timeout, interval=0.1, message=f"no {until} for {job_id}")
 
 
 def test_a_succeeded_job_logs_submitted_started_succeeded(client, worker, settings):
@@ -48,7 +40,7 @@ def test_a_succeeded_job_logs_submitted_started_succeeded(client, worker, settin
 
 
 def test_failed_retried_and_deleted_jobs_are_logged(client, worker, settings):
-    task_id = submit(client, corrupt_m4a(), "broken.m4a").get_json()["task_id"]
+    task_id = submit(client, samples.corrupt_m4a(), "broken.m4a").get_json()["task_id"]
     assert wait_for(client, task_id)["status"] == "failed"
     assert client.post(f"/api/v1/asr/retry/{task_id}").status_code == 202
     wait_for(client, task_id)

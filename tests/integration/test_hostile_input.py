@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -16,46 +15,31 @@ import numpy as np
 import pytest
 
 from tests import samples
-from tests.integration.conftest import ROOT, free_port, settings_env
+from tests.harness import free_port
+from tests.integration.conftest import ROOT, settings_env
 from tests.integration.flow import submit, wait_for
 
 PROBLEM = "application/problem+json"
 TRIED: Counter[str] = Counter()
 
 
-def lying_wav(claimed_s: float, real_s: float) -> bytes:
-    """A WAV whose data chunk says claimed_s while real_s of samples follow."""
-    data = bytearray(samples.encode("wav", real_s))
-    at = data.index(b"data")
-    data[at + 4: at + 8] = struct.pack("<I", int(claimed_s * 16_000 * 2))
-    return bytes(data)
-
-
-def corrupt_middle(fmt: str) -> bytes:
-    data = bytearray(samples.encode(fmt, 10.0))
-    third = len(data) // 3
-    data[third: 2 * third] = b"\x5a" * third
-    return bytes(data)
-
-
 REJECTED = {
     "empty file": (b"", "clip.wav", 422, "audio-invalid"),
-    "text named .wav": (b"hello, this is not a recording\n" * 40, "clip.wav", 422,
-                        "audio-invalid"),
-    "random bytes": (np.random.default_rng(1).bytes(50_000), "x.mp3", 422, "audio-invalid"),
-    "png named .m4a": (b"\x89PNG\r\n\x1a\n" + bytes(2000), "x.m4a", 422, "audio-invalid"),
-    "m4a cut in half": (samples.encode("m4a", 3.0)[:9000], "x.m4a", 422, "audio-invalid"),
-    "wav header only": (samples.encode("wav", 1.0)[:40], "x.wav", 422, "audio-invalid"),
+    "text named .wav": (samples.text_file(40), "clip.wav", 422, "audio-invalid"),
+    "random bytes": (samples.noise(50_000), "x.mp3", 422, "audio-invalid"),
+    "png named .m4a": (samples.png_image(2000), "x.m4a", 422, "audio-invalid"),
+    "m4a cut in half": (samples.truncated("m4a", 3.0, 9000), "x.m4a", 422, "audio-invalid"),
+    "wav header only": (samples.truncated("wav", 1.0, 40), "x.wav", 422, "audio-invalid"),
     "over max duration": (samples.encode("flac", 700.0), "long.flac", 422, "audio-too-long"),
 }
 
 ACCEPTED = {  # decodable: the job runs and says what it found
     "zero-length wav": (samples.wav_bytes(np.zeros(0, np.float32)), "succeeded", ""),
     "silent wav": (samples.wav_bytes(np.zeros(48_000, np.float32)), "succeeded", ""),
-    "header claims 1 h, holds 1 s": (lying_wav(3600, 1.0), "succeeded", None),
-    "header claims 1 s, holds 30 s": (lying_wav(1, 30.0), "succeeded", None),
-    "wav cut mid-data": (samples.encode("wav", 4.0)[:40_000], "succeeded", None),
-    "m4a corrupt in the middle": (corrupt_middle("m4a"), "failed", None),
+    "header claims 1 h, holds 1 s": (samples.lying_wav(3600, 1.0), "succeeded", None),
+    "header claims 1 s, holds 30 s": (samples.lying_wav(1, 30.0), "succeeded", None),
+    "wav cut mid-data": (samples.truncated("wav", 4.0, 40_000), "succeeded", None),
+    "m4a corrupt in the middle": (samples.corrupt_m4a(), "failed", None),
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from asr_service.audio import TARGET_RATE, decode, probe
 from asr_service.errors import AudioInvalid, AudioTooLong
-from tests.samples import encode, signal, wav_bytes
+from tests.samples import encode, noise, png_image, signal, text_file, truncated, wav_bytes
 
 FORMATS = ["wav", "flac", "ogg", "opus", "mp3", "m4a", "webm"]
 SECONDS = 3.0
@@ -96,9 +96,9 @@ def test_empty_upload_is_invalid(action: Callable[[bytes], object]) -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        np.random.default_rng(1).bytes(4096),
-        b"hello, this is a text file someone named recording.wav\n" * 20,
-        b"\x89PNG\r\n\x1a\n" + bytes(100),
+        noise(4096),
+        text_file(20),
+        png_image(100),
         bytes(4096),
     ],
     ids=["random-bytes", "text-named-wav", "png-image", "zeros"],
@@ -110,13 +110,13 @@ def test_non_audio_is_invalid_for_probe_and_decode(data: bytes) -> None:
         decode(data, 60)
 
 
-def test_truncated_m4a_is_invalid(recordings: dict[str, bytes]) -> None:
-    truncated = recordings["m4a"][: len(recordings["m4a"]) // 2]
+def test_truncated_m4a_is_invalid() -> None:
+    data = truncated("m4a", SECONDS, 9000)  # about half of it
 
     with pytest.raises(AudioInvalid):
-        probe(truncated)
+        probe(data)
     with pytest.raises(AudioInvalid):
-        decode(truncated, 60)
+        decode(data, 60)
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "m4a", "webm"])
