@@ -3,7 +3,7 @@
 # a restart. Started only when nothing answers at the configured Redis URL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-port=$(.venv/bin/python -m asr_service.devtools redis-port)
+port=$(PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python scripts/devtools.py redis-port)
 mkdir -p run/redis
 # maxmemory bounds Redis whatever happens; noeviction makes a full Redis refuse writes (the API
 # answers 503) instead of silently dropping queued jobs. Size it above MAX_STORED_AUDIO_MB.

@@ -2,9 +2,11 @@
 # The whole stack in the foreground (Redis if none answers, API, workers, Flower); Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# devtools.py reads asr_service.settings: the repo root goes on the path.
+devtools() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python scripts/devtools.py "$@"; }
 procs="api worker flower"
-if ! .venv/bin/python -m asr_service.devtools redis-answers; then
-  if ! .venv/bin/python -m asr_service.devtools redis-is-local; then
+if ! devtools redis-answers; then
+  if ! devtools redis-is-local; then
     echo "Redis at the configured URL does not answer and is not local: start it first." >&2
     exit 1
   fi

@@ -6,6 +6,5 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 url="${ASR_URL:-http://127.0.0.1:${API_PORT:-8000}}"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$root/.venv/bin/python" -m asr_service.loadtest "${1:-4}" "${2:-30}" --url "$url" \
+exec "$root/.venv/bin/python" "$root/scripts/loadtest.py" "${1:-4}" "${2:-30}" --url "$url" \
   --out-dir "${LOADTEST_OUT:-.}" ${LOADTEST_ARGS:-}

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +18,10 @@ import requests
 from websockets.sync.client import ClientConnection, connect
 from werkzeug.serving import make_server
 
-from asr_service import create_app, loadtest
-from tests.integration.conftest import ROOT, stop_process
+from asr_service import create_app
+from scripts import loadtest
+from tests.harness import eventually, start_process, stop_process
+from tests.integration.conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
@@ -63,12 +64,8 @@ class DevTools:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if value := self.evaluate(expression):
-                return value
-            time.sleep(0.25)
-        raise AssertionError(f"still false after {timeout} s: {expression}")
+        return eventually(lambda: self.evaluate(expression), timeout, interval=0.25,
+                          message=f"still false: {expression}")
 
     def console_errors(self) -> list[str]:
         """Uncaught exceptions, console.error calls and browser-logged errors (failed loads)."""
@@ -108,20 +105,17 @@ def keyed_server(settings) -> Iterator[str]:
 def browser(tmp_path: Path) -> Iterator[DevTools]:
     """Headless Chromium with the DevTools protocol on a port it picks; its first page."""
     profile = tmp_path / "chromium-profile"
-    proc = subprocess.Popen(
+    port_file = profile / "DevToolsActivePort"  # chromium writes the port it picked
+    proc = start_process(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
          "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
          "--window-size=1400,1250", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ready=lambda: port_file.exists() and bool(port_file.read_text().strip()),
+        timeout=30, interval=0.1, log_path=tmp_path / "chromium.out",
     )
     try:
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            assert proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
-            time.sleep(0.1)
         port = port_file.read_text().split()[0]
         targets = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
         page = next(t for t in targets if t["type"] == "page")

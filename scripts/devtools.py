@@ -1,4 +1,7 @@
-"""Small checks the run scripts need: does Redis answer, is it local, on which port."""
+"""Small checks the run scripts need: does Redis answer, is it local, on which port.
+
+`PYTHONPATH=. python scripts/devtools.py redis-port` from the repo root (scripts/run.sh does).
+"""
 
 from __future__ import annotations
 
