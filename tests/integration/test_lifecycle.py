@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
@@ -187,12 +188,27 @@ def _unshare_works() -> bool:
 class NamespacedWorker(Worker):
     """A worker in its own pid namespace: same hostname as the others, pids that collide."""
 
+    def stop(self) -> None:
+        """Stop the worker and everything in its namespace, whatever state it is in."""
+        tree = psutil.Process(self.proc.pid).children(recursive=True) if self.proc else []
+        super().stop()
+        for process in tree:
+            try:
+                process.wait(timeout=30)
+            except psutil.TimeoutExpired:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+
     def start(self, wait: bool = True) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         from tests.integration.conftest import ROOT, settings_env
 
         self.proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "celery",
+            # --kill-child: when unshare ends, its child (pid 1 of the namespace, the worker's
+            # main process) gets SIGTERM, and the namespace's other processes go with it.
+            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM",
+             sys.executable, "-m", "celery",
              "-A", "celery_app", "worker", "--pool=prefork", "--concurrency=1",
              "-n", f"{self.name}@%h", "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=settings_env(self.settings), stdout=self.log_path.open("ab"),
