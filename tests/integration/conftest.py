@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +20,14 @@ from flask.testing import FlaskClient
 from asr_service import create_app
 from asr_service.cluster import Cluster
 from asr_service.settings import Settings
-from tests.harness import free_port, log_tail, start_process, stop_process, wait_ready
+from tests.harness import (
+    eventually,
+    free_port,
+    log_tail,
+    start_process,
+    stop_process,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_START_TIMEOUT_S = 180
@@ -156,3 +165,64 @@ def client(settings: Settings) -> FlaskClient:
 def make_client(settings: Settings) -> Callable[..., FlaskClient]:
     """A client of an API app with some settings changed."""
     return lambda **changes: create_app(replace(settings, **changes)).test_client()
+
+
+LONG_S = 120.0  # ~1 s of work for the tiny model: long enough to be killed mid-job
+
+
+class Lane:
+    """An API and its own workers on a private queue, with settings changed for one test."""
+
+    def __init__(self, settings: Settings, tmp_path: Path, **changes: object) -> None:
+        queue = f"lane-{uuid.uuid4().hex[:6]}"
+        self.settings = replace(settings, queue_name=queue, log_dir=str(tmp_path), **changes)
+        self.client: FlaskClient = create_app(self.settings).test_client()
+        self.workers: list[Worker] = []
+
+    def worker(self, start: bool = True) -> Worker:
+        worker = Worker(self.settings, f"{self.settings.queue_name}-{len(self.workers)}")
+        self.workers.append(worker)
+        if start:
+            worker.start()
+        return worker
+
+    def job(self, task_id: str) -> dict:
+        return self.client.get(f"/api/v1/asr/result/{task_id}").get_json()
+
+    def wait_processing(self, task_id: str, timeout: float = 60) -> dict:
+        def started() -> dict | None:
+            body = self.job(task_id)
+            assert body["status"] in ("queued", "processing"), body
+            return body if body["status"] == "processing" else None
+
+        return eventually(started, timeout, interval=0.01, message=f"{task_id} never started")
+
+    def worker_pid(self, task_id: str) -> int:
+        store = self.client.application.extensions["asr"].store
+        return store.get(task_id).worker_pid
+
+    def events(self) -> list[dict]:
+        path = Path(self.settings.log_dir) / "events.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@pytest.fixture
+def lane(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Lane]]:
+    lanes: list[Lane] = []
+
+    def make(**changes: object) -> Lane:
+        lanes.append(Lane(settings, tmp_path / f"lane{len(lanes)}", **changes))
+        return lanes[-1]
+
+    yield make
+    for made in lanes:
+        made.stop()
+
+
+def report(name: str, **figures: object) -> None:
+    """Figures for the closing note: `pytest -s` shows them."""
+    print(f"\nRELIABILITY {name}: " + json.dumps(figures))

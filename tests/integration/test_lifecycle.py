@@ -12,7 +12,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -26,24 +25,10 @@ from asr_service.jobs import ErrorType, Job, JobStore, Status
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from asr_service.runs import new_delivery
 from tests import samples
-from tests.integration.conftest import RedisServer, Worker
+from tests.integration.conftest import LONG_S, Lane, RedisServer, Worker, report
 from tests.integration.flow import submit, wait_for
-from tests.integration.test_reliability import LONG_S, Lane, report
 
 STRANDED_DEADLINE_S = 60  # what the service promises for a job whose message was lost
-
-
-@pytest.fixture
-def lane(settings, tmp_path) -> Iterator[Callable[..., Lane]]:
-    lanes: list[Lane] = []
-
-    def make(**changes: object) -> Lane:
-        lanes.append(Lane(settings, tmp_path / f"lane{len(lanes)}", **changes))
-        return lanes[-1]
-
-    yield make
-    for made in lanes:
-        made.stop()
 
 
 def finished_events(client: redis.Redis, job_id: str) -> list[str]:
