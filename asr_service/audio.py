@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import av
@@ -13,7 +15,11 @@ import soxr
 from asr_service.errors import AudioInvalid, AudioTooLong
 
 TARGET_RATE = 16_000
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 32
 _PROBE_SECONDS = 0.5
+# Samples (all channels together) decoded at a time: 1 MiB of float32 whatever the header says.
+_BLOCK_SAMPLES = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -39,26 +45,82 @@ def probe(data: bytes) -> AudioInfo:
 
 
 def decode(data: bytes, max_seconds: float) -> np.ndarray:
-    """Decode to float32 mono at 16 kHz; stops at max_seconds so a lying header cannot blow up."""
+    """Decode to float32 mono at 16 kHz in blocks: a lying header costs no more than the output."""
     if not data:
         raise AudioInvalid("the uploaded file is empty")
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            limit = int(max_seconds * f.samplerate) + 1
-            samples = f.read(frames=limit, dtype="float32", always_2d=True)
-            rate = f.samplerate
+            return _decode_soundfile(f, max_seconds)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return _decode_av(data, max_seconds)
-    if len(samples) >= limit:
-        raise AudioTooLong(f"the recording is longer than the {max_seconds:g} s limit")
-    mono = samples.mean(axis=1, dtype=np.float32)
-    if rate != TARGET_RATE and len(mono):
-        mono = soxr.resample(mono, rate, TARGET_RATE).astype(np.float32)
-    return mono
+
+
+def _check_shape(rate: int, channels: int) -> None:
+    if rate > MAX_SAMPLE_RATE:
+        raise AudioInvalid(f"the sample rate is {rate} Hz; the limit is {MAX_SAMPLE_RATE} Hz")
+    if channels > MAX_CHANNELS:
+        raise AudioInvalid(f"the file has {channels} channels; the limit is {MAX_CHANNELS}")
+
+
+class _Output:
+    """A float32 buffer that 16 kHz blocks are appended to; grows only if a header lied."""
+
+    def __init__(self, expected: int) -> None:
+        self.samples = np.empty(max(expected, 1), dtype=np.float32)  # untouched pages cost no RSS
+        self.size = 0
+
+    def append(self, block: np.ndarray) -> None:
+        end = self.size + len(block)
+        if end > len(self.samples):
+            grown = np.empty(max(end, len(self.samples) * 3 // 2), dtype=np.float32)
+            grown[:self.size] = self.samples[:self.size]
+            self.samples = grown
+        self.samples[self.size:end] = block
+        self.size = end
+
+    def result(self) -> np.ndarray:
+        return self.samples[:self.size]
+
+
+def _decode_soundfile(f: sf.SoundFile, max_seconds: float) -> np.ndarray:
+    rate = f.samplerate
+    _check_shape(rate, f.channels)
+    limit = int(max_seconds * rate)  # more input frames than this is too long
+    claimed = min(max(f.frames, 0), limit + 1)
+    out = _Output(math.ceil(claimed * TARGET_RATE / rate) + 1)
+    stream = None if rate == TARGET_RATE else soxr.ResampleStream(rate, TARGET_RATE, 1,
+                                                                  dtype="float32")
+    total = 0
+    for block in _read_blocks(f, max(1, _BLOCK_SAMPLES // f.channels)):
+        total += len(block)
+        if total > limit:
+            raise AudioTooLong(f"the recording is longer than the {max_seconds:g} s limit")
+        mono = block.mean(axis=1, dtype=np.float32)
+        out.append(stream.resample_chunk(mono) if stream else mono)
+    if stream and total:
+        out.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return out.result()
+
+
+def _read_blocks(f: sf.SoundFile, frames: int) -> Iterator[np.ndarray]:
+    """Float32 blocks (one reused buffer) of up to `frames` frames, up to the header's count."""
+    # Not SoundFile.read: it seeks after every call, and libsndfile turns that seek into an
+    # mpg123 seek that garbles the next MP3 frame. soundfile is pinned, so its cffi handles stay.
+    block = np.empty((frames, f.channels), dtype=np.float32)
+    pointer = sf._ffi.cast("float *", block.ctypes.data)
+    remaining = f.frames
+    while remaining > 0:
+        got = sf._snd.sf_readf_float(f._file, pointer, min(frames, remaining))
+        sf._error_check(f._errorcode)
+        if got <= 0:
+            return
+        remaining -= got
+        yield block[:got]
 
 
 def _probe_soundfile(data: bytes) -> AudioInfo:
     with sf.SoundFile(io.BytesIO(data)) as f:
+        _check_shape(f.samplerate, f.channels)  # before reading: the probe read is 0.5 s of it
         f.read(frames=int(_PROBE_SECONDS * f.samplerate), dtype="float32")
         return AudioInfo(
             format=f.format.lower(),
@@ -83,6 +145,7 @@ def _open_av(data: bytes) -> tuple[av.container.InputContainer, av.audio.stream.
 def _probe_av(data: bytes) -> AudioInfo:
     container, stream = _open_av(data)
     with container:
+        _check_shape(stream.codec_context.sample_rate or 0, stream.codec_context.channels or 0)
         decoded = 0.0
         try:
             for frame in container.decode(stream):
@@ -114,22 +177,22 @@ def _declared_duration(container: av.container.InputContainer, stream: av.AudioS
 def _decode_av(data: bytes, max_seconds: float) -> np.ndarray:
     container, stream = _open_av(data)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=TARGET_RATE)
-    chunks: list[np.ndarray] = []
-    total, limit = 0, int(max_seconds * TARGET_RATE)
+    limit = int(max_seconds * TARGET_RATE)
     with container:
+        _check_shape(stream.codec_context.sample_rate or 0, stream.codec_context.channels or 0)
+        declared = min(_declared_duration(container, stream), max_seconds)
+        out = _Output(int(declared * TARGET_RATE) + TARGET_RATE)
         try:
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-                    total += out.samples
-                if total > limit:
+                for chunk in resampler.resample(frame):
+                    out.append(chunk.to_ndarray().reshape(-1))
+                if out.size > limit:
                     raise AudioTooLong(f"the recording is longer than the {max_seconds:g} s limit")
-            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+            for chunk in resampler.resample(None):
+                out.append(chunk.to_ndarray().reshape(-1))
         except (av.FFmpegError, ValueError) as exc:
             raise AudioInvalid(f"the audio stream could not be decoded ({_reason(exc)})") from None
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    return out.result()
 
 
 def _reason(exc: Exception) -> str:
