@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 
 .PHONY: run api worker flower test lint models venv system-packages redis-server vendor clean \
-	bench-slow
+	bench-slow bench-api
 
 run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower
 	./scripts/run.sh
@@ -24,6 +24,9 @@ test: venv models system-packages ## set up and run the whole test suite
 
 bench-slow: venv redis-server ## /health latency while 32 uploads trickle in at 1 KB/s (prints a table)
 	PYTHONPATH=. $(VENV)/bin/python scripts/bench_slow_clients.py
+
+bench-api: venv redis-server ## submit rate with 5,000 queued jobs, read p50/p99 with 100,000 retained (prints a table)
+	$(VENV)/bin/python scripts/bench_api.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
