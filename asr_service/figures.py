@@ -53,8 +53,10 @@ class Figures:
         self.redis = client
         self.keys = keys or Keys()
 
-    def snapshot(self, window_s: int, now: float | None = None) -> dict[str, Any]:
-        """Counters, histograms, recent timings and a window's throughput in one round trip."""
+    def snapshot(self, window_s: int, now: float | None = None,
+                 recent: bool = True) -> dict[str, Any]:
+        """Counters, histograms, recent timings (unless recent=False) and a window's
+        throughput, in one round trip."""
         now = time.time() if now is None else now
         first = math.floor((now - window_s) / SLOT_S)
         slots = range(first, math.floor(now / SLOT_S) + 1)
@@ -62,7 +64,7 @@ class Figures:
         for status in STATUSES:
             pipe.zcard(self.keys.status(status))
         pipe.hgetall(self.keys.figures)
-        pipe.lrange(self.keys.recent, 0, -1)
+        pipe.lrange(self.keys.recent, *((0, -1) if recent else (1, 0)))  # (1, 0): nothing
         for slot in slots:
             pipe.hgetall(f"{self.keys.figures}:t:{slot}")
         answers = pipe.execute()
