@@ -167,7 +167,8 @@ class Lifecycle:
                               "lease_ms": int(lease_s * 1000), "max_deliveries": max_deliveries})
 
     def renew(self, job_id: str, token: str, lease_s: float) -> str:
-        """Extend the lease if this runner still owns the job: 'held', 'reacquired' or 'lost'."""
+        """Extend the lease if this runner still owns the job: 'held', 'reacquired', 'lost'
+        (another runner or delivery owns it) or 'done' (finished, deleted or expired)."""
         return self._renew(args=[self.keys.prefix, job_id, token, int(lease_s * 1000)]).decode()
 
     def succeed(self, job_id: str, delivery: str, runner: str, result: dict[str, Any],

@@ -84,8 +84,11 @@ class RunnerBeat:
 def holding_lease(lifecycle: Lifecycle, job_id: str, token: str, lease_s: float,
                   on_lost: Callable[[], None]) -> Iterator[None]:
     """Renew the job's lease from a thread while the body runs; on_lost() once another
-    runner or delivery owns the job (the body should stop: its result would be refused)."""
-    stop = threading.Event()
+    runner or delivery owns the job (the body should stop: its result would be refused).
+
+    on_lost() is never called once the body has left: the lock orders it with the exit.
+    """
+    stop, exiting = threading.Event(), threading.Lock()
 
     def renew() -> None:
         while not stop.wait(lease_s / 3):
@@ -97,10 +100,12 @@ def holding_lease(lifecycle: Lifecycle, job_id: str, token: str, lease_s: float,
             if state == "reacquired":
                 log.warning("lease had lapsed; nobody took the job over: kept it",
                             extra={"job_id": job_id})
-            elif state == "lost" and not stop.is_set():
-                log.warning("lease lost: the job is owned elsewhere now; stopping",
-                            extra={"job_id": job_id})
-                on_lost()
+            elif state in ("lost", "done"):
+                with exiting:
+                    if state == "lost" and not stop.is_set():
+                        log.warning("lease lost: the job is owned elsewhere now; stopping",
+                                    extra={"job_id": job_id})
+                        on_lost()
                 return
 
     thread = threading.Thread(target=renew, name=f"lease-{job_id[:8]}", daemon=True)
@@ -108,7 +113,8 @@ def holding_lease(lifecycle: Lifecycle, job_id: str, token: str, lease_s: float,
     try:
         yield
     finally:
-        stop.set()
+        with exiting:
+            stop.set()
         thread.join(timeout=1)
 
 

@@ -240,6 +240,14 @@ def _withdraw(sender: Any, **_: Any) -> None:
         pass  # the heartbeat expires on its own
 
 
+@signals.worker_process_shutdown.connect
+def _runner_gone(**_: Any) -> None:
+    """A child that exits cleanly says so at once (a killed one's heartbeat just lapses)."""
+    beat = _app().beat
+    if beat is not None:
+        beat.stop()
+
+
 @signals.task_revoked.connect
 def _mark_cancelled(request: Any = None, **_: Any) -> None:
     """A job revoked outside our API (Flower, `celery control revoke`) ends as cancelled."""

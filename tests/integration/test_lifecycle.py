@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from asr_service import create_app
-from asr_service.jobs import ErrorType, Job, JobStore, Status
+from asr_service.jobs import ErrorType, Job, JobStore, Keys, Status
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from asr_service.runs import new_delivery
 from tests import samples
@@ -33,7 +33,7 @@ STRANDED_DEADLINE_S = 60  # what the service promises for a job whose message wa
 
 def finished_events(client: redis.Redis, job_id: str) -> list[str]:
     """The statuses of the job.finished events the lifecycle emitted for a job."""
-    return [fields[b"status"].decode() for _, fields in client.xrange("asr:events")
+    return [fields[b"status"].decode() for _, fields in client.xrange(Keys().events)
             if fields[b"type"] == b"job.finished" and fields[b"job_id"].decode() == job_id]
 
 
@@ -143,6 +143,7 @@ def test_a_runner_that_lost_its_job_cannot_record_a_result(redis_server):
     assert lifecycle.fail(job_id, job_id, ErrorType.INTERNAL, "stale", first.token) is None
     assert lifecycle.succeed(job_id, recovered.celery_id, second.token, {"text": "ok"}, 1.0)
     assert store.transcript(store.get(job_id)) == {"text": "ok"}
+    assert lifecycle.renew(job_id, second.token, 1) == "done"  # its own end: nothing to stop
     assert finished_events(client, job_id) == ["succeeded"]
 
 
