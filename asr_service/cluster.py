@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import subprocess
@@ -186,17 +185,11 @@ class Cluster:
         return found  # type: ignore[return-value]
 
     def taken(self, limit: int = 200) -> list[str]:
-        """Job ids of messages workers have taken and not yet acknowledged (bounded by the
-        workers' prefetch)."""
-        ids = []
-        for raw in self.redis.hvals(self.unacked_key)[:limit]:
-            try:
-                message = json.loads(raw)[0]
-                args = json.loads(base64.b64decode(message["body"]))[0]
-                ids.append(str(args[0]))
-            except (ValueError, KeyError, IndexError, TypeError):
-                continue  # not one of ours
-        return sorted(set(ids))
+        """Job ids of messages workers have taken and not yet acknowledged (O(unacked): the
+        workers' prefetch and delayed retries)."""
+        deliveries = {_task_id(raw, wrapped=True) for raw in self.redis.hvals(self.unacked_key)}
+        # A delivery id is the job id, or "<job id>.<why>.<nonce>" (runs.new_delivery).
+        return sorted({d.partition(".")[0] for d in deliveries if d})[:limit]
 
 
 def _task_id(raw: bytes, wrapped: bool = False) -> str | None:

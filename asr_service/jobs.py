@@ -38,7 +38,6 @@ class ErrorType(StrEnum):
 
 STATUSES = tuple(Status)
 ACTIVE = frozenset({Status.QUEUED, Status.PROCESSING})
-TERMINAL = frozenset(STATUSES) - ACTIVE
 
 
 class Keys:
@@ -211,17 +210,16 @@ class JobStore:
         """The newest `count` jobs."""
         return self.history(count, 0)[1]
 
-    def counts(self) -> dict[Status, int]:
-        """Retained jobs by status, from the status indexes."""
-        pipe = self.redis.pipeline(transaction=False)
-        for status in STATUSES:
-            pipe.zcard(self.keys.status(status))
-        return dict(zip(STATUSES, map(int, pipe.execute()), strict=True))
-
-    def ids(self, status: Status, limit: int = -1) -> list[str]:
-        """Ids of jobs in one status, oldest first."""
-        end = -1 if limit < 0 else limit - 1
-        return [i.decode() for i in self.redis.zrange(self.keys.status(status), 0, end)]
+    def ids(self, status: Status, limit: int = -1,
+            created_before: float | None = None) -> list[str]:
+        """Ids of jobs in one status, oldest first (only those created before a time)."""
+        key = self.keys.status(status)
+        if created_before is not None:
+            raw = self.redis.zrangebyscore(key, "-inf", f"({created_before}",
+                                           start=0, num=limit)
+        else:
+            raw = self.redis.zrange(key, 0, -1 if limit < 0 else limit - 1)
+        return [i.decode() for i in raw]
 
     def load_many(self, ids: list[str]) -> list[Job]:
         """The records of these ids that still exist, in order."""

@@ -140,7 +140,9 @@ def sweep_stranded(store: JobStore, lifecycle: Lifecycle, cluster: Cluster, disp
     """
     now = time.time() if now is None else now
     cutoff = now - STRANDED_AFTER_S
-    candidates = [j for j in store.load_many(store.ids(Status.QUEUED)) if j.queued_at < cutoff]
+    # created_at <= queued_at: the index skips the young jobs before any record is read.
+    candidates = [j for j in store.load_many(store.ids(Status.QUEUED, created_before=cutoff))
+                  if j.queued_at < cutoff]
     present = cluster.deliveries({j.queue for j in candidates}) if candidates else set()
     missing = {j.id: j for j in candidates if j.celery_id not in present}
     suspects = {k.decode(): v.decode() for k, v in store.redis.hgetall(store.keys.suspects)

@@ -8,6 +8,7 @@ import uuid
 import pytest
 import redis
 
+from asr_service.figures import Figures
 from asr_service.jobs import ErrorType, Job, JobStore, Status
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from tests import samples
@@ -79,8 +80,6 @@ def test_pruning_waits_for_active_jobs_to_finish(store, lifecycle):
 
 def test_stale_delivery_cannot_touch_a_retried_job(store, lifecycle):
     job_id = add(lifecycle, Status.FAILED, age=1)
-    lifecycle.redis.set(lifecycle.keys.audio(job_id), b"abc")
-    lifecycle.redis.hset(lifecycle.keys.job(job_id), "audio_removed_at", "null")
     lifecycle.retry(job_id, "new-delivery")
     assert lifecycle.claim(job_id, job_id, RUNNER, "w", 3, 60).outcome is Outcome.SKIP
     assert store.get(job_id).status == Status.QUEUED
@@ -96,7 +95,7 @@ def test_retention_removes_finished_jobs_from_every_index(store, lifecycle):
     assert lifecycle.expire(now=time.time() + 3601) == 1
     assert not store.exists(old) and store.exists(active)
     assert store.history(10, 0)[0] == 1
-    assert store.counts()[Status.SUCCEEDED] == 0
+    assert Figures(store.redis).snapshot(0)["counts"][Status.SUCCEEDED] == 0
 
 
 def test_service_removes_old_recordings_and_says_so(make_client, worker):
@@ -152,7 +151,7 @@ def test_the_audio_budget_removes_finished_recordings_first_and_refuses_when_ful
                                   duration_s=1.0, created_at=time.time()), b"abc")
     assert refused == ("full", job_id)  # active recordings alone would be 12 > 10
     assert not store.exists(job_id) and not redis_db.exists(store.keys.audio(job_id))
-    assert store.counts()[Status.QUEUED] == 3
+    assert Figures(redis_db).snapshot(0)["counts"][Status.QUEUED] == 3
     budgeted.delete(queued[0])  # room again
     assert budgeted.create(Job(id=job_id, status=Status.QUEUED, celery_id=job_id,
                                filename="a.wav", content_type="audio/wav", size_bytes=3,
