@@ -54,8 +54,8 @@ class Figures:
         self.keys = keys or Keys()
 
     def snapshot(self, window_s: int, now: float | None = None,
-                 recent: bool = True) -> dict[str, Any]:
-        """Counters, histograms, recent timings (unless recent=False) and a window's
+                 with_recent: bool = True) -> dict[str, Any]:
+        """Counters, histograms, recent timings (unless with_recent=False) and a window's
         throughput, in one round trip."""
         now = time.time() if now is None else now
         first = math.floor((now - window_s) / SLOT_S)
@@ -64,15 +64,17 @@ class Figures:
         for status in STATUSES:
             pipe.zcard(self.keys.status(status))
         pipe.hgetall(self.keys.figures)
-        pipe.lrange(self.keys.recent, *((0, -1) if recent else (1, 0)))  # (1, 0): nothing
         for slot in slots:
             pipe.hgetall(f"{self.keys.figures}:t:{slot}")
+        if with_recent:
+            pipe.lrange(self.keys.recent, 0, -1)
         answers = pipe.execute()
         counts = dict(zip(STATUSES, map(int, answers[:len(STATUSES)]), strict=True))
         kept = {k.decode(): float(v) for k, v in answers[len(STATUSES)].items()}
-        recent = [json.loads(r) for r in answers[len(STATUSES) + 1]]
+        windows = answers[len(STATUSES) + 1:len(STATUSES) + 1 + len(slots)]
         slotted = [(slot * SLOT_S, float(w.get(b"jobs", 0)), float(w.get(b"audio_s", 0)))
-                   for slot, w in zip(slots, answers[len(STATUSES) + 2:], strict=True)]
+                   for slot, w in zip(slots, windows, strict=True)]
+        recent = [json.loads(r) for r in answers[-1]] if with_recent else []
         return {"now": now, "window_s": window_s, "counts": counts, "kept": kept,
                 "recent": recent,  # [finished_at, queue_wait, processing, end_to_end, audio_s]
                 "slots": slotted}  # [(slot start, jobs finished, audio seconds)]

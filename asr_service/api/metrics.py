@@ -93,7 +93,7 @@ class ClusterCollector:
         yield from families
 
     def _families(self) -> Iterator[Metric]:
-        snap = self.figures.snapshot(0, recent=False)  # /metrics needs no recent timings
+        snap = self.figures.snapshot(0, with_recent=False)  # /metrics needs no recent timings
         by_status = GaugeMetricFamily("asr_jobs", "Retained jobs by status", labels=["status"])
         for status, count in snap["counts"].items():
             by_status.add_metric([str(status)], count)
