@@ -68,10 +68,10 @@ class QueueStatus(MethodView):
     def get(self) -> dict[str, Any]:
         """Queue depth, tasks being transcribed or taken by a worker, and online workers."""
         svc = services()
-        active = svc.store.ids(Status.PROCESSING, limit=LISTED)
+        active = set(svc.store.ids(Status.PROCESSING, limit=LISTED))
         return {"queue": svc.settings.queue_name, "depth": svc.cluster.queue_depth(),
                 "active": sorted(active),
-                "reserved": [i for i in svc.cluster.taken(LISTED) if i not in set(active)],
+                "reserved": [i for i in svc.cluster.taken(LISTED) if i not in active],
                 "workers": svc.cluster.workers()}
 
 
