@@ -4,20 +4,23 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run api worker flower test lint models venv system-packages redis-server vendor clean \
+.PHONY: run api worker flower webhooks test lint models venv system-packages redis-server vendor clean \
 	bench-slow bench-api
 
-run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower
+run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower, webhooks
 	./scripts/run.sh
 
 api: venv ## only the API (gunicorn), e.g. on a web host
 	$(VENV)/bin/gunicorn -c config/gunicorn.conf.py wsgi:app
 
-worker: venv ## only the workers (WORKER_COUNT processes), e.g. on a GPU host that reaches Redis
-	$(VENV)/bin/celery -A celery_app worker --pool=prefork -n worker@%h --loglevel=INFO
+worker: venv ## only the workers (WORKER_COUNT processes), e.g. on a GPU host; a second group on one host: WORKER_NAME
+	$(VENV)/bin/celery -A celery_app worker --pool=prefork -n "$${WORKER_NAME:-worker}@%h" --loglevel=INFO
 
 flower: venv ## only Flower, on FLOWER_HOST:FLOWER_PORT (default 127.0.0.1:5555)
 	$(VENV)/bin/celery -A celery_app flower --conf=config/flowerconfig.py
+
+webhooks: venv ## only the webhook deliverer (callback_url), e.g. next to the API; it holds no model
+	$(VENV)/bin/python -m asr_service.webhooks
 
 test: venv models system-packages ## set up and run the whole test suite
 	$(VENV)/bin/pytest
@@ -51,8 +54,8 @@ install_missing = @missing=""; for pair in $(1); do \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
-system-packages: ## the Debian packages the stack and the tests need (redis-server, chromium)
-	$(call install_missing,redis-server:redis-server chromium:chromium)
+system-packages: ## the Debian packages the stack and the tests need (redis-server, chromium, espeak-ng)
+	$(call install_missing,redis-server:redis-server chromium:chromium espeak-ng:espeak-ng)
 
 redis-server: ## only redis-server (what `make run` needs)
 	$(call install_missing,redis-server:redis-server)

@@ -12,18 +12,21 @@ from asr_service.api import Services, access
 from asr_service.api import dashboard as dashboard_api
 from asr_service.api import jobs as jobs_api
 from asr_service.api import metrics as metrics_api
+from asr_service.api import openai as openai_api
 from asr_service.api import system as system_api
 from asr_service.api.problems import Api
 from asr_service.cluster import Cluster
 from asr_service.figures import Figures
-from asr_service.jobs import JobStore
+from asr_service.jobs import JobStore, Keys
 from asr_service.lifecycle import Lifecycle, log_event_line
 from asr_service.logs import setup_logging
 from asr_service.service import Dispatcher, JobService
 from asr_service.settings import Settings
+from asr_service.waiters import Waiters
 from asr_service.worker import create_celery
 
 SWAGGER_ASSETS = "/docs/assets/"
+REDIS_POOL_SIZE = 50  # Redis connections per API process
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -46,17 +49,28 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_URL=SWAGGER_ASSETS,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
     )
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    # A blocking pool: under gevent, hundreds of requests (a thousand long-polls woken at once)
+    # wait their turn for one of REDIS_POOL_SIZE connections; redis-py's default pool instead
+    # fails the 101st concurrent request with "Too many connections" (measured: 353 of 1000).
+    client = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=2,
+        socket_connect_timeout=2))
     store = JobStore(client, settings.max_recordings)
     lifecycle = Lifecycle(client, settings.result_retention_s, settings.max_recordings,
                           listeners=[log_event_line],
                           max_stored_bytes=settings.max_stored_audio_bytes)
     celery = create_celery(settings)
+    # The long-poll subscription gets its own connection: it blocks, and it pings to notice a
+    # dead link instead of waiting forever on it.
+    waiters = Waiters(lambda: redis.Redis.from_url(
+        settings.redis_url, socket_timeout=10, socket_connect_timeout=2, socket_keepalive=True,
+        health_check_interval=15), Keys().job_finished)
+    cluster = Cluster(client, settings.queue_name)
     app.extensions["asr"] = Services(
         settings=settings,
         store=store,
-        jobs=JobService(settings, store, lifecycle, Dispatcher(celery)),
-        cluster=Cluster(client, settings.queue_name),
+        jobs=JobService(settings, store, lifecycle, Dispatcher(celery), waiters, cluster),
+        cluster=cluster,
         figures=Figures(client),
         celery=celery,
     )
@@ -65,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(jobs_api.blp)
     api.register_blueprint(system_api.blp)
     api.register_blueprint(dashboard_api.blp)
+    api.register_blueprint(openai_api.blp)
     app.register_blueprint(dashboard_api.page)
     metrics_api.init_app(app)
     app.add_url_rule(f"{SWAGGER_ASSETS}<path:name>", "swagger_assets",

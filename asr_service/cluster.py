@@ -34,9 +34,13 @@ class WorkerInfo:
     memory_rss_bytes: int | None = None
     """Resident memory of the main process and its children."""
     gpu_memory_bytes: int | None = None
+    """GPU memory those processes hold; None without a GPU or when the driver cannot tell."""
     engines_ready: int = 0
     """Child processes that have loaded and warmed up the model (0 while starting)."""
-    """GPU memory those processes hold; None without a GPU or when the driver cannot tell."""
+    queue: str = ""
+    """The queue this worker consumes: its model's."""
+    engine: str = ""
+    """The backend (ASR_ENGINE) its model runs on."""
 
 
 _WORKER_FIELDS = {f.name for f in fields(WorkerInfo)}

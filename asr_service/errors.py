@@ -35,6 +35,13 @@ class JobNotFound(AsrError):
     slug = "task-not-found"
 
 
+class ModelNotFound(AsrError):
+    """A request names a model no worker serves."""
+
+    title = "Model not found"
+    slug = "model_not_found"
+
+
 class JobConflict(AsrError):
     """The job is in a state that does not allow the operation."""
 
@@ -83,3 +90,17 @@ class ModelLoadError(AsrError):
 
     title = "Model could not be loaded"
     slug = "model-load-failed"
+
+
+class UrlRefused(AsrError):
+    """A callback_url or audio_url is not http(s) or reaches a non-public address."""
+
+    title = "URL refused"
+    slug = "url-refused"
+
+
+class FetchFailed(AsrError):
+    """The recording at audio_url could not be downloaded (network, status, size, time)."""
+
+    title = "Could not fetch audio_url"
+    slug = "audio-url-failed"

@@ -52,6 +52,8 @@ class Keys:
         self.recent = f"{prefix}figures:recent"  # list: latest succeeded jobs' timings
         self.events = f"{prefix}events"  # stream: one entry per transition
         self.suspects = f"{prefix}stranded:suspects"  # hash: queued jobs missing from the broker
+        self.webhooks_due = f"{prefix}webhooks:due"  # zset: webhook deliveries by due time
+        self.job_finished = f"{prefix}job.finished"  # pub/sub channel: "<id> <status>" at the end
 
     def job(self, job_id: str) -> str:
         """The hash holding a job record."""
@@ -73,6 +75,10 @@ class Keys:
         """Present while the worker process with this token is alive."""
         return f"{self.prefix}runner:{token}"
 
+    def webhook(self, webhook_id: str) -> str:
+        """The hash of one webhook delivery (written by lifecycle.lua, then webhooks.py)."""
+        return f"{self.prefix}webhook:{webhook_id}"
+
     def status(self, status: str) -> str:
         """The zset of jobs in one status, by created_at."""
         return f"{self.prefix}status:{status}"
@@ -93,6 +99,8 @@ class Job:
     language: str = "auto"
     hotwords: list[str] = field(default_factory=list)
     queue: str = "asr"
+    model: str = ""
+    """The id of the model asked for (its worker group consumes `queue`)."""
     created_at: float = 0.0
     queued_at: float = 0.0
     attempts: int = 0
@@ -106,6 +114,10 @@ class Job:
     """Token of the worker process that holds the current run."""
     error: dict[str, str] | None = None
     audio_removed_at: float | None = None
+    callback_url: str | None = None
+    """Where a signed webhook is POSTed when the job ends (checked by the SSRF guard)."""
+    webhook: dict[str, Any] | None = None
+    """The latest webhook delivery: id, type, status pending/delivered/failed, attempts, error."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))

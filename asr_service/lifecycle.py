@@ -221,7 +221,7 @@ class Lifecycle:
 
     def delete(self, job_id: str) -> Job:
         """Remove the job, its recording, transcript, lease and index entries, for good."""
-        answer = self._remove(args=[self.keys.prefix, "delete", job_id])
+        answer = self._remove(args=[self.keys.prefix, "delete", job_id, time.time()])
         if answer[0] == b"missing":
             raise not_found(job_id)
         job = decode_job(answer[1])

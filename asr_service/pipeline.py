@@ -94,6 +94,8 @@ def _transcribe(lifecycle: Lifecycle, store: JobStore, engine: Engine | None,
 
 def to_result(transcript: Transcript, duration_s: float, processing_s: float) -> dict[str, Any]:
     """The normalized transcript the API returns (times in seconds)."""
+    words = {"words": [{"word": w.word, "start": w.start_ms / 1000, "end": w.end_ms / 1000}
+                       for w in transcript.words]} if transcript.words else {}
     return {
         "text": transcript.text,
         "segments": [
@@ -105,6 +107,7 @@ def to_result(transcript: Transcript, duration_s: float, processing_s: float) ->
         "duration_s": round(duration_s, 3),
         "processing_s": round(processing_s, 3),
         "rtf": round(processing_s / duration_s, 4) if duration_s else None,
+        **words,
     }
 
 

@@ -17,12 +17,21 @@ from typing import Any
 
 from celery import Celery
 
+from asr_service import urlguard
 from asr_service.audio import AudioInfo, probe
-from asr_service.errors import AudioTooLong, IdempotencyMismatch, StorageFull
+from asr_service.cluster import Cluster
+from asr_service.errors import (
+    AudioTooLong,
+    IdempotencyMismatch,
+    ModelNotFound,
+    StorageFull,
+    UrlRefused,
+)
 from asr_service.jobs import ACTIVE, Job, JobStore, Status
 from asr_service.lifecycle import Idempotency, Lifecycle
 from asr_service.runs import new_delivery
 from asr_service.settings import Settings
+from asr_service.waiters import Waiters
 
 TASK_NAME = "asr.transcribe"
 log = logging.getLogger(__name__)
@@ -62,11 +71,15 @@ class Upload:
     filename: str | None
     language: str
     hotwords: list[str]
+    callback_url: str | None = None
+    model: str | None = None
+    """A served model's id; None: the default model."""
 
     def fingerprint(self) -> str:
         """Identifies the request, so a reused Idempotency-Key with another upload is caught."""
         digest = hashlib.sha256(self.data)
         digest.update(f"\0{self.language}\0{' '.join(self.hotwords)}".encode())
+        digest.update(f"\0{self.callback_url or ''}\0{self.model or ''}".encode())
         return digest.hexdigest()
 
 
@@ -82,15 +95,52 @@ class JobService:
     """Submit, read, retry and delete jobs."""
 
     def __init__(self, settings: Settings, store: JobStore, lifecycle: Lifecycle,
-                 dispatcher: Dispatcher) -> None:
+                 dispatcher: Dispatcher, waiters: Waiters, cluster: Cluster) -> None:
         self.settings = settings
         self.store = store
         self.lifecycle = lifecycle
         self.dispatcher = dispatcher
+        self.waiters = waiters
+        self.cluster = cluster
+
+    def models(self) -> dict[str, tuple[str, int]]:
+        """Model id -> (queue, workers serving it now): every model a live worker serves, and
+        the default model (its jobs wait in its queue until a worker comes)."""
+        served = {self.settings.model_id: (self.settings.queue_name, 0)}
+        for worker in self.cluster.workers():
+            if worker.queue and worker.engines_ready:
+                queue, count = served.get(worker.model, (worker.queue, 0))
+                served[worker.model] = (queue, count + 1)
+        return served
+
+    def queue_for(self, model: str | None) -> str:
+        """The queue of a model's worker group (None: the default model's); 404 when no worker
+        serves it."""
+        if model is None:
+            return self.settings.queue_name
+        served = self.models()
+        if model not in served:
+            raise ModelNotFound(f"no worker serves the model '{model}'; served now: "
+                                f"{', '.join(sorted(served))}")
+        return served[model][0]
+
+    def download(self, audio_url: str) -> urlguard.Fetched:
+        """Fetch a recording for a submit: SSRF guard, MAX_UPLOAD_MB and a deadline apply."""
+        return urlguard.fetch(audio_url, max_bytes=self.settings.max_upload_bytes,
+                              allow_private=self.settings.webhook_allow_private,
+                              timeout_s=self.settings.audio_url_timeout_s)
+
+    def _check_callback(self, url: str) -> None:
+        if not self.settings.webhook_secret:
+            raise UrlRefused("webhooks are off on this server: callback_url needs WEBHOOK_SECRET "
+                             "to be set (every webhook is signed)")
+        urlguard.check_url(url, self.settings.webhook_allow_private)
 
     def submit(self, upload: Upload, idempotency_key: str | None = None) -> Submitted:
         """Store and queue a recording; 422 when it is not audio, too long, or reuses an
         Idempotency-Key with a different request."""
+        if upload.callback_url:
+            self._check_callback(upload.callback_url)
         idem = None
         if idempotency_key:
             idem = Idempotency(idempotency_key, upload.fingerprint(),
@@ -98,7 +148,7 @@ class JobService:
             if held := self.lifecycle.held_by(idempotency_key):  # replay without decoding
                 return self._replay(*held, idem)
         info = probe(upload.data)
-        job = self._new_job(upload, info)
+        job = self._new_job(upload, info, self.queue_for(upload.model))
         outcome, job_id = self.lifecycle.create(job, upload.data, idem, format=info.format,
                                                 codec=info.codec)
         if outcome == "full":
@@ -119,7 +169,7 @@ class JobService:
                 "fields; use a new key for a new request")
         return Submitted(self.store.get(job_id), replayed=True)
 
-    def _new_job(self, upload: Upload, info: AudioInfo) -> Job:
+    def _new_job(self, upload: Upload, info: AudioInfo, queue: str) -> Job:
         limit = self.settings.max_audio_seconds
         if info.duration_s > limit:
             raise AudioTooLong(f"the recording lasts {info.duration_s:.0f} s; the limit is "
@@ -129,12 +179,25 @@ class JobService:
                    content_type=_content_type(info),
                    size_bytes=len(upload.data), duration_s=round(info.duration_s, 3),
                    language=upload.language, hotwords=upload.hotwords,
-                   queue=self.settings.queue_name, created_at=now, queued_at=now)
+                   queue=queue, model=upload.model or self.settings.model_id,
+                   created_at=now, queued_at=now, callback_url=upload.callback_url)
 
     def result(self, job_id: str) -> tuple[Job, dict[str, Any] | None]:
         """The job and, once it succeeded, its transcript."""
         job = self.store.get(job_id)
         return job, self.store.transcript(job)
+
+    def wait(self, job_id: str, timeout_s: float) -> tuple[Job, dict[str, Any] | None]:
+        """result(), once the job has ended or timeout_s has passed (no polling: the waiters
+        are woken by the job's end event)."""
+        ended: list[Job] = []
+
+        def done() -> bool:
+            ended[:] = [self.store.get(job_id)]
+            return ended[0].status not in ACTIVE
+
+        self.waiters.wait(job_id, timeout_s, done)
+        return ended[-1], self.store.transcript(ended[-1])
 
     def retry(self, job_id: str) -> Job:
         """Queue a failed or cancelled job again (409 otherwise, 410 without its recording)."""

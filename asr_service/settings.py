@@ -20,12 +20,17 @@ class Settings:
 
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     """Broker, result backend and job store. REDIS_URL, or REDIS_HOST/REDIS_PORT."""
+    asr_engine: str = "funasr"
+    """The backend the workers run: funasr or faster-whisper."""
     asr_use_gpu: str = "auto"
     """auto: CUDA when present else CPU; true: CUDA required; false: CPU."""
+    asr_compute_type: str = "auto"
+    """faster-whisper's CTranslate2 compute type; auto: int8 on CPU, float16 on CUDA."""
     asr_batch_size: int = 300
     """FunASR batch_size_s: seconds of audio decoded per batch."""
     asr_model: str = "paraformer-zh"
-    """FunASR hub alias or a local model directory."""
+    """The model: a FunASR hub alias or a local model directory (faster-whisper: a local
+    CTranslate2 directory such as models/whisper-tiny-en)."""
     asr_vad_model: str = "fsmn-vad"
     """VAD model alias or directory; empty disables VAD."""
     asr_punc_model: str = ""
@@ -85,6 +90,25 @@ class Settings:
     """Address Flower binds; beyond loopback it requires FLOWER_BASIC_AUTH."""
     flower_port: int = 5555
     """Port Flower binds."""
+    sync_timeout_s: int = 300
+    """How long POST /v1/audio/transcriptions waits for its job; then 504 with the task id."""
+    webhook_secret: str = field(default="", repr=False)
+    """Standard Webhooks signing secret (whsec_ + base64); callback_url is refused without it."""
+    webhook_retry_base_s: float = 10.0
+    """First retry delay of a webhook; each next one doubles (with jitter)."""
+    webhook_max_attempts: int = 14
+    """Deliveries tried per webhook event before it is marked failed (14 x doubling ~ 1 day)."""
+    webhook_timeout_s: float = 10.0
+    """How long one webhook delivery (connect + answer) may take."""
+    webhook_allow_private: bool = False
+    """Let callback_url and audio_url reach loopback, private and link-local addresses."""
+    webhook_include_result: bool = False
+    """Put the transcript in job.succeeded webhooks (otherwise only links to it)."""
+    audio_url_timeout_s: float = 30.0
+    """How long fetching an audio_url may take in all."""
+    public_url: str = ""
+    """Base URL clients reach the API at (https://asr.example.com), for absolute links in
+    webhooks; empty: the links are paths."""
 
     @property
     def redis_url_display(self) -> str:
@@ -128,6 +152,11 @@ class Settings:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
 
     @property
+    def model_id(self) -> str:
+        """The served model's name as clients pick it (OpenAI `model`): ASR_MODEL's last part."""
+        return model_id(self.asr_model)
+
+    @property
     def threads(self) -> int:
         """Threads each worker process gives the model."""
         if self.asr_threads:
@@ -155,6 +184,11 @@ class Settings:
         if errors:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
         return cls(**values)
+
+
+def model_id(reference: str) -> str:
+    """A model's id for clients: a hub alias as is, a local directory by its name."""
+    return reference.rstrip("/").rsplit("/", 1)[-1] or reference
 
 
 def is_loopback(host: str) -> bool:
@@ -203,6 +237,32 @@ def _whole_number(raw: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"must be at least {minimum}")
     return value
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not 0 < value < 1e9:
+        raise ValueError("must be more than 0")
+    return value
+
+
+def _webhook_secret(raw: str) -> str:
+    if raw:
+        import base64
+        import binascii
+
+        body = raw.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not raw.startswith("whsec_") or len(key) < 16:
+            raise ValueError("must be whsec_ followed by at least 16 random bytes in base64, "
+                             "e.g. whsec_$(openssl rand -base64 32)")
+    return raw
 
 
 def _positive_int(raw: str) -> int:
@@ -261,11 +321,18 @@ def _rate_limit(raw: str) -> str:
 
 
 def _parser_for(default: object) -> Callable[[str], Any]:
+    if isinstance(default, bool):
+        return _bool
+    if isinstance(default, float):
+        return _positive_float
     return _positive_int if isinstance(default, int) else _text
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "asr_use_gpu": _choice("auto", "true", "false"),
+    "asr_engine": _choice("funasr", "faster-whisper"),
+    "asr_compute_type": _choice("auto", "int8", "int8_float16", "int8_float32", "int16",
+                                "float16", "bfloat16", "float32"),
     "asr_threads": _non_negative_int,
     "task_soft_time_limit_s": _non_negative_int,
     "worker_max_tasks_per_child": _non_negative_int,
@@ -278,6 +345,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "allow_anonymous": _bool,
     "redis_password": _optional_text,
     "flower_basic_auth": _optional_text,
+    "webhook_secret": _webhook_secret,
+    "public_url": _optional_text,
     "rate_limit": _rate_limit,
     "log_level": lambda raw: _choice("debug", "info", "warning", "error")(raw).upper(),
     "api_port": _port,

@@ -186,8 +186,8 @@ def _publish_heartbeat(sender: Any, **_: Any) -> None:
     info = WorkerInfo(
         hostname=sender.eventer.hostname, pid=os.getpid(),
         concurrency=int(app.conf.worker_concurrency or s.worker_count),
-        active=len(worker_state.active_requests), model=s.asr_model,
-        device=app.device,
+        active=len(worker_state.active_requests), model=s.model_id, queue=s.queue_name,
+        engine=s.asr_engine, device=app.device,
         last_seen=time.time(),
         cpu_percent=cpu, memory_rss_bytes=rss,
         gpu_memory_bytes=gpu_memory_bytes(pids) if app.device.startswith("cuda") else None,

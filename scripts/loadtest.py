@@ -1,10 +1,11 @@
 """Load test: drive a running service on this host with real audio for a bounded time.
 
 `scripts/run_load_test.sh [concurrency] [duration_s]` runs it. Each of `concurrency` clients
-submits a WAV recording, polls its result until it finished, and starts over, until the time is
-up; then the jobs still running get a bounded time to finish. Meanwhile a sampler records the
-CPU and memory of the API (gunicorn) and worker (celery) processes on this host and the queue
-depth. Writes a JSON report and a PNG plot; prints the report.
+submits a WAV recording, waits for its result (polling every --poll-s, or with --wait S one
+long-poll request at a time: `?wait=S`), and starts over, until the time is up; then the jobs
+still running get a bounded time to finish. Meanwhile a sampler records the CPU and memory
+of the API (gunicorn) and worker (celery) processes on this host and the queue depth. Writes a
+JSON report and a PNG plot; prints the report.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class Run:
     stop_submitting: float
     give_up: float
     max_jobs: int
+    poll_s: float = POLL_S
+    wait_s: float = 0.0  # > 0: long-poll (?wait=) instead of polling
     records: list[Record] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -133,13 +136,16 @@ def client_loop(run: Run) -> None:
 
 
 def wait_for_result(session: requests.Session, run: Run, record: Record, task_id: str) -> None:
-    """Poll until the job finished or the run gives up on it."""
+    """Poll (or long-poll) until the job finished or the run gives up on it."""
+    url = f"{run.base}/api/v1/asr/result/{task_id}"
+    if run.wait_s:
+        url += f"?wait={run.wait_s:g}"
     while time.time() < run.give_up:
         try:
-            response = session.get(f"{run.base}/api/v1/asr/result/{task_id}", timeout=30)
+            response = session.get(url, timeout=30 + run.wait_s)
         except requests.RequestException as exc:
             run.errors[f"poll:{type(exc).__name__}"] += 1
-            time.sleep(POLL_S)
+            time.sleep(run.poll_s)
             continue
         status = response.json().get("status") if response.ok else None
         if status in ("succeeded", "failed", "cancelled"):
@@ -150,7 +156,8 @@ def wait_for_result(session: requests.Session, run: Run, record: Record, task_id
             return
         if not response.ok:
             run.errors[f"poll:{response.status_code}"] += 1
-        time.sleep(POLL_S)
+        if not run.wait_s or not response.ok:
+            time.sleep(run.poll_s)
     record.outcome = "unfinished"
 
 
@@ -258,6 +265,8 @@ def report(run: Run, args: argparse.Namespace, started: float, ended: float,
     return {
         "target": run.base, "concurrency": args.concurrency, "duration_s": args.duration,
         "audio_seconds_per_job": args.audio_seconds, "elapsed_s": round(elapsed, 2),
+        "waiting": (f"long-poll ?wait={args.wait:g}" if args.wait
+                    else f"poll every {args.poll_s} s"),
         "jobs_submitted": len(accepted), "jobs_completed": len(done),
         "jobs_failed": outcomes["failed"] + outcomes["cancelled"],
         "jobs_unfinished": outcomes["unfinished"], "requests_rejected": outcomes["error"],
@@ -325,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     api_key = os.environ.get("ASR_API_KEY") or None  # when the service has API_KEYS set
     run = Run(base=base, audio=speech_like_wav(args.audio_seconds), api_key=api_key,
               stop_submitting=started + args.duration, give_up=started + args.duration + drain,
-              max_jobs=args.max_jobs)
+              max_jobs=args.max_jobs, poll_s=args.poll_s, wait_s=args.wait)
     stop = threading.Event()
     sampler = Sampler(base, stop, api_key)
     sampler.start()
@@ -372,6 +381,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-jobs", type=_bounded(1, MAX_JOBS), default=5000)
     p.add_argument("--drain-timeout", type=_bounded(0, 600, float), default=None,
                    help="seconds the last jobs get to finish (default: duration, 30..120)")
+    p.add_argument("--poll-s", type=_bounded(0.005, 10, float), default=POLL_S,
+                   help="seconds between polls of a result")
+    p.add_argument("--wait", type=_bounded(0, 60, float), default=0,
+                   help="long-poll: each result request waits up to this long (0: poll)")
     p.add_argument("--out-dir", default=".", help="where the report and plot go")
     return p.parse_args(argv)
 

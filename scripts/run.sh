@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The whole stack in the foreground (Redis if none answers, API, workers, Flower); Ctrl-C stops all.
+# The whole stack in the foreground (Redis if none answers, API, workers, Flower, the webhook
+# deliverer); Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # devtools.py reads asr_service.settings: the repo root goes on the path.
 devtools() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python scripts/devtools.py "$@"; }
-procs="api worker flower"
+procs="api worker flower webhooks"
 if ! devtools redis-answers; then
   if ! devtools redis-is-local; then
     echo "Redis at the configured URL does not answer and is not local: start it first." >&2

@@ -6,7 +6,7 @@ import io
 import uuid
 from typing import Any
 
-from flask import Request, Response, send_file, url_for
+from flask import Request, Response, make_response, send_file, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema
@@ -14,16 +14,19 @@ from webargs.flaskparser import FlaskParser
 from webargs.multidictproxy import MultiDictProxy
 from werkzeug.datastructures import CombinedMultiDict, FileStorage
 
+from asr_service import formats
 from asr_service.api import idempotency, problems, services
 from asr_service.api.schemas import (
     HistoryArgsSchema,
     HistorySchema,
     JobResultSchema,
     JobSchema,
+    ResultArgsSchema,
     SubmitResponseSchema,
     SubmitSchema,
     job_view,
 )
+from asr_service.errors import JobConflict
 from asr_service.service import Upload
 
 
@@ -58,15 +61,24 @@ class Submit(MethodView):
     @blp.response(202, SubmitResponseSchema, headers=SUBMIT_HEADERS)
     @problems(blp, 401, 413, 422, 429, 503)
     def post(self, form: dict[str, Any]) -> Any:
-        """Upload audio (multipart field `audio`); answers 202 with the task id at once.
+        """Upload audio (multipart field `audio`, or `audio_url`); answers 202 with the task
+        id at once.
 
         With an `Idempotency-Key` header, a repeated submit (same key, same client, within
         the retention period) returns the first task instead of creating a second one; the
-        same key with a different upload or fields is a 422.
+        same key with a different upload or fields is a 422. With `callback_url`, a signed
+        webhook is POSTed there when the job ends.
         """
-        upload: FileStorage = form["audio"]
-        submitted = services().jobs.submit(
-            Upload(upload.read(), upload.filename, form["language"], form["hotwords"]),
+        jobs = services().jobs
+        if "audio_url" in form:
+            fetched = jobs.download(form["audio_url"])
+            data, filename = fetched.data, fetched.filename
+        else:
+            upload: FileStorage = form["audio"]
+            data, filename = upload.read(), upload.filename
+        submitted = jobs.submit(
+            Upload(data, filename, form["language"], form["hotwords"], form.get("callback_url"),
+                   form.get("model")),
             idempotency.requested_key())
         location = url_for("asr.Result", task_id=submitted.job.id)
         headers = {"Location": location}
@@ -81,11 +93,31 @@ class Submit(MethodView):
 class Result(MethodView):
     """A job's state, and its transcript once it succeeded."""
 
+    @blp.arguments(ResultArgsSchema, location="query")
     @blp.response(200, JobResultSchema)
-    @problems(blp, 404, 503)
-    def get(self, task_id: uuid.UUID) -> dict[str, Any]:
-        """Status queued/processing/succeeded/failed/cancelled, timings, result or error."""
-        return job_view(*services().jobs.result(str(task_id)))
+    @problems(blp, 404, 409, 422, 503)
+    def get(self, args: dict[str, Any], task_id: uuid.UUID) -> Any:
+        """Status queued/processing/succeeded/failed/cancelled, timings, result or error.
+
+        `?wait=S` holds the request until the job ends (at most S seconds, S <= 60) and
+        answers the moment it does. `?format=txt|srt|vtt` answers the transcript itself as
+        text or subtitles (a 409 while the job has not succeeded).
+        """
+        jobs = services().jobs
+        job, result = (jobs.wait(str(task_id), args["wait"]) if args["wait"]
+                       else jobs.result(str(task_id)))
+        if args["format"] == "json":
+            return job_view(job, result)
+        if result is None:
+            raise JobConflict(f"task {job.id} is {job.status}; its transcript exists once it "
+                              "succeeded")
+        body, content_type = formats.render(result, args["format"])
+        response = make_response(body)
+        response.content_type = content_type
+        if args["format"] in ("srt", "vtt"):
+            response.headers["Content-Disposition"] = (
+                f'inline; filename="{job.id}.{args["format"]}"')
+        return response
 
 
 @blp.route("/history")

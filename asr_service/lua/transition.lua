@@ -92,6 +92,10 @@ if from ~= to then
   redis.call('ZADD', skey(to), job.created_at or now, id)
 end
 if to == 'succeeded' then count_success(job, now) end
-emit(event, id, to, move.reason)
+local event_id = emit(event, id, to, move.reason)
+if TERMINAL[to] then
+  local webhook = queue_webhook(job, id, to, event_id, now)
+  if webhook then redis.call('HSET', jkey(id), 'webhook', cjson.encode(webhook)) end
+end
 if TERMINAL[to] then prune(move.max_recordings, move.max_stored_bytes, now, 100) end
 return {outcome, redis.call('HGETALL', jkey(id))}

@@ -226,3 +226,42 @@ def lane(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Lane]]:
 def report(name: str, **figures: object) -> None:
     """Figures for the closing note: `pytest -s` shows them."""
     print(f"\nRELIABILITY {name}: " + json.dumps(figures))
+
+
+class ApiServer:
+    """The real API under gunicorn (config/gunicorn.conf.py: gevent workers) on a free port."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = replace(settings, api_port=free_port(), log_dir=str(log_dir))
+        self.url = f"http://127.0.0.1:{self.settings.api_port}"
+        self.log_path = log_dir / "gunicorn.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import requests
+
+        self.proc = start_process(
+            [Path(sys.executable).parent / "gunicorn", "-c", "config/gunicorn.conf.py",
+             "wsgi:app"],
+            ready=lambda: requests.get(f"{self.url}/api/v1/health", timeout=1).ok,
+            ignoring=requests.ConnectionError, timeout=60, env=settings_env(self.settings),
+            cwd=ROOT, log_path=self.log_path)
+
+    def processes(self) -> list[psutil.Process]:
+        """gunicorn's master and its workers."""
+        assert self.proc is not None
+        main = psutil.Process(self.proc.pid)
+        return [main, *main.children(recursive=True)]
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def api_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+               ) -> Iterator[ApiServer]:
+    """gunicorn serving the session's settings (queue `asr`: the session worker's)."""
+    server = ApiServer(settings, tmp_path_factory.mktemp("gunicorn"))
+    server.start()
+    yield server
+    server.stop()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from funasr import AutoModel
 
-import asr_service.engine as engine_pkg
+import asr_service.engine.funasr_hub as engine_pkg
 from asr_service.engine import build_engine
 from asr_service.engine.base import SAMPLE_RATE, Engine, TranscribeOptions
 from asr_service.engine.funasr_engine import FunASREngine
@@ -175,10 +175,11 @@ def test_unreachable_hub_fails_fast_and_names_the_fix(
     assert "local model directory" in caught.value.detail
 
 
-def test_importing_the_engine_package_loads_neither_torch_nor_funasr() -> None:
+def test_importing_the_engine_package_and_backends_loads_no_model_library() -> None:
     code = (
-        "import sys, asr_service.engine; "
-        "print(sorted(m for m in ('torch', 'funasr') if m in sys.modules))"
+        "import sys, asr_service.engine, asr_service.engine.funasr_engine, "
+        "asr_service.engine.whisper_engine; print(sorted(m for m in ('torch', 'funasr', "
+        "'faster_whisper', 'ctranslate2') if m in sys.modules))"
     )
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(

@@ -65,6 +65,9 @@ def test_make_run_listens_on_loopback_only(settings, tmp_path):
         assert {redis_port, api_port, flower_port} <= ports, found  # all three were seen
         exposed = [entry for entry in found if not LOOPBACK.match(entry[1])]
         assert not exposed, exposed
+        deliverer = {p.pid for p in psutil.Process(stack.pid).children(recursive=True)
+                     if "asr_service.webhooks" in p.cmdline()}
+        assert deliverer and not listeners(deliverer), "the webhook deliverer listens on nothing"
         print(f"\nRELIABILITY listeners: {sorted(set(found))}")
     finally:
         os.killpg(stack.pid, signal.SIGTERM)

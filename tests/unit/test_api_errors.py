@@ -23,6 +23,8 @@ API_PATHS = {
     "/api/v1/asr/audio/{task_id}", "/api/v1/asr/queue/status", "/api/v1/asr/retry/{task_id}",
     "/api/v1/asr/task/{task_id}", "/api/v1/health", "/api/v1/stats",
     "/api/v1/dashboard",  # the data behind the /dashboard page
+    "/v1/audio/transcriptions", "/v1/models",  # OpenAI-compatible
+    "/api/v1/models",
 }
 SOME_UUID = "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b"
 
@@ -136,8 +138,8 @@ def test_submit_without_audio_field_is_422_naming_audio(client: FlaskClient) -> 
     body = assert_problem(submit(client, None, language="zh"), 422)
 
     assert named_fields(body["errors"]) == {"audio"}
-    assert body["errors"]["audio"] == ["Missing data for required field."]
-    assert body["detail"] == "invalid request: audio: Missing data for required field."
+    assert "exactly one of them" in body["errors"]["audio"][0]
+    assert body["detail"].startswith("invalid request: audio: send the recording as `audio`")
 
 
 def test_submit_with_bad_language_is_422_naming_language(client: FlaskClient) -> None:
@@ -186,7 +188,7 @@ def spec(app: Flask) -> dict:
     return response.get_json()
 
 
-def test_openapi_lists_the_nine_api_paths_and_the_dashboard_data(spec: dict) -> None:
+def test_openapi_lists_the_api_paths_the_dashboard_data_and_openai(spec: dict) -> None:
     assert set(spec["paths"]) == API_PATHS
 
 
@@ -196,7 +198,7 @@ def test_openapi_documents_the_multipart_audio_field(spec: dict) -> None:
     schema = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]
 
     assert schema["properties"]["audio"]["format"] == "binary"
-    assert "audio" in schema["required"]
+    assert {"audio_url", "callback_url"} <= set(schema["properties"])  # one of audio, audio_url
 
 
 def test_openapi_documents_problem_json_errors(spec: dict) -> None:
@@ -233,3 +235,27 @@ def test_docs_serve_swagger_ui_with_local_assets(client: FlaskClient) -> None:
     assert "javascript" in bundle.mimetype
     assert b"SwaggerUIBundle" in bundle.data
     assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+
+
+def test_openai_paths_answer_errors_in_openai_shape(client: FlaskClient) -> None:
+    missing = client.post("/v1/audio/transcriptions", data={"model": "whisper-1"},
+                          content_type="multipart/form-data")
+    assert missing.status_code == 400 and missing.content_type == "application/json"
+    assert missing.get_json() == {"error": {
+        "message": missing.get_json()["error"]["message"], "type": "invalid_request_error",
+        "param": "file", "code": "unprocessable_entity"}}
+
+    bad_format = client.post("/v1/audio/transcriptions", data={
+        "model": "whisper-1", "file": (io.BytesIO(encode("wav")), "a.wav"),
+        "response_format": "mp3"}, content_type="multipart/form-data")
+    assert bad_format.get_json()["error"]["param"] == "response_format"
+
+    down = client.get("/v1/models")  # Redis is down in this module
+    assert down.status_code == 503 and down.get_json()["error"]["type"] == "server_error"
+
+
+def test_result_rejects_unknown_formats_and_long_waits(client: FlaskClient) -> None:
+    for query in ("format=docx", "wait=61", "wait=-1"):
+        answer = client.get(f"/api/v1/asr/result/{SOME_UUID}?{query}")
+        assert answer.status_code == 422, query
+        assert answer.content_type == "application/problem+json"

@@ -1,0 +1,172 @@
+"""OpenAI-compatible transcription: the `openai` client (and what is built on it) works as is.
+
+The request goes through the same queue and workers as /api/v1/asr/submit (the API holds no
+model) and waits for the job's end event, not a polling loop. A job that outlives
+SYNC_TIMEOUT_S answers 504 with its task id; it runs on and its result stays fetchable.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Response, jsonify, make_response, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+from werkzeug.datastructures import FileStorage
+
+from asr_service import formats
+from asr_service.api import idempotency, services
+from asr_service.api.jobs import _MultipartParser
+from asr_service.api.problems import OpenAIErrorSchema, openai_error
+from asr_service.api.schemas import MAX_HOTWORDS, FileUpload, language_field
+from asr_service.jobs import ACTIVE, Job, Status
+from asr_service.service import Upload
+
+DEFAULT_ALIAS = "whisper-1"  # clients hard-code it; it means the default model
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+_CLIENT_ERRORS = {"audio-invalid", "audio-too-long"}
+
+
+class _Blueprint(Blueprint):
+    ARGUMENTS_PARSER = _MultipartParser()
+
+
+blp = _Blueprint("openai", __name__, url_prefix="/v1",
+                 description="OpenAI-compatible transcription (same queue and workers)")
+
+
+class TranscriptionFormSchema(Schema):
+    """The multipart body of POST /v1/audio/transcriptions, as OpenAI defines it."""
+
+    file = FileUpload(required=True, metadata={"description": "The recording"})
+    model = fields.String(required=True, metadata={
+        "description": f"A served model (GET /v1/models); {DEFAULT_ALIAS} means the default"})
+    language = language_field()
+    prompt = fields.String(load_default="", validate=validate.Length(max=2000), metadata={
+        "description": "Words to favour (used as hotwords)"})
+    response_format = fields.String(load_default="json",
+                                    validate=validate.OneOf(RESPONSE_FORMATS))
+    temperature = fields.Float(load_default=0.0, validate=validate.Range(0, 1), metadata={
+        "description": "Accepted for compatibility; decoding is deterministic"})
+    timestamp_granularities = fields.List(
+        fields.String(validate=validate.OneOf(["segment", "word"])),
+        data_key="timestamp_granularities[]", load_default=["segment"],
+        metadata={"description": "verbose_json: segment, and word where the engine gives "
+                                 "word times (else `words` is empty)"})
+    callback_url = fields.String(validate=validate.Length(max=2048), metadata={
+        "description": "Extension: also POST a signed webhook when the job ends"})
+
+
+class TranscriptionSchema(Schema):
+    """response_format=json (verbose_json adds task, language, duration, segments and words);
+    text, srt and vtt answer plain text."""
+
+    text = fields.String()
+    usage = fields.Dict(metadata={"example": {"type": "duration", "seconds": 5}})
+
+
+class ModelSchema(Schema):
+    """A served model."""
+
+    id = fields.String()
+    object = fields.String(dump_default="model")
+    created = fields.Integer()
+    owned_by = fields.String()
+
+
+class ModelListSchema(Schema):
+    """The served models."""
+
+    object = fields.String(dump_default="list")
+    data = fields.List(fields.Nested(ModelSchema))
+
+
+def _served_models() -> list[str]:
+    """The default model and every model a live worker serves."""
+    return sorted(services().jobs.models())
+
+
+def _model(requested: str) -> str | None:
+    """The model to run (None: the default); 404 model_not_found when nobody serves it."""
+    if requested == DEFAULT_ALIAS:
+        return None
+    services().jobs.queue_for(requested)
+    return requested
+
+
+def _documented(view: Any) -> Any:
+    for code, why in ((400, "Invalid field or audio"), (401, "Missing or wrong API key"),
+                      (404, "Unknown model"), (413, "Upload larger than MAX_UPLOAD_MB"),
+                      (429, "Rate limit exceeded"), (500, "The transcription failed"),
+                      (503, "Redis unreachable"),
+                      (504, "Not finished within SYNC_TIMEOUT_S; `task_id` says where to "
+                            "fetch it later")):
+        view = blp.alt_response(code, schema=OpenAIErrorSchema, description=why)(view)
+    return view
+
+
+@blp.route("/audio/transcriptions")
+class Transcriptions(MethodView):
+    """Transcribe a recording and answer with the transcript."""
+
+    @blp.arguments(TranscriptionFormSchema, location="files")
+    @blp.response(200, TranscriptionSchema)
+    @_documented
+    def post(self, form: dict[str, Any]) -> Any:
+        """OpenAI's transcription call: json, text, srt, vtt or verbose_json."""
+        model = _model(form["model"])
+        upload: FileStorage = form["file"]
+        hotwords = [w for w in re.split(r"[\s,，、]+", form["prompt"]) if w][:MAX_HOTWORDS]
+        jobs = services().jobs
+        submitted = jobs.submit(Upload(upload.read(), upload.filename, form["language"],
+                                       hotwords, form.get("callback_url"), model),
+                                idempotency.requested_key())
+        job, result = jobs.wait(submitted.job.id, services().settings.sync_timeout_s)
+        if result is None:
+            return _unfinished(job)
+        return _render(result, form["response_format"],
+                       "word" in form["timestamp_granularities"], job)
+
+
+@blp.route("/models")
+class Models(MethodView):
+    """The models this service serves."""
+
+    @blp.response(200, ModelListSchema)
+    def get(self) -> dict[str, Any]:
+        """Every model a worker serves now, and the default."""
+        return {"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "asr_service"}
+            for m in _served_models()]}
+
+
+def _render(result: dict[str, Any], response_format: str, words: bool, job: Job) -> Any:
+    # Returned as responses: the documented schema must not filter OpenAI's extra fields.
+    if response_format == "json":
+        return jsonify(formats.openai_json(result))
+    if response_format == "verbose_json":
+        return jsonify(formats.openai_verbose(result, words=words))
+    fmt = "txt" if response_format == "text" else response_format
+    body, content_type = formats.render(result, fmt)
+    response = make_response(body)
+    response.content_type = content_type
+    response.headers["X-Task-Id"] = job.id
+    return response
+
+
+def _unfinished(job: Job) -> Response:
+    status_url = url_for("asr.Result", task_id=job.id)
+    if job.status in ACTIVE:
+        return openai_error(
+            504, f"the transcription did not finish within SYNC_TIMEOUT_S; it goes on as task "
+            f"{job.id}: fetch it from {status_url}?wait=60", "timeout",
+            {"Location": status_url}, task_id=job.id)
+    error = job.error or {}
+    kind = error.get("type", "internal-error")
+    status = 400 if kind in _CLIENT_ERRORS else 500
+    if job.status == Status.CANCELLED:
+        status = 409
+    return openai_error(status, error.get("detail") or f"the task {job.status}", kind,
+                        task_id=job.id)

@@ -1,0 +1,39 @@
+"""Which device a worker's model runs on: the same rule for every backend, never a silent
+fallback from CUDA to CPU."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+from asr_service.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+def no_cuda(what: str) -> str:
+    """The error for ASR_USE_GPU=true without CUDA."""
+    return (f"ASR_USE_GPU=true but no CUDA device is available to this process ({what}); "
+            "set ASR_USE_GPU=auto or false to run on CPU")
+
+
+def probe_cuda(code: str) -> bool:
+    """Run `code` (exits 0 when CUDA is usable) in a subprocess: a parent that initialised CUDA
+    could not fork usable children."""
+    return subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
+
+
+def choose(use_gpu: str, has_cuda: bool, what: str) -> str:
+    """Map ASR_USE_GPU (auto/true/false) and CUDA's presence to "cuda" or "cpu"."""
+    if use_gpu == "false":
+        return "cpu"
+    if use_gpu == "true":
+        if not has_cuda:
+            raise ModelLoadError(no_cuda(what))
+        return "cuda"
+    if has_cuda:
+        log.warning("ASR_USE_GPU=auto: CUDA is available, running the model on the GPU")
+        return "cuda"
+    log.warning("ASR_USE_GPU=auto: no CUDA device is available, running the model on the CPU")
+    return "cpu"

@@ -1,0 +1,222 @@
+"""The webhook deliverer: `python -m asr_service.webhooks`, a small process that holds no model.
+
+The lifecycle queues a delivery in the same atomic step that ends a job with a callback_url
+(lua/common.lua: queue_webhook). This process claims due deliveries (a lease: one that dies
+mid-POST leaves them due again, so delivery is at-least-once and any number of deliverers can
+run), POSTs a Standard Webhooks-signed JSON event through the SSRF guard, and records the
+outcome: delivered, retried after WEBHOOK_RETRY_BASE_S x 2^(attempt-1) (+-10% jitter), or
+failed after WEBHOOK_MAX_ATTEMPTS. Every retry sends the same body and webhook-id, signed anew
+with the attempt's timestamp (receivers refuse stale ones).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+from standardwebhooks.webhooks import Webhook
+
+from asr_service import urlguard
+from asr_service.errors import UrlRefused
+from asr_service.jobs import Keys
+from asr_service.logs import setup_logging
+from asr_service.settings import Settings
+
+log = logging.getLogger("asr_service.webhooks")  # not __main__ under -m
+CONCURRENCY = 8  # deliveries at once: a slow receiver does not hold up the others
+LEASE_MARGIN_S = 30.0  # a claim's lease: WEBHOOK_TIMEOUT_S plus this
+IDLE_S = 0.25  # the wait when nothing is due
+REDIS_RETRY_S = 1.0  # never exits: honcho would stop the whole stack
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one POST came to."""
+
+    state: str  # delivered | pending (retry later) | failed
+    attempts: int
+    last_error: str  # '' when delivered
+    next_at: float = 0.0
+
+
+def retry_delay(settings: Settings, attempts: int, rng: Callable[[], float] = random.random,
+                ) -> float:
+    """Seconds before the next try after `attempts` failed ones: doubling, +-10% jitter."""
+    return settings.webhook_retry_base_s * 2 ** (attempts - 1) * (0.9 + 0.2 * rng())
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def event_body(delivery: dict[str, str], settings: Settings, transcript: str | None) -> str:
+    """The JSON event of a delivery: type, timestamp and data (task, status, error, links)."""
+    data = json.loads(delivery["data"])
+    task_id = data["task_id"]
+    base = settings.public_url.rstrip("/")
+    result_url = f"{base}/api/v1/asr/result/{task_id}"
+    body = {"type": delivery["type"], "timestamp": _iso(float(delivery["created_at"])),
+            "data": {"task_id": task_id, "status": data["status"], "error": data.get("error"),
+                     "created_at": _iso(data.get("created_at")),
+                     "finished_at": _iso(data.get("finished_at")),
+                     "duration_s": data.get("duration_s"),
+                     "links": {"result": result_url, "srt": f"{result_url}?format=srt",
+                               "vtt": f"{result_url}?format=vtt",
+                               "audio": f"{base}/api/v1/asr/audio/{task_id}"}}}
+    if transcript is not None:
+        body["data"]["result"] = json.loads(transcript)
+    return json.dumps(body, separators=(",", ":"))
+
+
+def signed_headers(secret: str, webhook_id: str, body: str, now: float) -> dict[str, str]:
+    """Standard Webhooks headers for one attempt."""
+    when = datetime.fromtimestamp(int(now), UTC)
+    return {"webhook-id": webhook_id, "webhook-timestamp": str(int(now)),
+            "webhook-signature": Webhook(secret).sign(webhook_id, when, body),
+            "content-type": "application/json"}
+
+
+class Deliverer:
+    """Claims due webhook deliveries and POSTs them, CONCURRENCY at a time."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, keys: Keys | None = None,
+                 now: Callable[[], float] = time.time, lease_s: float | None = None) -> None:
+        self.redis = client
+        self.settings = settings
+        self.keys = keys or Keys()
+        self.now = now
+        # Longer than any one POST may take (urlguard enforces webhook_timeout_s as a deadline).
+        self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S if lease_s is None else lease_s
+        script = (Path(__file__).with_name("lua") / "webhook.lua").read_text()
+        self._script = client.register_script(script)
+        self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="webhook")
+
+    def _claim(self, limit: int) -> list[str]:
+        ids = self._script(args=[self.keys.prefix, "claim", self.now(), self.lease_s, limit])
+        return [i.decode() for i in ids]
+
+    def deliver_due(self, limit: int = CONCURRENCY) -> int:
+        """Claim up to `limit` due deliveries and deliver them now; how many were claimed."""
+        ids = self._claim(limit)
+        for _ in self._pool.map(self._deliver_logged, ids):
+            pass
+        return len(ids)
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver until `stop` is set; Redis outages are waited out, never fatal."""
+        enabled = bool(self.settings.webhook_secret)
+        if not enabled:  # the API refuses callback_url then: nothing can be queued
+            log.info("webhooks are off (no WEBHOOK_SECRET): submits with callback_url are "
+                     "refused; idling")
+        inflight: set[Future[None]] = set()
+        outage = False
+        while not stop.is_set():
+            inflight = {f for f in inflight if not f.done()}
+            room = CONCURRENCY - len(inflight) if enabled else 0
+            try:
+                ids = self._claim(room) if room else []
+            except redis.RedisError as exc:
+                if not outage:  # one warning per outage, not one a second
+                    log.warning("redis unavailable, retrying every second",
+                                extra={"error": str(exc)})
+                outage = True
+                stop.wait(REDIS_RETRY_S)
+                continue
+            if outage:
+                log.info("redis reachable again")
+                outage = False
+            inflight.update(self._pool.submit(self._deliver_logged, i) for i in ids)
+            if not ids:
+                stop.wait(IDLE_S)
+        self._pool.shutdown(wait=True)  # POSTs under way end within webhook_timeout_s
+
+    def _deliver_logged(self, webhook_id: str) -> None:
+        try:
+            self._deliver(webhook_id)
+        except Exception:  # Redis went away mid-delivery: its lease runs out, it is tried again
+            log.exception("webhook delivery crashed", extra={"webhook_id": webhook_id})
+
+    def _deliver(self, webhook_id: str) -> None:
+        key = self.keys.webhook(webhook_id)
+        delivery = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
+        body = None
+        if "job_id" not in delivery:
+            self.redis.zrem(self.keys.webhooks_due, webhook_id)
+        else:  # the body script unqueues it, too, if it expired since
+            body = delivery.get("body") or self._freeze_body(webhook_id, delivery)
+        if body is None:  # expired with its 3-day TTL: nothing to send
+            log.info("webhook delivery expired", extra={"webhook_id": webhook_id})
+            return
+        attempts = int(delivery.get("attempts", 0)) + 1
+        http_status = None
+        try:
+            answer = urlguard.post(
+                delivery["url"], body.encode(),
+                signed_headers(self.settings.webhook_secret, webhook_id, body, self.now()),
+                allow_private=self.settings.webhook_allow_private,
+                timeout_s=self.settings.webhook_timeout_s)
+        except UrlRefused as exc:  # the name now points somewhere private: never retried
+            outcome = Attempt("failed", attempts, f"refused: {exc.detail}")
+        else:
+            http_status, outcome = answer.status, self._judge(answer.error, attempts)
+        self._record(webhook_id, outcome, delivery["job_id"], http_status)
+
+    def _judge(self, error: str | None, attempts: int) -> Attempt:
+        if error is None:
+            return Attempt("delivered", attempts, "")
+        if attempts >= self.settings.webhook_max_attempts:
+            return Attempt("failed", attempts, error)
+        return Attempt("pending", attempts, error,
+                       self.now() + retry_delay(self.settings, attempts))
+
+    def _freeze_body(self, webhook_id: str, delivery: dict[str, str]) -> str | None:
+        """The body every attempt sends: built on the first one, then stored (None: gone)."""
+        transcript = None
+        if self.settings.webhook_include_result and delivery["type"] == "job.succeeded":
+            raw = self.redis.get(self.keys.result(delivery["job_id"]))
+            transcript = raw.decode() if raw else None
+        body = event_body(delivery, self.settings, transcript)
+        stored = self._script(args=[self.keys.prefix, "body", self.now(), webhook_id, body])
+        return None if stored is None else stored.decode()  # the first one's, if two raced
+
+    def _record(self, webhook_id: str, attempt: Attempt, job_id: str,
+                http_status: int | None) -> None:
+        self._script(args=[self.keys.prefix, "done", self.now(), webhook_id,
+                           json.dumps(vars(attempt))])
+        extra = {"job_id": job_id, "webhook_id": webhook_id, "attempt": attempt.attempts,
+                 "status": attempt.state, "http_status": http_status}
+        if attempt.state == "delivered":
+            log.info("webhook delivered", extra=extra)
+            return
+        extra["error"] = attempt.last_error
+        if attempt.state == "pending":
+            extra["next_attempt_in_s"] = round(attempt.next_at - self.now(), 1)
+        log.warning("webhook attempt failed" if attempt.state == "pending"
+                    else "webhook failed for good", extra=extra)
+
+
+def main() -> None:
+    """Run a deliverer until SIGTERM or SIGINT."""
+    settings = Settings.from_env()
+    setup_logging("webhooks", settings)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("webhook deliverer starting", extra={"redis": settings.redis_url_display})
+    Deliverer(client, settings).run(stop)
+    log.info("webhook deliverer stopped")
+
+
+if __name__ == "__main__":
+    main()
