@@ -104,13 +104,23 @@ class JobService:
         self.cluster = cluster
 
     def models(self) -> dict[str, tuple[str, int]]:
-        """Model id -> (queue, workers serving it now): every model a live worker serves, and
-        the default model (its jobs wait in its queue until a worker comes)."""
-        served = {self.settings.model_id: (self.settings.queue_name, 0)}
+        """Model id -> (queue, workers serving it there now): every model a live worker serves,
+        and the default model (its jobs wait in its queue until a worker comes). A model served
+        on several queues routes to the default queue if it is the default model, else to the
+        queue with the most workers (then by name, so every API process picks the same one)."""
+        groups: dict[str, dict[str, int]] = {self.settings.model_id:
+                                             {self.settings.queue_name: 0}}
         for worker in self.cluster.workers():
             if worker.queue and worker.engines_ready:
-                queue, count = served.get(worker.model, (worker.queue, 0))
-                served[worker.model] = (queue, count + 1)
+                queues = groups.setdefault(worker.model, {})
+                queues[worker.queue] = queues.get(worker.queue, 0) + 1
+        served = {}
+        for model, queues in groups.items():
+            if model == self.settings.model_id:
+                queue = self.settings.queue_name
+            else:
+                queue = min(queues, key=lambda q: (-queues[q], q))
+            served[model] = (queue, queues.get(queue, 0))
         return served
 
     def queue_for(self, model: str | None) -> str:

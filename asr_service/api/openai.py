@@ -67,7 +67,7 @@ class TranscriptionSchema(Schema):
     usage = fields.Dict(metadata={"example": {"type": "duration", "seconds": 5}})
 
 
-class ModelSchema(Schema):
+class OpenAIModelSchema(Schema):
     """A served model."""
 
     id = fields.String()
@@ -76,11 +76,11 @@ class ModelSchema(Schema):
     owned_by = fields.String()
 
 
-class ModelListSchema(Schema):
+class OpenAIModelListSchema(Schema):
     """The served models."""
 
     object = fields.String(dump_default="list")
-    data = fields.List(fields.Nested(ModelSchema))
+    data = fields.List(fields.Nested(OpenAIModelSchema))
 
 
 def _served_models() -> list[str]:
@@ -134,7 +134,7 @@ class Transcriptions(MethodView):
 class Models(MethodView):
     """The models this service serves."""
 
-    @blp.response(200, ModelListSchema)
+    @blp.response(200, OpenAIModelListSchema)
     def get(self) -> dict[str, Any]:
         """Every model a worker serves now, and the default."""
         return {"object": "list", "data": [
