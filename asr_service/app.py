@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import redis
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 
+from asr_service import redis_conn
 from asr_service.api import Services, access
 from asr_service.api import dashboard as dashboard_api
 from asr_service.api import jobs as jobs_api
@@ -52,18 +52,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     # A blocking pool: under gevent, hundreds of requests (a thousand long-polls woken at once)
     # wait their turn for one of REDIS_POOL_SIZE connections; redis-py's default pool instead
     # fails the 101st concurrent request with "Too many connections" (measured: 353 of 1000).
-    client = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=5, socket_timeout=2,
-        socket_connect_timeout=2))
+    client = redis_conn.client(settings, pool_size=REDIS_POOL_SIZE, pool_timeout=5,
+                               socket_timeout=2, socket_connect_timeout=2)
     store = JobStore(client, settings.max_recordings)
     lifecycle = Lifecycle(client, settings.result_retention_s, settings.max_recordings,
                           listeners=[log_event_line],
-                          max_stored_bytes=settings.max_stored_audio_bytes)
+                          max_stored_bytes=settings.max_stored_audio_bytes,
+                          min_replicas=settings.redis_min_replicas)
     celery = create_celery(settings)
     # The long-poll subscription gets its own connection: it blocks, and it pings to notice a
     # dead link instead of waiting forever on it.
-    waiters = Waiters(lambda: redis.Redis.from_url(
-        settings.redis_url, socket_timeout=10, socket_connect_timeout=2, socket_keepalive=True,
+    waiters = Waiters(lambda: redis_conn.client(
+        settings, socket_timeout=10, socket_connect_timeout=2, socket_keepalive=True,
         health_check_interval=15), Keys().job_finished)
     cluster = Cluster(client, settings.queue_name)
     app.extensions["asr"] = Services(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from asr_service.errors import JobConflict, RecordingGone
 from asr_service.figures import lua_constants
@@ -93,13 +94,24 @@ class Idempotency:
 Listener = Callable[[Event], None]
 
 
+WAIT_TIMEOUT_MS = 1000
+"""How long a state change may wait for REDIS_MIN_REPLICAS replicas to acknowledge it."""
+
+
+class NotReplicated(redis.ConnectionError):
+    """The master applied a state change but too few replicas acknowledged it in time, so it
+    may not survive a failover: it is not reported as done (the API answers 503; a worker
+    retries it)."""
+
+
 class Lifecycle:
     """Creates, moves and removes jobs; the only writer of their status."""
 
     def __init__(self, client: redis.Redis, retention_s: int, max_recordings: int,
                  keys: Keys | None = None, listeners: Iterable[Listener] = (),
-                 max_stored_bytes: int = 0) -> None:
+                 max_stored_bytes: int = 0, min_replicas: int = 0) -> None:
         self.redis = client
+        self.min_replicas = min_replicas
         self.retention_s = retention_s
         self.max_recordings = max_recordings
         self.max_stored_bytes = max_stored_bytes
@@ -109,6 +121,20 @@ class Lifecycle:
         self._transition = client.register_script(_script("transition"))
         self._remove = client.register_script(_script("remove"))
         self._renew = client.register_script(_script("renew"))
+
+    def _run(self, script: Script, args: list[Any]) -> Any:
+        """Run one state-changing script; with min_replicas, only return once that many
+        replicas hold its writes (WAIT on the same connection, hence the pipeline)."""
+        if not self.min_replicas:
+            return script(args=args)
+        pipe = self.redis.pipeline(transaction=False)
+        script(args=args, client=pipe)
+        pipe.wait(self.min_replicas, WAIT_TIMEOUT_MS)
+        answer, acknowledged = pipe.execute()
+        if acknowledged < self.min_replicas:
+            raise NotReplicated(f"{acknowledged} of the {self.min_replicas} replicas "
+                                f"(REDIS_MIN_REPLICAS) acknowledged within {WAIT_TIMEOUT_MS} ms")
+        return answer
 
     def _emit(self, event: Event) -> None:
         for listener in self.listeners:
@@ -128,7 +154,7 @@ class Lifecycle:
         """
         record = [part for pair in encode_fields(vars(job)).items() for part in pair]
         idem = idempotency or Idempotency("", "", 1)
-        outcome, job_id = self._create(args=[
+        outcome, job_id = self._run(self._create, [
             self.keys.prefix, job.id, job.created_at, self.retention_s, self.max_recordings,
             self.max_stored_bytes, idem.key, idem.fingerprint, idem.ttl_s, audio, *record])
         outcome, job_id = outcome.decode(), job_id.decode()
@@ -150,7 +176,8 @@ class Lifecycle:
         spec = {"to": to, "from": list(allowed), "event": event, "reason": reason,
                 "retention_s": self.retention_s, "max_recordings": self.max_recordings,
                 "max_stored_bytes": self.max_stored_bytes, **move}
-        answer = self._transition(args=[self.keys.prefix, job_id, time.time(), json.dumps(spec)])
+        answer = self._run(self._transition,
+                           [self.keys.prefix, job_id, time.time(), json.dumps(spec)])
         outcome = Outcome(answer[0].decode())
         job = decode_job(answer[1]) if len(answer) > 1 else None
         if outcome in (Outcome.OK, Outcome.GAVE_UP) and job is not None:
@@ -221,7 +248,7 @@ class Lifecycle:
 
     def delete(self, job_id: str) -> Job:
         """Remove the job, its recording, transcript, lease and index entries, for good."""
-        answer = self._remove(args=[self.keys.prefix, "delete", job_id, time.time()])
+        answer = self._run(self._remove, [self.keys.prefix, "delete", job_id, time.time()])
         if answer[0] == b"missing":
             raise not_found(job_id)
         job = decode_job(answer[1])

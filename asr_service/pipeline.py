@@ -6,8 +6,9 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
@@ -21,6 +22,12 @@ from asr_service.runs import RUNNER_TTL_S, holding_lease
 from asr_service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OUTAGE_RETRY_S = 0.5
+"""Pause between tries to reach Redis again while a claimed job waits out an outage."""
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
 class JobBusy(Exception):
@@ -75,21 +82,44 @@ def _transcribe(lifecycle: Lifecycle, store: JobStore, engine: Engine | None,
     try:
         if engine is None:
             raise AsrError("the worker has no engine loaded")
-        samples = decode(store.audio(job.id), settings.max_audio_seconds)
+        audio = _through_outage(lambda: store.audio(job.id), settings.job_lease_s, job.id)
+        samples = decode(audio, settings.max_audio_seconds)
         options = TranscribeOptions(language=job.language, hotwords=list(job.hotwords))
         transcript = engine.transcribe(samples, options)
     except redis.RedisError:
         raise
     except Exception as exc:
         kind, detail = _explain(exc, settings, job.id)
-        lifecycle.fail(job.id, delivery.delivery, kind, detail, runner=delivery.runner.token)
+        _through_outage(lambda: lifecycle.fail(job.id, delivery.delivery, kind, detail,
+                                               runner=delivery.runner.token),
+                        settings.job_lease_s, job.id)
         raise
     processing_s = time.perf_counter() - started
     result = to_result(transcript, len(samples) / TARGET_RATE, processing_s)
-    if lifecycle.succeed(job.id, delivery.delivery, delivery.runner.token, result,
-                         processing_s) is None:
+    if _through_outage(lambda: lifecycle.succeed(job.id, delivery.delivery,
+                                                 delivery.runner.token, result, processing_s),
+                       settings.job_lease_s, job.id) is None:
         log.warning("result discarded: the job was deleted or is owned by another delivery",
                     extra={"job_id": job.id})
+
+
+def _through_outage(call: Callable[[], T], within_s: float, job_id: str) -> T:
+    """Read a job's audio or record its end even if Redis restarts or Sentinel fails over
+    meanwhile: retried for up to `within_s`, the job's lease, during which nobody else may take
+    the job over, so a claimed job goes on (it is not abandoned to the sweep) and its fenced
+    end still lands on the (new) master (the transcript is not thrown away). Past that, the
+    error propagates and the job runs again. A retry after a write whose answer was lost is
+    refused by the fences, harmlessly."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return call()
+        except _TRANSIENT as exc:
+            if time.monotonic() + OUTAGE_RETRY_S > deadline:
+                raise
+            log.warning("redis unavailable (%s); retrying", exc,
+                        extra={"job_id": job_id})
+            time.sleep(OUTAGE_RETRY_S)
 
 
 def to_result(transcript: Transcript, duration_s: float, processing_s: float) -> dict[str, Any]:

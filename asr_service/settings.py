@@ -71,7 +71,18 @@ class Settings:
     allow_anonymous: bool = False
     """Let the API listen beyond loopback without API_KEYS (logged loudly at start)."""
     redis_password: str = field(default="", repr=False)
-    """Redis password, added to REDIS_URL (or REDIS_HOST/PORT) when the URL carries none."""
+    """Redis password, added to REDIS_URL (or REDIS_HOST/PORT) when the URL carries none; under
+    Sentinel, the master's (and its replicas') password."""
+    redis_sentinels: str = ""
+    """host:port,host:port of Redis Sentinels; set, they name the master to use (REDIS_URL's
+    host and port are then ignored) and every connection follows a failover."""
+    redis_sentinel_master: str = "asr"
+    """The master's name as the sentinels monitor it (`sentinel monitor <name> ...`)."""
+    redis_sentinel_password: str = field(default="", repr=False)
+    """The sentinels' own password (their `requirepass`), if they have one."""
+    redis_min_replicas: int = 0
+    """Replicas that must hold each job state change before it counts (Redis WAIT); 1 with a
+    Sentinel set-up makes an acknowledged submit or result survive the loss of the master."""
     flower_basic_auth: str = field(default="", repr=False)
     """user:password for Flower; required when Flower listens beyond loopback."""
     rate_limit: str = ""
@@ -112,8 +123,15 @@ class Settings:
 
     @property
     def redis_url_display(self) -> str:
-        """REDIS_URL without a password, for logs and error messages."""
+        """Where Redis is, without a password, for logs and error messages."""
+        if self.redis_sentinels:
+            return f"sentinel://{self.redis_sentinels}/{self.redis_sentinel_master}"
         return _without_password(self.redis_url)
+
+    @property
+    def sentinel_nodes(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty without Sentinel."""
+        return _host_ports(self.redis_sentinels)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -328,7 +346,24 @@ def _parser_for(default: object) -> Callable[[str], Any]:
     return _positive_int if isinstance(default, int) else _text
 
 
+def _host_ports(raw: str) -> list[tuple[str, int]]:
+    nodes = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        host, sep, port = item.rpartition(":")
+        host = host.strip("[]")
+        if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{item!r} is not host:port")
+        nodes.append((host, int(port)))
+    return nodes
+
+
+def _sentinels(raw: str) -> str:
+    _host_ports(raw)
+    return raw
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
+    "redis_sentinels": _sentinels,
     "asr_use_gpu": _choice("auto", "true", "false"),
     "asr_engine": _choice("funasr", "faster-whisper"),
     "asr_compute_type": _choice("auto", "int8", "int8_float16", "int8_float32", "int16",
@@ -344,6 +379,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_keys": _optional_text,
     "allow_anonymous": _bool,
     "redis_password": _optional_text,
+    "redis_sentinel_password": _optional_text,
+    "redis_min_replicas": _non_negative_int,
     "flower_basic_auth": _optional_text,
     "webhook_secret": _webhook_secret,
     "public_url": _optional_text,

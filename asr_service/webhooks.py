@@ -26,7 +26,7 @@ from pathlib import Path
 import redis
 from standardwebhooks.webhooks import Webhook
 
-from asr_service import urlguard
+from asr_service import redis_conn, urlguard
 from asr_service.errors import UrlRefused
 from asr_service.jobs import Keys
 from asr_service.logs import setup_logging
@@ -209,7 +209,7 @@ def main() -> None:
     """Run a deliverer until SIGTERM or SIGINT."""
     settings = Settings.from_env()
     setup_logging("webhooks", settings)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = redis_conn.client(settings, socket_timeout=5, socket_connect_timeout=5)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -16,6 +16,7 @@ from celery import Celery, current_app, signals
 from celery.exceptions import TimeLimitExceeded
 from celery.worker import state as worker_state
 
+from asr_service import redis_conn
 from asr_service.cluster import Cluster, WorkerInfo, gpu_memory_bytes, tree_usage
 from asr_service.engine.base import Engine
 from asr_service.errors import ModelLoadError
@@ -45,8 +46,8 @@ class AsrCelery(Celery):
     @cached_property
     def redis_client(self) -> redis.Redis:
         """Job-store connection; redis-py resets its pool after a fork (one per child)."""
-        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5,
-                                    socket_connect_timeout=3, health_check_interval=30)
+        return redis_conn.client(self.settings, socket_timeout=5, socket_connect_timeout=3,
+                                 health_check_interval=30)
 
     @cached_property
     def store(self) -> JobStore:
@@ -58,7 +59,8 @@ class AsrCelery(Celery):
         """The one writer of job status."""
         s = self.settings
         return Lifecycle(self.redis_client, s.result_retention_s, s.max_recordings,
-                         listeners=[log_event_line], max_stored_bytes=s.max_stored_audio_bytes)
+                         listeners=[log_event_line], max_stored_bytes=s.max_stored_audio_bytes,
+                         min_replicas=s.redis_min_replicas)
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
@@ -79,9 +81,11 @@ class AsrCelery(Celery):
 
 def celery_config(s: Settings) -> dict[str, Any]:
     """Celery settings for long, expensive jobs that must not be lost."""
+    urls = redis_conn.celery_urls(s)
     return {
-        "broker_url": s.redis_url,
-        "result_backend": s.redis_url,
+        "broker_url": urls["broker_url"],
+        "result_backend": urls["result_backend"],
+        "result_backend_transport_options": urls["result_backend_transport_options"],
         "task_default_queue": s.queue_name,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -111,6 +115,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
             "visibility_timeout": 2 * s.task_time_limit_s + 300,
             "socket_timeout": 5,
             "socket_connect_timeout": 3,
+            **urls["broker_transport_options"],
         },
         "redis_socket_timeout": 5,
         "redis_socket_connect_timeout": 3,

@@ -9,6 +9,7 @@ from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
+from asr_service import redis_conn
 from asr_service.api.problems import problem
 from asr_service.settings import Settings
 
@@ -46,6 +47,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     keys = settings.api_key_set
     if keys:
         app.before_request(lambda: _check_key(keys))
+    storage_uri, storage_options = redis_conn.limiter_storage(settings)
     limiter = Limiter(
         key_func=client_id,
         app=app,
@@ -53,8 +55,8 @@ def init_app(app: Flask, settings: Settings) -> None:
         application_limits=[settings.rate_limit] if settings.rate_limit else [],
         # Shared by every gunicorn worker and API host; a Redis outage must not block requests
         # (the endpoints themselves answer 503 then).
-        storage_uri=settings.redis_url,
-        storage_options={"socket_timeout": 2, "socket_connect_timeout": 2},
+        storage_uri=storage_uri,
+        storage_options=storage_options,
         swallow_errors=True,
         headers_enabled=True,
         strategy="moving-window",

@@ -17,7 +17,7 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from asr_service import create_app
+from asr_service import create_app, redis_conn
 from asr_service.cluster import Cluster
 from asr_service.settings import Settings
 from tests.harness import (
@@ -124,7 +124,7 @@ class Worker:
     def wait_ready(self) -> None:
         """Until the service sees it ready: a heartbeat saying its model is loaded."""
         assert self.proc is not None
-        cluster = Cluster(redis.Redis.from_url(self.settings.redis_url), self.settings.queue_name)
+        cluster = Cluster(redis_conn.client(self.settings), self.settings.queue_name)
         pid = self.proc.pid  # this very process, not an earlier worker of the same name
         wait_ready(self.proc, lambda: any(
             w.hostname.startswith(f"{self.name}@") and w.engines_ready and w.pid == pid

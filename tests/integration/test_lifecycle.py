@@ -22,7 +22,7 @@ import redis
 
 from asr_service import create_app
 from asr_service.jobs import ErrorType, Job, JobStore, Keys, Status
-from asr_service.lifecycle import Lifecycle, Outcome, Runner
+from asr_service.lifecycle import WAIT_TIMEOUT_MS, Lifecycle, NotReplicated, Outcome, Runner
 from asr_service.runs import new_delivery
 from tests import samples
 from tests.integration.conftest import LONG_S, Lane, RedisServer, Worker, report
@@ -298,3 +298,28 @@ def test_health_stays_200_degraded_while_no_worker_has_a_model(settings, tmp_pat
     finally:
         worker.stop()
         server.stop()
+
+
+def test_a_state_change_no_replica_acknowledged_is_not_reported_done(redis_server,
+                                                                      make_client):
+    """REDIS_MIN_REPLICAS=1 on a Redis without replicas: the write is applied but WAIT times
+    out, so the lifecycle raises NotReplicated and the API answers 503 (to be retried with the
+    same Idempotency-Key), never a 202 that a failover could take back."""
+    client = redis.Redis.from_url(redis_server.url.replace("/0", "/5"))
+    client.flushdb()
+    lifecycle = Lifecycle(client, 3600, 10, min_replicas=1)
+    now = time.time()
+    job = Job(id=str(uuid.uuid4()), status=Status.QUEUED, celery_id="c", filename="a",
+              content_type="audio/wav", size_bytes=1, duration_s=1.0, created_at=now,
+              queued_at=now)
+    started = time.monotonic()
+    with pytest.raises(NotReplicated, match="0 of the 1 replicas"):
+        lifecycle.create(job, b"x")
+    assert time.monotonic() - started >= WAIT_TIMEOUT_MS / 1000 * 0.9
+    assert JobStore(client, 10).get(job.id).status is Status.QUEUED  # the master holds it
+
+    api = make_client(redis_url=redis_server.url.replace("/0", "/5"), redis_min_replicas=1)
+    answer = submit(api, samples.encode("wav"))
+    assert answer.status_code == 503, answer.get_data(as_text=True)
+    assert answer.mimetype == "application/problem+json"
+    client.flushdb()  # no sweep may pick these up

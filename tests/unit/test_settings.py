@@ -274,3 +274,31 @@ def test_redis_password_joins_a_url_without_one_and_stays_out_of_reprs() -> None
     assert given.redis_url == "redis://:own@cache:1/0"
     assert error_lines({"ALLOW_ANONYMOUS": "maybe"}) == \
         ["ALLOW_ANONYMOUS='maybe': must be true or false"]
+
+
+def test_sentinels_are_parsed_into_host_port_pairs_and_shown_without_passwords() -> None:
+    settings = Settings.from_env({"REDIS_SENTINELS": " s1:26379, [::1]:26380,10.0.0.3:1 ",
+                                  "REDIS_SENTINEL_MASTER": "mymaster",
+                                  "REDIS_PASSWORD": "master-pw",
+                                  "REDIS_SENTINEL_PASSWORD": "sentinel-pw",
+                                  "REDIS_MIN_REPLICAS": "1"})
+    assert settings.sentinel_nodes == [("s1", 26379), ("::1", 26380), ("10.0.0.3", 1)]
+    assert settings.redis_min_replicas == 1
+    assert settings.redis_url_display.startswith("sentinel://")
+    assert settings.redis_url_display.endswith("/mymaster")
+    for text in (repr(settings), settings.redis_url_display):
+        assert "master-pw" not in text and "sentinel-pw" not in text
+    assert Settings.from_env({}).sentinel_nodes == []
+
+
+@pytest.mark.parametrize("raw", ["s1", "s1:", ":26379", "s1:0", "s1:65536", "s1:2637x",
+                                 "s1:26379,s2"])
+def test_a_sentinel_that_is_not_host_port_is_reported(raw: str) -> None:
+    (line,) = error_lines({"REDIS_SENTINELS": raw})
+    assert line.startswith("REDIS_SENTINELS=") and "is not host:port" in line
+
+
+def test_min_replicas_may_be_zero_but_not_negative() -> None:
+    assert Settings.from_env({"REDIS_MIN_REPLICAS": "0"}).redis_min_replicas == 0
+    (line,) = error_lines({"REDIS_MIN_REPLICAS": "-1"})
+    assert line.startswith("REDIS_MIN_REPLICAS=")
