@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import uuid
 
 import pytest
 
 from tests import samples
+from tests.integration.conftest import ROOT
 from tests.integration.flow import wait_for
 
 PROBLEM = "application/problem+json"
@@ -99,3 +102,11 @@ def submit_with(client, data: bytes, headers: dict[str, str]):
     """Submit with extra headers."""
     return client.post("/api/v1/asr/submit", headers=headers, content_type="multipart/form-data",
                        data={"audio": (io.BytesIO(data), "a.wav")})
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "127.0.0.1 10.0.0.5", "::"])
+def test_make_runs_redis_refuses_to_listen_beyond_loopback_without_a_password(bind: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "redis.sh")], capture_output=True,
+                          text=True, timeout=30, env={**env, "REDIS_BIND": bind})
+    assert done.returncode == 1 and "set REDIS_PASSWORD" in done.stderr, done
