@@ -6,7 +6,8 @@ workers) and a map from job id to the events of the requests waiting on it, so a
 waiting clients cost one socket to Redis and no polling. A waiter registers before it reads
 the job, so an end between that read and the wait is never missed; while the subscription is
 down (Redis restarting) waiters fall back to reading the job once a second, and every waiter
-re-reads when it comes back.
+re-reads when it comes back. With nobody waiting for IDLE_S, the subscriber unsubscribes and
+ends; the next waiter starts it again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 class Waiters:
     """Requests waiting for jobs to end, woken by the job.finished channel."""
 
+    IDLE_S = 60.0
+    """The subscriber ends after this long with no request waiting."""
+
     def __init__(self, connect: Callable[[], redis.Redis], channel: str) -> None:
         self._connect = connect
         self._channel = channel
@@ -41,11 +45,11 @@ class Waiters:
         if timeout_s <= 0:
             return False
         deadline = time.monotonic() + timeout_s
-        self._listen()
         woken = threading.Event()
-        with self._lock:
+        with self._lock:  # registered first: an idle subscriber sees it and does not end
             self._waiting.setdefault(job_id, set()).add(woken)
         try:
+            self._listen()
             while not done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -76,6 +80,12 @@ class Waiters:
                 threading.Thread(target=self._run, name="job-waiters", daemon=True).start()
         self._subscribed.wait(2.0)  # the first waiter subscribes before it reads the job
 
+    @property
+    def listening(self) -> bool:
+        """Whether this process has a subscriber now."""
+        with self._lock:
+            return self._pid == os.getpid()
+
     def _run(self) -> None:
         failures = 0
         while True:
@@ -87,14 +97,23 @@ class Waiters:
                         "job.finished subscription lost; retrying every 1 s: %s", exc)
             self._subscribed.clear()
             self._wake_all()
+            with self._lock:
+                if not self._waiting:  # idle, or Redis gone with nobody waiting: end
+                    self._pid = None
+                    return
             time.sleep(1.0)
 
     def _subscribe_and_dispatch(self) -> None:
         pubsub = self._connect().pubsub()
+        idle_since = time.monotonic()
         try:
             pubsub.subscribe(self._channel)
             while True:
-                message = pubsub.get_message(timeout=5.0)
+                message = pubsub.get_message(timeout=min(5.0, self.IDLE_S))
+                if self.count:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= self.IDLE_S:
+                    return
                 if message is None:
                     continue
                 if message["type"] == "subscribe":

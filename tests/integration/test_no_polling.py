@@ -18,6 +18,7 @@ import srt
 import webvtt
 
 from asr_service.jobs import ErrorType
+from asr_service.waiters import Waiters
 from tests import samples
 from tests.harness import eventually
 from tests.integration.conftest import LONG_S, ApiServer, report
@@ -246,3 +247,32 @@ def test_openai_bearer_key(make_client, spoken):
         headers={"Authorization": "Bearer k1"})
     assert answer.status_code == 200 and answer.get_data(as_text=True).strip() == \
         body["result"]["text"]
+
+
+def test_the_subscriber_ends_when_nobody_waits_and_comes_back_for_the_next_waiter(redis_server):
+    """An API process that serves no long-poll holds no subscription; one that did lets it go
+    after Waiters.IDLE_S and subscribes again for the next waiter, which still hears the end."""
+    client = redis.Redis.from_url(redis_server.url)
+    channel = f"test-finished-{time.monotonic_ns()}"
+    waiters = Waiters(lambda: redis.Redis.from_url(redis_server.url), channel)
+    waiters.IDLE_S = 0.5
+    ended: set[str] = set()
+
+    def wait_and_end(job_id: str) -> None:
+        answers: list[bool] = []
+        waiting = threading.Thread(target=lambda: answers.append(
+            waiters.wait(job_id, 10, lambda: job_id in ended)))
+        waiting.start()
+        eventually(lambda: client.pubsub_numsub(channel)[0][1] == 1, 5,
+                   message="the waiter's process never subscribed")
+        ended.add(job_id)
+        client.publish(channel, f"{job_id} succeeded")
+        waiting.join(10)
+        assert answers == [True]
+
+    assert not waiters.listening
+    wait_and_end("first")
+    assert waiters.listening
+    eventually(lambda: not waiters.listening, 10, message="the idle subscriber never ended")
+    assert client.pubsub_numsub(channel)[0][1] == 0
+    wait_and_end("second")
