@@ -14,12 +14,15 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.harness import eventually
 
@@ -142,9 +145,20 @@ class Lan:
         return self
 
     def argv(self, name: str, argv: Sequence[str]) -> list[str]:
-        """`argv` run on host `name`: its network, its hostname, a private empty /tmp."""
+        """`argv` run on host `name`: its network, its hostname, a private empty /tmp.
+
+        The one exception in /tmp is the Python installation the tests run (a clone under
+        /tmp has its virtualenv there): every host has it, as every real host has /usr. It is
+        bound back into the empty /tmp from the shell's working directory, which still is the
+        original directory once the tmpfs hides its path (`mount -c`: no canonicalizing)."""
         host = self.hosts[name]
         script = 'mount -t tmpfs -o mode=1777 tmpfs /tmp && hostname "$0" && exec "$@"'
+        if Path(sys.prefix).resolve().is_relative_to("/tmp"):
+            prefix = shlex.quote(str(Path(sys.prefix).resolve()))
+            script = (f'here="$(pwd)" && cd {prefix} && '
+                      "mount -t tmpfs -o mode=1777 tmpfs /tmp && "
+                      f'mkdir -p {prefix} && mount -c --bind . {prefix} && cd "$here" && '
+                      'hostname "$0" && exec "$@"')
         return ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--uts",
                 "--propagation", "private", "sh", "-c", script, host.hostname, *argv]
 

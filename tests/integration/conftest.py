@@ -244,8 +244,8 @@ class ApiServer:
             [Path(sys.executable).parent / "gunicorn", "-c", "config/gunicorn.conf.py",
              "wsgi:app"],
             ready=lambda: requests.get(f"{self.url}/api/v1/health", timeout=1).ok,
-            ignoring=requests.ConnectionError, timeout=60, env=settings_env(self.settings),
-            cwd=ROOT, log_path=self.log_path)
+            ignoring=(requests.ConnectionError, requests.Timeout), timeout=60,
+            env=settings_env(self.settings), cwd=ROOT, log_path=self.log_path)
 
     def processes(self) -> list[psutil.Process]:
         """gunicorn's master and its workers."""

@@ -20,8 +20,8 @@ def test_flower_basic_auth_guards_ui_and_api(settings):
         [sys.executable, "-m", "celery", "-A", "celery_app", "flower", f"--port={port}",
          "--address=127.0.0.1"],
         ready=lambda: requests.get(f"{base}/api/workers", timeout=5).status_code > 0,  # answers
-        ignoring=requests.ConnectionError, timeout=60, interval=0.3, env=env, cwd=ROOT,
-        log_path=Path(settings.log_dir) / "flower-auth.out",
+        ignoring=(requests.ConnectionError, requests.Timeout), timeout=60, interval=0.3, env=env,
+        cwd=ROOT, log_path=Path(settings.log_dir) / "flower-auth.out",
     )
     try:
         assert requests.get(f"{base}/api/workers", timeout=5).status_code == 401

@@ -208,7 +208,7 @@ def hosts(lan: netns.Lan, model_assets: dict[str, Path]) -> Iterator[Hosts]:
         a.start([Path(sys.executable).parent / "gunicorn", "-c", "config/gunicorn.conf.py",
                  "wsgi:app"], "gunicorn.out",
                 ready=lambda: requests.get(f"{made.api}/health", timeout=1).ok,
-                ignoring=requests.ConnectionError, timeout=30)
+                ignoring=(requests.ConnectionError, requests.Timeout), timeout=30)
         cluster = Cluster(made.redis(), a.settings.queue_name)
         for name in WORKER_HOSTS:
             site = sites[name]
