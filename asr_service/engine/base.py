@@ -7,7 +7,22 @@ from typing import Protocol
 
 import numpy as np
 
+from asr_service.errors import EngineError
+
 SAMPLE_RATE = 16_000
+
+
+def mono_samples(audio: np.ndarray) -> np.ndarray:
+    """`audio` as contiguous float32 mono samples, or the EngineError every engine raises."""
+    samples = np.ascontiguousarray(audio, dtype=np.float32)
+    if samples.ndim != 1:
+        raise EngineError(f"expected mono samples, got an array of shape {samples.shape}")
+    return samples
+
+
+def warm_up_audio() -> np.ndarray:
+    """1 s of low noise: what engines transcribe once so the first job pays no lazy set-up."""
+    return np.random.default_rng(0).standard_normal(SAMPLE_RATE).astype(np.float32) * 1e-3
 
 
 @dataclass(frozen=True)

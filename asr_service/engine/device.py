@@ -24,6 +24,13 @@ def probe_cuda(code: str) -> bool:
     return subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
 
 
+def preflight(use_gpu: str, cuda_probe: str, what: str) -> str:
+    """The device a worker will use, decided in its parent: CUDA is probed in a subprocess."""
+    if use_gpu == "false":
+        return "cpu"
+    return choose(use_gpu, probe_cuda(cuda_probe), what)
+
+
 def choose(use_gpu: str, has_cuda: bool, what: str) -> str:
     """Map ASR_USE_GPU (auto/true/false) and CUDA's presence to "cuda" or "cpu"."""
     if use_gpu == "false":

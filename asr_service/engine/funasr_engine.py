@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 
 from asr_service.engine import device as devices
-from asr_service.engine.base import SAMPLE_RATE, Segment, TranscribeOptions, Transcript
+from asr_service.engine.base import (
+    SAMPLE_RATE,
+    Segment,
+    TranscribeOptions,
+    Transcript,
+    mono_samples,
+    warm_up_audio,
+)
 from asr_service.engine.funasr_hub import check_model_refs
 from asr_service.errors import EngineError, ModelLoadError
 from asr_service.settings import Settings
@@ -22,9 +29,7 @@ NO_CUDA_HINT = "check the driver, CUDA_VISIBLE_DEVICES and the torch build"
 def preflight(settings: Settings) -> str:
     """Model references and the device, checked in the worker's parent (CUDA in a subprocess)."""
     check_model_refs(settings)
-    if settings.asr_use_gpu == "false":
-        return "cpu"
-    return devices.choose(settings.asr_use_gpu, devices.probe_cuda(CUDA_PROBE), NO_CUDA_HINT)
+    return devices.preflight(settings.asr_use_gpu, CUDA_PROBE, NO_CUDA_HINT)
 
 
 def build(settings: Settings) -> FunASREngine:
@@ -100,14 +105,11 @@ class FunASREngine:
 
     def warm_up(self) -> None:
         """Run one transcription of 1 s of low noise so the first job pays no lazy set-up."""
-        noise = np.random.default_rng(0).standard_normal(SAMPLE_RATE).astype(np.float32)
-        self.transcribe(noise * 1e-3, TranscribeOptions())
+        self.transcribe(warm_up_audio(), TranscribeOptions())
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         """Transcribe float32 mono samples at SAMPLE_RATE; the text is FunASR's, untouched."""
-        samples = np.ascontiguousarray(audio, dtype=np.float32)
-        if samples.ndim != 1:
-            raise EngineError(f"expected mono samples, got an array of shape {samples.shape}")
+        samples = mono_samples(audio)
         if samples.size < MIN_SAMPLES:
             return Transcript(text="", segments=[], language=options.language, model=self.name)
         try:

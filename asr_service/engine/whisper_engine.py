@@ -11,7 +11,15 @@ from typing import Any
 import numpy as np
 
 from asr_service.engine import device as devices
-from asr_service.engine.base import SAMPLE_RATE, Segment, TranscribeOptions, Transcript, Word
+from asr_service.engine.base import (
+    SAMPLE_RATE,
+    Segment,
+    TranscribeOptions,
+    Transcript,
+    Word,
+    mono_samples,
+    warm_up_audio,
+)
 from asr_service.errors import EngineError, ModelLoadError
 from asr_service.settings import Settings
 
@@ -36,9 +44,7 @@ def preflight(settings: Settings) -> str:
     """The model directory and the device, checked in the worker's parent (CUDA in a
     subprocess)."""
     check_model(settings)
-    if settings.asr_use_gpu == "false":
-        return "cpu"
-    return devices.choose(settings.asr_use_gpu, devices.probe_cuda(CUDA_PROBE), NO_CUDA_HINT)
+    return devices.preflight(settings.asr_use_gpu, CUDA_PROBE, NO_CUDA_HINT)
 
 
 def build(settings: Settings) -> WhisperEngine:
@@ -90,14 +96,11 @@ class WhisperEngine:
 
     def warm_up(self) -> None:
         """One transcription of 1 s of low noise, so the first job pays no lazy set-up."""
-        noise = np.random.default_rng(0).standard_normal(SAMPLE_RATE).astype(np.float32)
-        self.transcribe(noise * 1e-3, TranscribeOptions())
+        self.transcribe(warm_up_audio(), TranscribeOptions())
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         """Transcribe float32 mono samples at SAMPLE_RATE; the text is Whisper's, untouched."""
-        samples = np.ascontiguousarray(audio, dtype=np.float32)
-        if samples.ndim != 1:
-            raise EngineError(f"expected mono samples, got an array of shape {samples.shape}")
+        samples = mono_samples(audio)
         try:
             pieces, info = self._model.transcribe(samples, **decode_options(options, self._vad))
             pieces = list(pieces)  # the generator decodes as it is read
