@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 
 .PHONY: run api worker flower webhooks test lint models venv system-packages redis-server vendor clean \
-	bench-slow bench-api
+	bench-slow bench-api bench espeak-ng
 
 run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower, webhooks
 	./scripts/run.sh
@@ -34,8 +34,19 @@ bench-api: venv redis-server ## submit rate with 5,000 queued jobs, read p50/p99
 lint: venv
 	$(VENV)/bin/ruff check .
 
-models: venv ## the tiny Paraformer (built in code) and the real FSMN-VAD weights under models/
-	$(VENV)/bin/python -m asr_service.engine.assets models
+models: venv ## the tiny Paraformer (built in code) and the real FSMN-VAD weights under models/; BIG=1: also the large-dims one
+	$(VENV)/bin/python -m asr_service.engine.assets models $(if $(BIG),--big)
+
+# funasr-server (the benchmark's peer) ships with funasr but needs these web packages, which the
+# service itself does not; installed only for `make bench`. Without them the peer reads "n/a".
+BENCH_PEER_PACKAGES := fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 python-multipart==0.0.34
+
+bench: venv models redis-server espeak-ng $(VENV)/.bench-peer ## throughput: bare engine, the service, funasr-server (~5 min; BIG=1: large-dims model; BENCH_ARGS=...)
+	$(VENV)/bin/python scripts/bench.py $(if $(BIG),--model big) $(BENCH_ARGS)
+
+$(VENV)/.bench-peer: $(STAMP)
+	$(VENV)/bin/pip install --disable-pip-version-check -q $(BENCH_PEER_PACKAGES) && touch $@ || \
+	  echo "could not install funasr-server's packages: the benchmark marks the peer n/a"
 
 venv: $(STAMP)
 
@@ -59,6 +70,9 @@ system-packages: ## the Debian packages the stack and the tests need (redis-serv
 
 redis-server: ## only redis-server (what `make run` needs)
 	$(call install_missing,redis-server:redis-server)
+
+espeak-ng: ## only espeak-ng (the benchmark's spoken clips)
+	$(call install_missing,espeak-ng:espeak-ng)
 
 # The dashboard's charting library, vendored (committed) so the service works offline and CI needs
 # no npm. `make vendor` fetches exactly this version from the npm registry again (npm checks the

@@ -157,11 +157,64 @@ def _cmvn_text(dim: int) -> str:
     )
 
 
+def ensure_large_dims_paraformer(out_dir: Path) -> Path:
+    """Create (once) out_dir/paraformer-large-dims: Paraformer-large's shape, random weights.
+
+    For benchmarks only (`make models BIG=1`): about 220 M parameters, so its compute per
+    second of audio is the real paraformer-zh's, but its text is noise. About 0.9 GB on disk.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _ensure_dir(out_dir / "paraformer-large-dims", _build_large_dims_paraformer)
+
+
+# paraformer-zh (speech_paraformer-large_asr_nat-zh-cn-16k-common-vocab8404)'s published
+# config.yaml: SANM encoder 50 x 512 (2048 FFN), SANM decoder 16 x 512, vocabulary 8404.
+LARGE_VOCAB = 8404
+LARGE_DIM = 512
+LARGE_TOKENS = ["<blank>", "<s>", "</s>",
+                *(f"w{i}" for i in range(LARGE_VOCAB - 4)), "<unk>"]  # fmt: skip
+LARGE_CONFIG: dict = json.loads(json.dumps(PARAFORMER_CONFIG))  # a deep copy, then resized
+LARGE_CONFIG["encoder_conf"].update(output_size=LARGE_DIM, linear_units=2048, num_blocks=50)
+LARGE_CONFIG["decoder_conf"].update(linear_units=2048, num_blocks=16, att_layer_num=16)
+LARGE_CONFIG["predictor_conf"].update(idim=LARGE_DIM)
+
+
+def _build_large_dims_paraformer(dest: Path) -> None:
+    """Like _build_tiny_paraformer, at paraformer-large's dimensions and vocabulary."""
+    import torch
+    import yaml
+    from funasr.register import tables
+
+    (dest / "config.yaml").write_text(yaml.safe_dump(LARGE_CONFIG, sort_keys=False))
+    (dest / "tokens.json").write_text(json.dumps(LARGE_TOKENS, ensure_ascii=False))
+    (dest / "am.mvn").write_text(_cmvn_text(FEAT_DIM))
+    conf = {k: v for k, v in LARGE_CONFIG.items() if not k.startswith(("frontend", "tok"))}
+    conf.update(conf.pop("model_conf"))
+    model_class = tables.model_classes.get(conf.pop("model"))
+    torch.manual_seed(SEED)
+    model = model_class(**conf, input_size=FEAT_DIM, vocab_size=len(LARGE_TOKENS))
+    with torch.no_grad():  # the same nudges as the tiny model: a few tokens per second
+        model.decoder.output_layer.bias[[0, 1, 2, len(LARGE_TOKENS) - 1]] = -20.0
+        model.predictor.cif_output.bias.fill_(0.5)
+    log.info("paraformer-large-dims: %.1f M parameters",
+             sum(p.numel() for p in model.parameters()) / 1e6)
+    torch.save({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+               dest / "model.pt")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: python -m asr_service.engine.assets [out_dir] (default: models)."""
+    """CLI: python -m asr_service.engine.assets [out_dir] [--big] (default: models).
+
+    --big also builds the large-dims Paraformer for `make bench --model big`.
+    """
     args = sys.argv[1:] if argv is None else argv
+    big = "--big" in args
+    args = [a for a in args if a != "--big"]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = ensure_assets(Path(args[0] if args else "models"))
+    if big:
+        paths["asr_large_dims"] = ensure_large_dims_paraformer(Path(args[0] if args else "models"))
     for role, path in paths.items():
         print(f"{role}: {path}")
     return 0
