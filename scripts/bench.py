@@ -39,7 +39,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import free_port, wait_ready  # noqa: E402
+from tests.harness import free_port, stop_tree, wait_ready  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 RATE = 16_000
@@ -168,31 +168,7 @@ class Processes:
 
     def stop_all(self) -> None:
         while self.procs:
-            stop_tree(self.procs.pop()[1])
-
-
-def stop_tree(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    """SIGTERM a process, SIGKILL it after `timeout`; then any child it left behind."""
-    import psutil
-
-    try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        children = []
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    for child in children:
-        try:
-            child.wait(timeout=5)
-        except psutil.TimeoutExpired:
-            child.kill()
-        except psutil.Error:
-            pass
+            stop_tree(self.procs.pop()[1], timeout=20)
 
 
 def base_env() -> dict[str, str]:

@@ -8,7 +8,10 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import psutil
 
 T = TypeVar("T")
 Errors = type[Exception] | tuple[type[Exception], ...]
@@ -95,3 +98,29 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def stop_tree(proc: subprocess.Popen | None, timeout: float = 15,
+              children_timeout: float = 5) -> None:
+    """stop_process, then wait for (or SIGKILL) every descendant it had when asked to stop."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True) if proc else []
+    except psutil.Error:
+        tree = []
+    stop_process(proc, timeout)
+    reap(tree, children_timeout)
+
+
+def reap(processes: Sequence[psutil.Process], timeout: float = 5) -> None:
+    """Wait up to `timeout` s for each process to exit; SIGKILL those that do not."""
+    import psutil
+
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except psutil.TimeoutExpired:
+            process.kill()
+        except psutil.Error:
+            pass

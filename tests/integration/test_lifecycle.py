@@ -25,6 +25,7 @@ from asr_service.jobs import ErrorType, Job, JobStore, Keys, Status
 from asr_service.lifecycle import WAIT_TIMEOUT_MS, Lifecycle, NotReplicated, Outcome, Runner
 from asr_service.runs import new_delivery
 from tests import samples
+from tests.harness import reap
 from tests.integration.conftest import LONG_S, Lane, RedisServer, Worker, report
 from tests.integration.flow import submit, wait_for
 
@@ -178,13 +179,7 @@ class NamespacedWorker(Worker):
         """Stop the worker and everything in its namespace, whatever state it is in."""
         tree = psutil.Process(self.proc.pid).children(recursive=True) if self.proc else []
         super().stop()
-        for process in tree:
-            try:
-                process.wait(timeout=30)
-            except psutil.TimeoutExpired:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
+        reap(tree, timeout=30)
 
     def start(self, wait: bool = True) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
