@@ -110,7 +110,7 @@ class Waiters:
             pubsub.subscribe(self._channel)
             while True:
                 message = pubsub.get_message(timeout=min(5.0, self.IDLE_S))
-                if self.count:
+                if self._waiting:  # O(1), not `count`: this runs for every job that ends
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since >= self.IDLE_S:
                     return
