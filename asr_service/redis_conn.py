@@ -55,7 +55,7 @@ def celery_urls(settings: Settings) -> dict[str, Any]:
     if not settings.sentinel_nodes:
         return {"broker_url": settings.redis_url, "result_backend": settings.redis_url,
                 "broker_transport_options": {}, "result_backend_transport_options": {}}
-    auth = f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
+    auth = _auth(settings)
     url = ";".join(f"sentinel://{auth}{_netloc(host)}:{port}/0"
                    for host, port in settings.sentinel_nodes)
     options = {"master_name": settings.redis_sentinel_master,
@@ -69,11 +69,16 @@ def limiter_storage(settings: Settings) -> tuple[str, dict[str, Any]]:
     options: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
     if not settings.sentinel_nodes:
         return settings.redis_url, options
-    auth = f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
+    auth = _auth(settings)
     hosts = ",".join(f"{_netloc(host)}:{port}" for host, port in settings.sentinel_nodes)
     # Every check reads and writes the master: a replica's window may lag behind.
     options.update(sentinel_kwargs=_sentinel_kwargs(settings), use_replicas=False)
     return f"redis+sentinel://{auth}{hosts}/{settings.redis_sentinel_master}", options
+
+
+def _auth(settings: Settings) -> str:
+    """The userinfo part of a sentinel URL: the master's password, if any."""
+    return f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
 
 
 def _netloc(host: str) -> str:

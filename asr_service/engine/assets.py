@@ -172,12 +172,15 @@ def ensure_large_dims_paraformer(out_dir: Path) -> Path:
 # config.yaml: SANM encoder 50 x 512 (2048 FFN), SANM decoder 16 x 512, vocabulary 8404.
 LARGE_VOCAB = 8404
 LARGE_DIM = 512
-LARGE_TOKENS = ["<blank>", "<s>", "</s>",
-                *(f"w{i}" for i in range(LARGE_VOCAB - 4)), "<unk>"]  # fmt: skip
-LARGE_CONFIG: dict = json.loads(json.dumps(PARAFORMER_CONFIG))  # a deep copy, then resized
-LARGE_CONFIG["encoder_conf"].update(output_size=LARGE_DIM, linear_units=2048, num_blocks=50)
-LARGE_CONFIG["decoder_conf"].update(linear_units=2048, num_blocks=16, att_layer_num=16)
-LARGE_CONFIG["predictor_conf"].update(idim=LARGE_DIM)
+
+
+def _large_config() -> dict:
+    """PARAFORMER_CONFIG resized to paraformer-large's dimensions (a deep copy)."""
+    config: dict = json.loads(json.dumps(PARAFORMER_CONFIG))
+    config["encoder_conf"].update(output_size=LARGE_DIM, linear_units=2048, num_blocks=50)
+    config["decoder_conf"].update(linear_units=2048, num_blocks=16, att_layer_num=16)
+    config["predictor_conf"].update(idim=LARGE_DIM)
+    return config
 
 
 def _build_large_dims_paraformer(dest: Path) -> None:
@@ -186,16 +189,18 @@ def _build_large_dims_paraformer(dest: Path) -> None:
     import yaml
     from funasr.register import tables
 
-    (dest / "config.yaml").write_text(yaml.safe_dump(LARGE_CONFIG, sort_keys=False))
-    (dest / "tokens.json").write_text(json.dumps(LARGE_TOKENS, ensure_ascii=False))
+    config = _large_config()
+    tokens = ["<blank>", "<s>", "</s>", *(f"w{i}" for i in range(LARGE_VOCAB - 4)), "<unk>"]
+    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (dest / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False))
     (dest / "am.mvn").write_text(_cmvn_text(FEAT_DIM))
-    conf = {k: v for k, v in LARGE_CONFIG.items() if not k.startswith(("frontend", "tok"))}
+    conf = {k: v for k, v in config.items() if not k.startswith(("frontend", "tok"))}
     conf.update(conf.pop("model_conf"))
     model_class = tables.model_classes.get(conf.pop("model"))
     torch.manual_seed(SEED)
-    model = model_class(**conf, input_size=FEAT_DIM, vocab_size=len(LARGE_TOKENS))
+    model = model_class(**conf, input_size=FEAT_DIM, vocab_size=len(tokens))
     with torch.no_grad():  # the same nudges as the tiny model: a few tokens per second
-        model.decoder.output_layer.bias[[0, 1, 2, len(LARGE_TOKENS) - 1]] = -20.0
+        model.decoder.output_layer.bias[[0, 1, 2, len(tokens) - 1]] = -20.0
         model.predictor.cif_output.bias.fill_(0.5)
     log.info("paraformer-large-dims: %.1f M parameters",
              sum(p.numel() for p in model.parameters()) / 1e6)
@@ -212,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     big = "--big" in args
     args = [a for a in args if a != "--big"]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = ensure_assets(Path(args[0] if args else "models"))
+    out_dir = Path(args[0] if args else "models")
+    paths = ensure_assets(out_dir)
     if big:
-        paths["asr_large_dims"] = ensure_large_dims_paraformer(Path(args[0] if args else "models"))
+        paths["asr_large_dims"] = ensure_large_dims_paraformer(out_dir)
     for role, path in paths.items():
         print(f"{role}: {path}")
     return 0
