@@ -1,10 +1,13 @@
 """Redis Sentinel: the master dies under load and the service follows the new one by itself.
 
-One master, two replicas and three sentinels on loopback ports, every one with a password. The
-API (gunicorn) and a worker reach Redis only through REDIS_SENTINELS, with
-REDIS_MIN_REPLICAS=1: a job state change counts only once a replica holds it (WAIT). Two
-replicas, because with one the new master has none left to acknowledge anything, and every
-write would be refused until an operator brings a replica back. Clients
+One master, a chain of two replicas (master -> standby -> spare) and three sentinels on loopback
+ports, every one with a password. The API (gunicorn) and a worker reach Redis only through
+REDIS_SENTINELS, with REDIS_MIN_REPLICAS=1: a job state change counts only once the master's
+one replica, the standby, holds it (WAIT), and the standby is the only replica the sentinels can
+promote, so the new master holds every acknowledged write. With two replicas of the master,
+WAIT 1 may be answered by the one the sentinels do not promote (they choose by offsets they
+last saw, up to a second old): CI lost two acknowledged jobs that way. With one replica and no
+spare, the new master has none left to acknowledge anything and refuses every write. Clients
 submit at a steady pace, retrying a 503 with the same Idempotency-Key as a client should; the
 master is SIGKILLed mid-load. Every accepted job must succeed, and run exactly once.
 """
@@ -84,9 +87,10 @@ def sentinel_cluster(tmp_path: Path):
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
               "--requirepass", cluster.password, "--masterauth", cluster.password]
     try:
-        follow = ["--replicaof", "127.0.0.1", str(cluster.master.port)]
+        standby, spare = cluster.replicas
         for node, extra in ((cluster.master, []),
-                            *((replica, follow) for replica in cluster.replicas)):
+                            (standby, ["--replicaof", "127.0.0.1", str(cluster.master.port)]),
+                            (spare, ["--replicaof", "127.0.0.1", str(standby.port)])):
             workdir = tmp_path / f"redis-{node.port}"
             workdir.mkdir()
             _start(node, [binary, "--port", str(node.port), "--dir", str(workdir), *common,
@@ -109,10 +113,10 @@ def sentinel_cluster(tmp_path: Path):
                    tmp_path / f"sentinel-{node.port}.out")
             cluster.sentinels.append(node)
 
-        def settled() -> bool:  # every sentinel knows the replica and the two others
+        def settled() -> bool:  # every sentinel knows the standby and the two others
             for s in cluster.sentinels:
                 state = s.client(cluster.sentinel_password).sentinel_master(MASTER)
-                if state["num-slaves"] != 2 or state["num-other-sentinels"] != 2:
+                if state["num-slaves"] != 1 or state["num-other-sentinels"] != 2:
                     return False
             return True
 
@@ -222,7 +226,7 @@ def test_master_killed_under_load_loses_nothing_and_runs_nothing_twice(
             thread.join(timeout=70)
 
     try:
-        assert cluster.master_port() in {replica.port for replica in cluster.replicas}
+        assert cluster.master_port() == cluster.replicas[0].port  # the standby
         ids = [task_id for _, task_id in load.accepted]
         ends: dict[str, str | int] = {}
         latency: list[timedelta] = []
