@@ -85,6 +85,10 @@ class EngineError(AsrError):
     slug = "transcription-failed"
 
 
+class EngineTimeLimit(EngineError):
+    """A batch's engine call passed the hard time limit; the engine process was replaced."""
+
+
 class ModelLoadError(AsrError):
     """The model could not be loaded; the worker refuses to start."""
 

@@ -75,3 +75,23 @@ class Engine(Protocol):
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         """Transcribe float32 mono samples at SAMPLE_RATE."""
         ...
+
+    def transcribe_batch(
+        self, items: list[tuple[np.ndarray, TranscribeOptions]]
+    ) -> list[Transcript | Exception]:
+        """Transcribe several recordings, in one model call where the engine can; one outcome
+        per item, in order: a failed item's exception never fails the others."""
+        ...
+
+
+def transcribe_each(
+    engine: Engine, items: list[tuple[np.ndarray, TranscribeOptions]]
+) -> list[Transcript | Exception]:
+    """transcribe_batch for an engine that cannot share a model call: one item after another."""
+    outcomes: list[Transcript | Exception] = []
+    for audio, options in items:
+        try:
+            outcomes.append(engine.transcribe(audio, options))
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes

@@ -15,6 +15,7 @@ from asr_service.engine.base import (
     TranscribeOptions,
     Transcript,
     mono_samples,
+    transcribe_each,
     warm_up_audio,
 )
 from asr_service.engine.funasr_hub import check_model_refs
@@ -52,6 +53,9 @@ def build(settings: Settings) -> FunASREngine:
 # One 25 ms fbank frame. Below it FunASR raises (ZeroDivisionError with VAD, a kaldi
 # "num_mel_bins too large" error without), so such clips are answered as silence.
 MIN_SAMPLES = 400
+# Batched decoding pads every segment to the batch's longest: a batch closes before padding
+# would be more than this share of it.
+PAD_WASTE = 0.25
 
 
 class FunASREngine:
@@ -70,6 +74,7 @@ class FunASREngine:
         self.device = device
         self._batch_size_s = batch_size_s
         self._has_vad = bool(vad_model)
+        self._has_punc = bool(punc_model)
         import torch
         from funasr import AutoModel
 
@@ -118,6 +123,98 @@ class FunASREngine:
         except Exception as exc:
             seconds = samples.size / SAMPLE_RATE
             raise EngineError(f"FunASR failed on {seconds:.1f} s of audio: {exc!r}") from exc
+
+    def transcribe_batch(
+        self, items: list[tuple[np.ndarray, TranscribeOptions]]
+    ) -> list[Transcript | Exception]:
+        """Recordings with no per-call options share one batched ASR call (after a VAD pass of
+        each); the rest, and every item of a batch that fails, run one by one."""
+        outcomes: list[Transcript | Exception | None] = [None] * len(items)
+        shared = [i for i, (audio, options) in enumerate(items)
+                  if not self._has_punc and audio.ndim == 1 and audio.size >= MIN_SAMPLES
+                  and self._generate_kwargs(options) == self._generate_kwargs(TranscribeOptions())]
+        if len(shared) > 1:
+            try:
+                arrays = [mono_samples(items[i][0]) for i in shared]
+                for i, result, samples in zip(shared, self._generate_batch(arrays), arrays,
+                                              strict=True):
+                    outcomes[i] = self._to_transcript([result] if result else [], samples.size,
+                                                      items[i][1])
+            except Exception as exc:
+                log.warning("batched call failed (%r); running its items one by one", exc)
+                for i in shared:
+                    outcomes[i] = None
+        rest = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        for i, outcome in zip(rest, transcribe_each(self, [items[i] for i in rest]),
+                              strict=True):
+            outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
+
+    def _generate_batch(self, arrays: list[np.ndarray]) -> list[dict[str, Any]]:
+        """What generate() returns for each array alone, from one ASR call over all of them.
+
+        FunASR batches only within one input, and with VAD on CPU not even that (it decodes
+        segment by segment). Here each input's VAD segments are cut exactly as
+        AutoModel.inference_with_vad cuts them, all go through the ASR model in one batch,
+        and each input's result is put together as it does without a punctuation model:
+        segment texts joined by a space, one sentence_info entry per segment.
+        """
+        from funasr.utils.vad_utils import slice_padding_audio_samples
+
+        model = self._model
+        pieces: list[np.ndarray] = []
+        owners: list[tuple[int, list[int]]] = []
+        if not self._has_vad:
+            pieces = list(arrays)
+            owners = [(i, [0, a.size * 1000 // SAMPLE_RATE]) for i, a in enumerate(arrays)]
+        else:
+            vad = model.inference(arrays, model=model.vad_model, kwargs=model.vad_kwargs)
+            for i, (samples, found) in enumerate(zip(arrays, vad, strict=True)):
+                spans = [(span, 0) for span in found["value"]]
+                cut, _ = slice_padding_audio_samples(samples, samples.size, spans)
+                pieces.extend(cut)
+                owners.extend((i, list(span)) for span, _ in spans)
+        texts = self._decode_pieces(pieces)
+        by_input: list[list[tuple[list[int], str]]] = [[] for _ in arrays]
+        for (i, span), text in zip(owners, texts, strict=True):
+            by_input[i].append((span, text))
+        results = []
+        for spans in by_input:
+            text = " ".join(t for _, t in spans)
+            info = [{"start": span[0], "end": span[1], "text": t} for span, t in spans]
+            results.append({"text": text, **({"sentence_info": info} if self._has_vad else {})}
+                           if text.strip() else {})
+        return results
+
+    def _decode_pieces(self, pieces: list[np.ndarray]) -> list[str]:
+        """The ASR model's text for each piece, decoded in batches of similar length (shortest
+        first, as FunASR orders them) so that padding costs at most PAD_WASTE of a batch."""
+        model = self._model
+        order = sorted(range(len(pieces)), key=lambda k: pieces[k].size)
+        texts = [""] * len(pieces)
+        budget = self._batch_size_s * SAMPLE_RATE
+        group: list[int] = []
+
+        def decode(group: list[int]) -> None:
+            kwargs = {**model.kwargs, "batch_size": len(group)}  # never mutate the model's own
+            decoded = model.inference([pieces[k] for k in group], model=model.model,
+                                      kwargs=kwargs)
+            if len(decoded) != len(group):
+                raise EngineError(f"{len(decoded)} results for {len(group)} segments")
+            for k, result in zip(group, decoded, strict=True):
+                texts[k] = str(result.get("text", ""))
+
+        for k in order:
+            longest = pieces[k].size  # sorted: the newcomer is the longest
+            padded = longest * (len(group) + 1)
+            filled = sum(pieces[g].size for g in group) + longest
+            if group and (padded > budget or filled < padded * (1 - PAD_WASTE)):
+                decode(group)
+                group = []
+            group.append(k)
+        if group:
+            decode(group)
+        return texts
 
     def _generate_kwargs(self, options: TranscribeOptions) -> dict[str, Any]:
         """Per-call generate() options; none of them changes the text of a plain Paraformer."""

@@ -18,6 +18,7 @@ from asr_service.engine.base import (
     Transcript,
     Word,
     mono_samples,
+    transcribe_each,
     warm_up_audio,
 )
 from asr_service.errors import EngineError, ModelLoadError
@@ -109,6 +110,13 @@ class WhisperEngine:
             raise EngineError(f"faster-whisper failed on {seconds:.1f} s of audio: "
                               f"{exc!r}") from exc
         return to_transcript(pieces, info.language, self.name, samples.size)
+
+    def transcribe_batch(
+        self, items: list[tuple[np.ndarray, TranscribeOptions]]
+    ) -> list[Transcript | Exception]:
+        """One after another: faster-whisper's batched pipeline batches the chunks of one
+        recording, with other results than its sequential decoding."""
+        return transcribe_each(self, items)
 
 
 def to_transcript(pieces: list[Any], language: str, model: str, n_samples: int) -> Transcript:
