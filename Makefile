@@ -14,7 +14,7 @@ api: venv ## only the API (gunicorn), e.g. on a web host
 	$(VENV)/bin/gunicorn -c config/gunicorn.conf.py wsgi:app
 
 worker: venv ## only the workers (WORKER_COUNT processes), e.g. on a GPU host; a second group on one host: WORKER_NAME
-	$(VENV)/bin/celery -A celery_app worker --pool=prefork -n "$${WORKER_NAME:-worker}@%h" --loglevel=INFO
+	$(VENV)/bin/celery -A celery_app worker -n "$${WORKER_NAME:-worker}@%h" --loglevel=INFO
 
 flower: venv ## only Flower, on FLOWER_HOST:FLOWER_PORT (default 127.0.0.1:5555)
 	$(VENV)/bin/celery -A celery_app flower --conf=config/flowerconfig.py

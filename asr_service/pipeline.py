@@ -15,7 +15,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from asr_service.audio import TARGET_RATE, decode
 from asr_service.engine.base import Engine, TranscribeOptions, Transcript
-from asr_service.errors import AsrError, AudioInvalid, AudioTooLong, EngineError
+from asr_service.errors import (
+    AsrError,
+    AudioInvalid,
+    AudioTooLong,
+    EngineError,
+    EngineTimeLimit,
+)
 from asr_service.jobs import ErrorType, Job, JobStore
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from asr_service.runs import RUNNER_TTL_S, holding_lease
@@ -60,8 +66,10 @@ def run_job(lifecycle: Lifecycle, store: JobStore, engine: Engine | None, settin
                  extra={"job_id": delivery.job_id})
         return
     try:
+        # A batching worker's job thread cannot be stopped; its result is refused instead.
         with holding_lease(lifecycle, delivery.job_id, delivery.runner.token,
-                           settings.job_lease_s, on_lost=_stop_this_job):
+                           settings.job_lease_s,
+                           on_lost=_let_it_finish if settings.batching else _stop_this_job):
             _transcribe(lifecycle, store, engine, settings, claimed.job, delivery)
     except redis.RedisError as exc:
         # Redis went away mid-job: that is no fault of the job. Its lease lapses; this same
@@ -74,6 +82,10 @@ def run_job(lifecycle: Lifecycle, store: JobStore, engine: Engine | None, settin
 def _stop_this_job() -> None:
     # Celery's prefork children turn SIGUSR1 into SoftTimeLimitExceeded in the task.
     os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def _let_it_finish() -> None:
+    pass
 
 
 def _transcribe(lifecycle: Lifecycle, store: JobStore, engine: Engine | None,
@@ -149,6 +161,8 @@ def _explain(exc: Exception, settings: Settings, job_id: str) -> tuple[ErrorType
     """The stable error type and the user-facing detail of a failed job; the internals go to
     the worker log under the job id."""
     # The engine wraps what FunASR raises, so the soft limit may arrive as the cause.
+    if isinstance(exc, EngineTimeLimit):
+        return ErrorType.TIME_LIMIT, exc.detail
     if isinstance(exc, SoftTimeLimitExceeded) or isinstance(exc.__cause__, SoftTimeLimitExceeded):
         return (ErrorType.TIME_LIMIT,
                 f"transcription stopped at the soft time limit of {settings.soft_time_limit_s} s"

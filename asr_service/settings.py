@@ -27,7 +27,13 @@ class Settings:
     asr_compute_type: str = "auto"
     """faster-whisper's CTranslate2 compute type; auto: int8 on CPU, float16 on CUDA."""
     asr_batch_size: int = 300
-    """FunASR batch_size_s: seconds of audio decoded per batch."""
+    """FunASR batch_size_s: seconds of audio decoded per batch; with ASR_BATCH_WAIT_MS, also
+    the most audio one cross-job batch gathers."""
+    asr_batch_wait_ms: int = 0
+    """Dynamic batching: how long a worker waits for more jobs to join a batch (0: off, each
+    worker process runs one job at a time)."""
+    asr_batch_jobs: int = 16
+    """Dynamic batching: jobs one worker takes at once, and the most one batch holds."""
     asr_model: str = "paraformer-zh"
     """The model: a FunASR hub alias or a local model directory (faster-whisper: a local
     CTranslate2 directory such as models/whisper-tiny-en)."""
@@ -175,11 +181,17 @@ class Settings:
         return model_id(self.asr_model)
 
     @property
+    def batching(self) -> bool:
+        """Whether workers batch concurrent jobs (ASR_BATCH_WAIT_MS > 0)."""
+        return self.asr_batch_wait_ms > 0
+
+    @property
     def threads(self) -> int:
         """Threads each worker process gives the model."""
         if self.asr_threads:
             return self.asr_threads
-        return max(1, (os.cpu_count() or 1) // self.worker_count)
+        processes = 1 if self.batching else self.worker_count  # one engine process batches
+        return max(1, (os.cpu_count() or 1) // processes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -369,6 +381,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "asr_compute_type": _choice("auto", "int8", "int8_float16", "int8_float32", "int16",
                                 "float16", "bfloat16", "float32"),
     "asr_threads": _non_negative_int,
+    "asr_batch_wait_ms": _non_negative_int,
     "task_soft_time_limit_s": _non_negative_int,
     "worker_max_tasks_per_child": _non_negative_int,
     "worker_max_memory_mb": _non_negative_int,

@@ -122,6 +122,26 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "task_publish_retry_policy": {
             "max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1,
         },
+        "worker_pool": "prefork",
+        **(batching_config(s) if s.batching else {}),
+    }
+
+
+def batching_config(s: Settings) -> dict[str, Any]:
+    """A batching worker: ASR_BATCH_JOBS threads share one engine process (batching.py).
+
+    Threads, not prefork children (each child would hold its own model and run one job) nor
+    celery-batches (one task for many messages, acked together). Celery cannot time-limit or
+    recycle threads; the Batcher applies TASK_TIME_LIMIT_S and WORKER_MAX_MEMORY_MB to the
+    engine process instead, replacing it as Celery replaces a prefork child.
+    """
+    return {
+        "worker_pool": "threads",
+        "worker_concurrency": s.asr_batch_jobs,
+        "task_time_limit": None,
+        "task_soft_time_limit": None,
+        "worker_max_tasks_per_child": None,
+        "worker_max_memory_per_child": None,
     }
 
 
@@ -153,9 +173,28 @@ def _preflight(**_: Any) -> None:
         app = _app()
         app.device = preflight(app.settings)
         app.node = uuid.uuid4().hex
+        if app.settings.batching:
+            _start_batcher(app)
     except ModelLoadError as exc:
         log.critical("worker refuses to start: %s", exc, extra={"error": str(exc)})
         raise SystemExit(1) from exc  # Celery logs and ignores ordinary handler exceptions
+
+
+def _start_batcher(app: AsrCelery) -> None:
+    """A batching worker loads its engine process before it consumes (no fork follows)."""
+    from asr_service.batching import Batcher
+
+    app.beat = RunnerBeat(app.redis_client, app.store).start()
+    started = time.perf_counter()
+    batcher = Batcher.for_settings(app.settings)
+    app.engine = batcher
+    log.info("engine ready", extra={"model": batcher.name, "device": batcher.device,
+                                    "load_s": round(time.perf_counter() - started, 3),
+                                    "batch_wait_ms": app.settings.asr_batch_wait_ms})
+    try:
+        app.cluster.engine_loaded(app.node, batcher.pid, batcher.device)
+    except redis.RedisError as exc:
+        log.warning("engine readiness not published: %s", exc)
 
 
 @signals.worker_process_init.connect
@@ -239,6 +278,11 @@ def _record_hard_timeout(task_id: str | None = None, exception: BaseException | 
 
 @signals.worker_shutdown.connect
 def _withdraw(sender: Any, **_: Any) -> None:
+    app = _app()
+    if app.settings.batching and app.engine is not None:
+        app.engine.close()  # type: ignore[attr-defined]
+        if app.beat is not None:
+            app.beat.stop()
     try:
         _app().cluster.withdraw(sender.hostname)
     except redis.RedisError:

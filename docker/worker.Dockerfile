@@ -18,4 +18,4 @@ RUN useradd --create-home asr && mkdir -p /app/logs /models && chown asr /app/lo
 USER asr
 # Model weights are not baked in: mount them at /models and set ASR_MODEL=/models/<dir>,
 # or give the container access to the ModelScope hub (cache under ~/.cache/modelscope).
-CMD ["celery", "-A", "celery_app", "worker", "--pool=prefork", "-n", "worker@%h", "--loglevel=INFO"]
+CMD ["celery", "-A", "celery_app", "worker", "-n", "worker@%h", "--loglevel=INFO"]

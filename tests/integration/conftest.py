@@ -107,9 +107,10 @@ class Worker:
     def start(self, wait: bool = True) -> None:
         """Start the worker; with `wait`, return once its model is loaded (see wait_ready)."""
         self.proc = start_process(
-            [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool=prefork",
-             f"--concurrency={self.settings.worker_count}", "-n", f"{self.name}@%h",
-             "--without-mingle", "--without-gossip"],
+            [sys.executable, "-m", "celery", "-A", "celery_app", "worker",
+             # A batching worker's pool and concurrency come from its settings.
+             *([] if self.settings.batching else [f"--concurrency={self.settings.worker_count}"]),
+             "-n", f"{self.name}@%h", "--without-mingle", "--without-gossip"],
             ready=lambda: True,  # running is enough here: wait_ready needs its pid
             timeout=WORKER_START_TIMEOUT_S, env=settings_env(self.settings), cwd=ROOT,
             log_path=self.log_path,

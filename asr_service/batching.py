@@ -1,0 +1,299 @@
+"""Dynamic batching: the concurrent jobs of one worker share one loaded model, and what arrives
+within ASR_BATCH_WAIT_MS runs as one engine call (the Triton / Ray Serve pattern).
+
+A batching worker runs Celery's threads pool: each job keeps its own thread, message, lease,
+result, failure and late ack, exactly as in a prefork child; only the engine call is shared.
+Threads cannot be killed, so the model does not live in them: it lives in one spawned engine
+process (EngineHost) that the Batcher feeds over a pipe. That process is what a hard time limit,
+a crash or the memory limit kills and replaces, as Celery replaces a prefork child:
+- a batch that dies or passes TASK_TIME_LIMIT_S is run again one job at a time in a fresh
+  engine process, so only the recording that caused it fails (its neighbours finish);
+- a worker killed mid-batch takes its engine process with it (it reads end-of-file and exits);
+  each of its jobs is handed back by the lifecycle's sweep like any other dead runner's.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+import numpy as np
+
+from asr_service.engine.base import SAMPLE_RATE, TranscribeOptions, Transcript
+from asr_service.errors import EngineError, EngineTimeLimit, ModelLoadError
+from asr_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Item = tuple[np.ndarray, TranscribeOptions]
+Outcome = Transcript | Exception
+
+
+class HostFailed(Exception):
+    """The engine process died or passed the time limit during a batch."""
+
+    def __init__(self, message: str, timed_out: bool) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+class Host(Protocol):
+    """Runs batches on a loaded model (EngineHost; unit tests use an in-process stand-in)."""
+
+    name: str
+    device: str
+    pid: int
+
+    def run(self, items: list[Item], timeout_s: float | None) -> list[Outcome]:
+        """One outcome per item, in order, or HostFailed."""
+        ...
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the engine process."""
+        ...
+
+    def close(self) -> None:
+        """Stop the engine process."""
+        ...
+
+
+class EngineHost:
+    """The configured engine, loaded in a spawned process of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        # spawn, not fork: the worker's main process has threads (Celery's, the batcher's).
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=serve, args=(settings, child), name="asr-engine")
+        self._process.start()
+        child.close()
+        self.pid = self._process.pid or 0
+        try:
+            reply = self._receive(settings.model_load_timeout_s)
+        except HostFailed as exc:
+            self.close()
+            raise ModelLoadError(f"the engine process did not start: {exc}") from None
+        if reply[0] != "ready":
+            self.close()
+            raise ModelLoadError(reply[1])
+        self.name, self.device = reply[1], reply[2]
+
+    def run(self, items: list[Item], timeout_s: float | None) -> list[Outcome]:
+        try:
+            self._conn.send(items)
+        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
+            raise HostFailed(f"the engine process is gone ({exc})", timed_out=False) from None
+        return self._receive(timeout_s)
+
+    def _receive(self, timeout_s: float | None) -> Any:
+        if not self._conn.poll(timeout_s):
+            raise HostFailed(f"no answer within {timeout_s} s", timed_out=True)
+        try:
+            return self._conn.recv()
+        except (EOFError, ConnectionResetError):
+            self._process.join(timeout=5)
+            raise HostFailed(f"the engine process died (exit code {self._process.exitcode})",
+                             timed_out=False) from None
+
+    def rss_bytes(self) -> int:
+        import psutil
+
+        try:
+            return int(psutil.Process(self.pid).memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def close(self) -> None:
+        self._conn.close()
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(timeout=10)
+
+
+def serve(settings: Settings, conn: Connection) -> None:
+    """The engine process: load the model, then answer batches until the pipe closes."""
+    from asr_service.engine import build_engine
+    from asr_service.logs import setup_logging
+
+    setup_logging("engine", settings)
+    try:
+        engine = build_engine(settings)
+        engine.warm_up()
+    except Exception as exc:
+        conn.send(("error", f"{exc}"))
+        return
+    conn.send(("ready", engine.name, engine.device))
+    while True:
+        try:
+            items = conn.recv()
+        except (EOFError, OSError):
+            return  # the worker is gone: so is its engine
+        outcomes = engine.transcribe_batch(items)
+        try:
+            conn.send([_portable(o) for o in outcomes])
+        except (BrokenPipeError, OSError):
+            return
+
+
+def _portable(outcome: Outcome) -> Outcome:
+    """What crosses the pipe: a transcript, or an EngineError carrying the failure's text."""
+    if isinstance(outcome, Exception) and not isinstance(outcome, EngineError):
+        return EngineError(f"{type(outcome).__name__}: {outcome}")
+    return outcome
+
+
+@dataclass
+class _Pending:
+    items: Item
+    seconds: float
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome | None = None
+
+    def settle(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.done.set()
+
+
+class Batcher:
+    """The Engine of a batching worker's job threads: transcribe() joins the next batch."""
+
+    def __init__(self, start_host: Callable[[], Host], *, wait_s: float, max_jobs: int,
+                 max_audio_s: float, time_limit_s: float | None, max_rss_bytes: int = 0,
+                 on_fatal: Callable[[], None] = lambda: os._exit(1)) -> None:
+        self._start_host, self._on_fatal = start_host, on_fatal
+        self._host = start_host()
+        self.name, self.device = self._host.name, self._host.device
+        self._wait_s, self._max_jobs, self._max_audio_s = wait_s, max_jobs, max_audio_s
+        self._time_limit_s, self._max_rss_bytes = time_limit_s, max_rss_bytes
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._carry: _Pending | None = None
+        self.batches: list[int] = []
+        """Size of each batch run (the last 1000), for tests and logs."""
+        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Batcher:
+        """A batcher over an EngineHost of the configured engine."""
+        return cls(lambda: EngineHost(settings),
+                   wait_s=settings.asr_batch_wait_ms / 1000, max_jobs=settings.asr_batch_jobs,
+                   max_audio_s=float(settings.asr_batch_size),
+                   time_limit_s=settings.task_time_limit_s,
+                   max_rss_bytes=settings.worker_max_memory_mb * 1024 * 1024)
+
+    @property
+    def pid(self) -> int:
+        """The engine process."""
+        return self._host.pid
+
+    def warm_up(self) -> None:
+        """The engine process warmed its model up when it started."""
+
+    def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
+        """Transcribe in the next batch; blocks this job's thread until its outcome is known."""
+        pending = _Pending((audio, options), audio.size / SAMPLE_RATE)
+        self._queue.put(pending)
+        pending.done.wait()
+        if isinstance(pending.outcome, Exception):
+            raise pending.outcome
+        assert pending.outcome is not None
+        return pending.outcome
+
+    def transcribe_batch(self, items: list[Item]) -> list[Outcome]:
+        """Each item in the next batches (the Engine interface; jobs call transcribe)."""
+        outcomes = []
+        for audio, options in items:
+            try:
+                outcomes.append(self.transcribe(audio, options))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def close(self) -> None:
+        """Stop taking batches and stop the engine process."""
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+        self._host.close()
+
+    def _gather(self) -> list[_Pending] | None:
+        """The next batch: the first job, then what arrives within the wait, up to the limits
+        (a job that would pass the audio limit starts the batch after)."""
+        first = self._carry or self._queue.get()
+        self._carry = None
+        if first is None:
+            return None
+        batch, audio_s = [first], first.seconds
+        deadline = time.monotonic() + self._wait_s
+        while len(batch) < self._max_jobs:
+            try:
+                nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._queue.put(None)
+                break
+            if audio_s + nxt.seconds > self._max_audio_s:
+                self._carry = nxt
+                break
+            batch.append(nxt)
+            audio_s += nxt.seconds
+        return batch
+
+    def _loop(self) -> None:
+        while (batch := self._gather()) is not None:
+            self.batches = [*self.batches[-999:], len(batch)]
+            try:
+                self._run(batch)
+            except Exception as exc:  # never leave a job thread waiting
+                log.exception("batch failed")
+                for pending in batch:
+                    if not pending.done.is_set():
+                        pending.settle(EngineError(f"the batch failed: {exc}"))
+
+    def _run(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            outcomes = self._host.run([p.items for p in batch], self._time_limit_s)
+        except HostFailed as failed:
+            log.error("engine process failed on a batch of %d: %s; replacing it",
+                      len(batch), failed)
+            self._replace_host()
+            if len(batch) > 1:
+                for pending in batch:  # alone, each in turn: only the culprit fails
+                    self._run([pending])
+                return
+            batch[0].settle(self._blame(failed))
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            pending.settle(outcome)
+        log.info("batch ran", extra={"batch_jobs": len(batch),
+                                     "batch_audio_s": round(sum(p.seconds for p in batch), 3),
+                                     "batch_s": round(time.perf_counter() - started, 3)})
+        if self._max_rss_bytes and self._host.rss_bytes() > self._max_rss_bytes:
+            log.warning("engine process above WORKER_MAX_MEMORY_MB; replacing it")
+            self._replace_host()
+
+    def _blame(self, failed: HostFailed) -> EngineError:
+        if failed.timed_out:
+            return EngineTimeLimit(
+                f"killed at the hard time limit of {self._time_limit_s} s (TASK_TIME_LIMIT_S); "
+                "the engine process was replaced")
+        return EngineError(f"the engine process died on this recording ({failed}); it was "
+                           "replaced")
+
+    def _replace_host(self) -> None:
+        self._host.close()
+        try:
+            self._host = self._start_host()
+        except Exception as exc:  # the model loaded once and no longer does: stop this worker
+            log.critical("engine process could not be replaced: %s", exc)
+            self._on_fatal()
+            raise
