@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 import numpy as np
+from celery.concurrency.thread import TaskPool
 
 from asr_service.engine.base import SAMPLE_RATE, TranscribeOptions, Transcript
 from asr_service.errors import EngineError, EngineTimeLimit, ModelLoadError
@@ -148,6 +149,15 @@ def _portable(outcome: Outcome) -> Outcome:
     if isinstance(outcome, Exception) and not isinstance(outcome, EngineError):
         return EngineError(f"{type(outcome).__name__}: {outcome}")
     return outcome
+
+
+class JobThreads(TaskPool):
+    """Celery's threads pool, where revoking a running job with terminate (what DELETE does)
+    leaves its thread be: the thread waits on a batch shared with other jobs, and the
+    lifecycle refuses the deleted job's result when the batch ends."""
+
+    def terminate_job(self, pid: int | None, signal: int | None = None) -> None:
+        log.info("a revoked job's thread finishes its batch; its result will be refused")
 
 
 @dataclass

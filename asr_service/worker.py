@@ -136,7 +136,7 @@ def batching_config(s: Settings) -> dict[str, Any]:
     engine process instead, replacing it as Celery replaces a prefork child.
     """
     return {
-        "worker_pool": "threads",
+        "worker_pool": "asr_service.batching:JobThreads",
         "worker_concurrency": s.asr_batch_jobs,
         "task_time_limit": None,
         "task_soft_time_limit": None,

@@ -221,9 +221,10 @@ def test_workers_sharing_a_hostname_in_separate_pid_namespaces_lose_nothing(lane
     report("pid-namespaces", workers=len(workers), jobs=len(ids), worker_lost=0)
 
 
-def test_deleting_a_running_job_is_final(lane):
-    cancel = lane()
-    cancel.worker()
+@pytest.mark.parametrize("batch_wait_ms", [0, 50], ids=["prefork", "batching"])
+def test_deleting_a_running_job_is_final(lane, batch_wait_ms):
+    cancel = lane(asr_batch_wait_ms=batch_wait_ms)
+    worker = cancel.worker()
     store = cancel.client.application.extensions["asr"].store
     running = submit(cancel.client, samples.encode("wav", 3 * LONG_S)).get_json()["task_id"]
     cancel.wait_processing(running)
@@ -238,6 +239,8 @@ def test_deleting_a_running_job_is_final(lane):
     assert cancel.client.get(f"/api/v1/asr/result/{running}").status_code == 404
     assert running not in {j["task_id"] for j in
                            cancel.client.get("/api/v1/asr/history?limit=200").get_json()["items"]}
+    if batch_wait_ms:  # a job thread is not interrupted (nor is Celery's control thread)
+        assert "Traceback" not in worker.log_tail()
 
 
 def test_idempotency_key_is_bound_with_the_job_and_checks_the_upload(make_client, worker):
