@@ -18,11 +18,13 @@ import logging
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -71,6 +73,10 @@ class EngineHost:
 
     def __init__(self, settings: Settings) -> None:
         # spawn, not fork: the worker's main process has threads (Celery's, the batcher's).
+        # The child imports this package from the parent's sys.path, which lacks the project
+        # root when Celery's `-A` found it in the working directory only while importing.
+        if (root := str(Path(__file__).resolve().parents[1])) not in sys.path:
+            sys.path.append(root)
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(target=serve, args=(settings, child), name="asr-engine")

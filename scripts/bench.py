@@ -8,7 +8,8 @@ few minutes at most. On the same spoken clips (espeak-ng, made now) it measures
   (c) funasr-server from the installed funasr (`python -m funasr.bin.server --model-path`) with c
       synchronous clients, or "n/a" and why;
   (d) /health latency during (b) and (c), probed every 0.1 s;
-  (e) batched vs unbatched worker: n/a until the worker batches (issue 11, part 2).
+  (e) (b) again with a batching worker (ASR_BATCH_WAIT_MS: its jobs share engine calls), and
+      its ratio to the unbatched worker at each c.
 Prints a table, writes bench-<model>.json and bench-<model>.png under --out (run/bench).
 Every process it starts is stopped at the end, also on an error or Ctrl-C.
 """
@@ -59,7 +60,6 @@ LONG_S = 29  # a long clip ends with the first sentence that takes it past this
 MODELS = {"tiny": "tiny-paraformer", "big": "paraformer-large-dims"}
 HEALTH_EVERY_S = 0.1
 JOB_TIMEOUT_S = 600  # one request (submit + result, or the peer's answer) at most
-NO_BATCHING = "no dynamic batching yet (issue 11 part 2)"
 
 
 @dataclass(frozen=True)
@@ -361,8 +361,15 @@ def bench_engine(args: argparse.Namespace, asr: Path, vad: Path, clips: list[Cli
 
 
 def bench_service(args: argparse.Namespace, asr: Path, vad: Path, clips: list[Clip],
-                  threads: int, logs: Path, procs: Processes) -> list[dict[str, Any]]:
+                  threads: int, logs: Path, procs: Processes,
+                  batch_wait_ms: int = 0) -> list[dict[str, Any]]:
+    """The service at each level; with batch_wait_ms, its worker batches (one engine process,
+    args.batch_jobs job threads) instead of running WORKER_COUNT prefork processes."""
     import redis
+
+    system = "service batched" if batch_wait_ms else "service"
+    logs = logs / ("batched" if batch_wait_ms else "unbatched")
+    logs.mkdir()
 
     redis_port, api_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -379,22 +386,25 @@ def bench_service(args: argparse.Namespace, asr: Path, vad: Path, clips: list[Cl
                ASR_VAD_MODEL="" if args.no_vad else str(vad),
                ASR_PUNC_MODEL="", ASR_THREADS=str(threads), WORKER_COUNT=str(args.workers),
                ASR_USE_GPU="true" if args.device == "cuda" else "false",
-               LOG_DIR=str(logs / "logs"), API_KEYS="", RATE_LIMIT="")
+               LOG_DIR=str(logs / "logs"), API_KEYS="", RATE_LIMIT="",
+               ASR_BATCH_WAIT_MS=str(batch_wait_ms), ASR_BATCH_JOBS=str(args.batch_jobs))
     env.pop("FLOWER_BASIC_AUTH", None)
     base = f"http://127.0.0.1:{api_port}"
     procs.start("api", [str(VENV_BIN / "gunicorn"), "-c", "config/gunicorn.conf.py", "wsgi:app"],
                 ready=lambda: get_json(f"{base}/api/v1/health", 2),
                 ignoring=requests.RequestException, timeout=60, log_path=logs / "api.out",
                 env=env)
-    print(f"  service: API on {base}, loading the model in the worker ...", flush=True)
+    print(f"  {system}: API on {base}, loading the model in the worker ...", flush=True)
+    engines = 1 if batch_wait_ms else args.workers
 
     def workers_ready() -> bool:
         health = get_json(f"{base}/api/v1/health", 5)
         status = get_json(f"{base}/api/v1/asr/queue/status", 5)
         ready = sum(w.get("engines_ready", 0) for w in status.get("workers", []))
-        return health.get("status") == "ok" and ready >= args.workers
+        return health.get("status") == "ok" and ready >= engines
 
-    procs.start("worker", [str(VENV_BIN / "celery"), "-A", "celery_app", "worker", "--pool=prefork",
+    # The pool comes from the settings: prefork, or a batching worker's job threads.
+    procs.start("worker", [str(VENV_BIN / "celery"), "-A", "celery_app", "worker",
                  "-n", "bench@%h", "--loglevel=INFO"],
                 ready=workers_ready, ignoring=(requests.RequestException, ValueError),
                 timeout=900, log_path=logs / "worker.out", env=env)
@@ -414,7 +424,7 @@ def bench_service(args: argparse.Namespace, asr: Path, vad: Path, clips: list[Cl
                 return body["status"] == "succeeded", body.get("processing_s")
         raise TimeoutError(f"task {task_id} unfinished after {JOB_TIMEOUT_S} s")
 
-    return run_levels("service", args, clips, request, f"{base}/api/v1/health", procs)
+    return run_levels(system, args, clips, request, f"{base}/api/v1/health", procs)
 
 
 def run_levels(system: str, args: argparse.Namespace, clips: list[Clip],
@@ -488,15 +498,21 @@ def build_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                      "lat_p95": e["latency_p95_s"], "proc_p50": e["latency_p50_s"],
                      "health_p50": None, "health_p99": None})
     peer_by_c = {lv["concurrency"]: lv for lv in result["peer"].get("levels", [])}
+    unbatched_by_c = {lv["concurrency"]: lv for lv in result["service"]["levels"]}
     for system, levels in (("service", result["service"]["levels"]),
+                           ("service batched", result["batched"].get("levels", [])),
                            ("funasr-server", result["peer"].get("levels", []))):
+        ours = system != "funasr-server"
         for lv in levels:
             peer = peer_by_c.get(lv["concurrency"])
             ratio = (lv["audio_s_per_s"] / peer["audio_s_per_s"]
-                     if system == "service" and peer and peer["audio_s_per_s"] else None)
+                     if ours and peer and peer["audio_s_per_s"] else None)
             lv["ratio_engine"] = round(lv["audio_s_per_s"] / engine, 4)
-            if system == "service":
+            if ours:
                 lv["ratio_peer"] = None if ratio is None else round(ratio, 4)
+            if system == "service batched" and (unbatched := unbatched_by_c.get(
+                    lv["concurrency"])) and unbatched["audio_s_per_s"]:
+                lv["ratio_unbatched"] = round(lv["audio_s_per_s"] / unbatched["audio_s_per_s"], 4)
             rows.append({"system": system, "c": lv["concurrency"], "jobs": lv["jobs"],
                          "failed": lv["failed"], "audio_s_per_s": lv["audio_s_per_s"],
                          "x_engine": lv["audio_s_per_s"] / engine, "svc_peer": ratio,
@@ -530,7 +546,13 @@ def print_table(result: dict[str, Any]) -> None:
               f"{num(r['health_p50'], '.1f', 'ms'):>12}{num(r['health_p99'], '.1f', 'ms'):>12}")
     if result["peer"]["status"] != "measured":
         print(f"{'funasr-server':<16}  n/a: {result['peer']['reason']}")
-    print(f"{'service batched':<16}  n/a: {result['batched']['reason']}")
+    if result["batched"]["status"] != "measured":
+        print(f"{'service batched':<16}  n/a: {result['batched']['reason']}")
+    else:
+        print(f"service batched (ASR_BATCH_WAIT_MS={result['batched']['wait_ms']}, "
+              f"ASR_BATCH_JOBS={result['batched']['jobs']}) over service (unbatched): "
+              + ", ".join(f"c={lv['concurrency']} {lv['ratio_unbatched']:.2f}x"
+                          for lv in result["batched"]["levels"] if "ratio_unbatched" in lv))
     print(f"service VAD: {'off (--no-vad)' if meta['no_vad'] else 'on'}. x engine: audio-s/s "
           f"over the bare engine's ({meta['reference']}, one call at a time, same threads); "
           "svc/peer: service over funasr-server at the same c. lat: request to transcript; "
@@ -540,6 +562,7 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"CPU cores used per level (of {meta['cores']}; 'other processes': not this benchmark, "
           "a shared host's noise):")
     for name, levels in (("service", result["service"]["levels"]),
+                         ("service batched", result["batched"].get("levels", [])),
                          ("funasr-server", result["peer"].get("levels", []))):
         for lv in levels:
             cores = ", ".join(f"{k} {v:.2f}" for k, v in lv["cpu_cores"].items())
@@ -554,6 +577,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     systems = [("service", result["service"]["levels"], "tab:blue"),
+               ("service batched", result["batched"].get("levels", []), "tab:green"),
                ("funasr-server", result["peer"].get("levels", []), "tab:orange")]
     for name, levels, color in systems:
         if not levels:
@@ -600,6 +624,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=len(SENTENCES) + LONG_CLIPS,
                    help="first N of the 8 sentences and 2 ~30 s concatenations (default 10)")
     p.add_argument("--workers", type=int, default=1, help="WORKER_COUNT of the worker host")
+    p.add_argument("--batch-wait-ms", type=int, default=20,
+                   help="ASR_BATCH_WAIT_MS of the batching run (default 20; 0 skips it)")
+    p.add_argument("--batch-jobs", type=int, default=16,
+                   help="ASR_BATCH_JOBS of the batching run (default 16)")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
     p.add_argument("--engine-child", help=argparse.SUPPRESS)
@@ -644,6 +672,14 @@ def main(argv: list[str] | None = None) -> int:
         print("(b) service ...", flush=True)
         service = bench_service(args, asr, vad, clips, threads, logs, procs)
         procs.stop_all()
+        batched: dict[str, Any] = {"status": "n/a", "reason": "--batch-wait-ms 0"}
+        if args.batch_wait_ms:
+            print("(e) service, batching worker ...", flush=True)
+            batched = {"status": "measured", "wait_ms": args.batch_wait_ms,
+                       "jobs": args.batch_jobs,
+                       "levels": bench_service(args, asr, vad, clips, threads, logs, procs,
+                                               batch_wait_ms=args.batch_wait_ms)}
+            procs.stop_all()
         peer: dict[str, Any]
         if args.skip_peer:
             peer = {"status": "n/a", "reason": "--skip-peer"}
@@ -675,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "engine": engine["engine"], "engine_novad": engine["engine_novad"],
             "service": {"levels": service}, "peer": peer,
-            "batched": {"status": "n/a", "reason": NO_BATCHING},
+            "batched": batched,
         }
         result["rows"] = build_rows(result)
         result["meta"]["total_s"] = round(time.monotonic() - started, 1)

@@ -27,15 +27,19 @@ def test_bench_smoke(tmp_path: Path, model_assets: dict[str, Path]) -> None:
     for key in ("engine", "engine_novad"):
         assert result[key]["jobs"] > 0 and result[key]["audio_s_per_s"] > 0, result[key]
     levels = result["service"]["levels"]
-    assert [lv["concurrency"] for lv in levels] == [1, 2]
-    for lv in levels:
-        assert lv["jobs"] > 0 and lv["audio_s_per_s"] > 0 and lv["failed"] == 0, lv
-        assert lv["health_probes"] > 0 and lv["health_p99_ms"] is not None, lv
+    batched = result["batched"]["levels"]
+    assert result["batched"]["status"] == "measured"
+    for service in (levels, batched):
+        assert [lv["concurrency"] for lv in service] == [1, 2]
+        for lv in service:
+            assert lv["jobs"] > 0 and lv["audio_s_per_s"] > 0 and lv["failed"] == 0, lv
+            assert lv["health_probes"] > 0 and lv["health_p99_ms"] is not None, lv
+    assert all(lv["ratio_unbatched"] > 0 for lv in batched)
     peer = result["peer"]
     if peer["status"] == "measured":
         assert [lv["jobs"] > 0 and lv["audio_s_per_s"] > 0 for lv in peer["levels"]] == [True] * 2
         assert all(lv["ratio_peer"] > 0 for lv in levels)
     else:
         assert peer["status"] == "n/a" and peer["reason"], peer
-    assert result["batched"]["status"] == "n/a"
-    assert "service" in run.stdout and "audio-s/s" in run.stdout
+    assert "service batched" in run.stdout and "audio-s/s" in run.stdout
+    assert "over service (unbatched): c=1" in run.stdout
