@@ -37,6 +37,8 @@ from asr_service.settings import Settings
 log = logging.getLogger(__name__)
 
 Item = tuple[np.ndarray, TranscribeOptions]
+POLL_S = 0.002
+"""How often a batch being gathered looks whether the jobs it waits for are still coming."""
 Outcome = Transcript | Exception
 
 
@@ -191,6 +193,10 @@ class Batcher:
         self._time_limit_s, self._max_rss_bytes = time_limit_s, max_rss_bytes
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._carry: _Pending | None = None
+        self._lock = threading.Lock()
+        self._coming = 0
+        """Jobs this worker has started whose recording has not reached the queue yet."""
+        self._local = threading.local()
         self.batches: list[int] = []
         """Size of each batch run (the last 1000), for tests and logs."""
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
@@ -213,10 +219,28 @@ class Batcher:
     def warm_up(self) -> None:
         """The engine process warmed its model up when it started."""
 
+    def job_started(self) -> None:
+        """A job thread started: a batch being gathered waits for its recording (within
+        ASR_BATCH_WAIT_MS). One with nobody on the way runs at once: a lone job never waits."""
+        with self._lock:
+            self._coming += 1
+        self._local.coming = True
+
+    def job_ended(self) -> None:
+        """The job thread is done (a job that never reached transcribe is no longer coming)."""
+        self._arrived()
+
+    def _arrived(self) -> None:
+        if getattr(self._local, "coming", False):
+            self._local.coming = False
+            with self._lock:
+                self._coming -= 1
+
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         """Transcribe in the next batch; blocks this job's thread until its outcome is known."""
         pending = _Pending((audio, options), audio.size / SAMPLE_RATE)
         self._queue.put(pending)
+        self._arrived()  # after the put: the gatherer never sees it in neither place
         pending.done.wait()
         if isinstance(pending.outcome, Exception):
             raise pending.outcome
@@ -240,8 +264,9 @@ class Batcher:
         self._host.close()
 
     def _gather(self) -> list[_Pending] | None:
-        """The next batch: the first job, then what arrives within the wait, up to the limits
-        (a job that would pass the audio limit starts the batch after)."""
+        """The next batch: the first job, then what arrives within the wait from jobs already
+        in this worker, up to the limits (a job that would pass the audio limit starts the
+        batch after)."""
         first = self._carry or self._queue.get()
         self._carry = None
         if first is None:
@@ -249,10 +274,15 @@ class Batcher:
         batch, audio_s = [first], first.seconds
         deadline = time.monotonic() + self._wait_s
         while len(batch) < self._max_jobs:
-            try:
-                nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
+            if not self._coming and self._queue.empty():
+                break  # nobody else is on the way: waiting would only add latency
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
+            try:
+                nxt = self._queue.get(timeout=min(remaining, POLL_S))
+            except queue.Empty:
+                continue
             if nxt is None:
                 self._queue.put(None)
                 break
@@ -274,7 +304,10 @@ class Batcher:
                     if not pending.done.is_set():
                         pending.settle(EngineError(f"the batch failed: {exc}"))
 
-    def _run(self, batch: list[_Pending]) -> None:
+    def _run(self, batch: list[_Pending], rerun: bool = False) -> None:
+        """Run a batch; one whose engine process died or timed out runs again one job at a
+        time in a fresh process, and only a job that fails so alone is blamed. A job that
+        timed out alone is blamed at once: it would only time out again."""
         started = time.perf_counter()
         try:
             outcomes = self._host.run([p.items for p in batch], self._time_limit_s)
@@ -282,11 +315,11 @@ class Batcher:
             log.error("engine process failed on a batch of %d: %s; replacing it",
                       len(batch), failed)
             self._replace_host()
-            if len(batch) > 1:
-                for pending in batch:  # alone, each in turn: only the culprit fails
-                    self._run([pending])
+            if rerun or (failed.timed_out and len(batch) == 1):
+                batch[0].settle(self._blame(failed))
                 return
-            batch[0].settle(self._blame(failed))
+            for pending in batch:  # each in turn: only the culprit fails
+                self._run([pending], rerun=True)
             return
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.settle(outcome)

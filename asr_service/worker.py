@@ -264,6 +264,21 @@ def _sweep(sender: Any, **_: Any) -> None:
         log.warning("sweep skipped: %s", exc)
 
 
+@signals.task_prerun.connect
+def _job_started(**_: Any) -> None:
+    """A batching worker's batch waits for the recordings of jobs it has started."""
+    engine = _app().engine
+    if _app().settings.batching and engine is not None:
+        engine.job_started()  # type: ignore[attr-defined]
+
+
+@signals.task_postrun.connect
+def _job_ended(**_: Any) -> None:
+    engine = _app().engine
+    if _app().settings.batching and engine is not None:
+        engine.job_ended()  # type: ignore[attr-defined]
+
+
 @signals.task_failure.connect
 def _record_hard_timeout(task_id: str | None = None, exception: BaseException | None = None,
                          args: Any = None, **_: Any) -> None:

@@ -69,19 +69,26 @@ def batcher(batches: list[list[float]], **kwargs: object) -> Batcher:
     return Batcher(**settings)
 
 
-def together(b: Batcher, recordings: list[np.ndarray]) -> list[Transcript | Exception]:
-    """Submit all at once from job threads, as a worker's pool does."""
-    def one(samples: np.ndarray) -> Transcript | Exception:
+def together(b: Batcher, recordings: list[np.ndarray], decode_s: float = 0.01,
+             ) -> list[Transcript | Exception]:
+    """Jobs started at once in job threads, as a worker's pool runs them: each announces
+    itself, then its recording reaches the batcher after `decode_s` more than the one before."""
+    all_started = threading.Barrier(len(recordings))
+
+    def one(samples: np.ndarray, delay_s: float) -> Transcript | Exception:
+        b.job_started()
+        all_started.wait()
         try:
+            time.sleep(delay_s)
             return b.transcribe(samples, TranscribeOptions())
         except Exception as exc:
             return exc
+        finally:
+            b.job_ended()
 
     with ThreadPoolExecutor(len(recordings)) as pool:
-        futures = []
-        for samples in recordings:
-            futures.append(pool.submit(one, samples))
-            time.sleep(0.01)  # in this order
+        futures = [pool.submit(one, samples, i * decode_s)
+                   for i, samples in enumerate(recordings)]
         return [f.result() for f in futures]
 
 
@@ -93,12 +100,32 @@ def test_jobs_arriving_within_the_wait_share_one_call_up_to_max_jobs(batches):
     b.close()
 
 
-def test_a_lone_job_waits_at_most_the_batch_wait(batches):
-    b = batcher(batches, wait_s=0.05)
+def test_a_lone_job_does_not_wait(batches):
+    b = batcher(batches, wait_s=5.0)
     started = time.monotonic()
-    assert b.transcribe(audio(1, 3), TranscribeOptions()).text == "tag 3"
+    assert together(b, [audio(1, 3)])[0].text == "tag 3"
     assert time.monotonic() - started < 1.0
     assert batches == [[3]]
+    b.close()
+
+
+def test_a_batch_waits_for_started_jobs_up_to_the_wait_only(batches):
+    b = batcher(batches, wait_s=0.3)
+    # recordings reach the batcher 0, 0.2, 0.4 and 0.6 s after the first: the first two fit
+    # in its wait, the others make the next batch (whose own wait then takes in the last)
+    outcomes = together(b, [audio(1, t) for t in (1, 2, 3, 4)], decode_s=0.2)
+    assert [o.text for o in outcomes] == ["tag 1", "tag 2", "tag 3", "tag 4"]
+    assert batches == [[1, 2], [3, 4]]
+    b.close()
+
+
+def test_a_job_that_never_reaches_the_engine_is_not_waited_for(batches):
+    b = batcher(batches, wait_s=5.0)
+    b.job_started()  # e.g. its recording will not decode: it ends without transcribing
+    b.job_ended()
+    started = time.monotonic()
+    assert together(b, [audio(1, 3)])[0].text == "tag 3"
+    assert time.monotonic() - started < 1.0
     b.close()
 
 
@@ -132,6 +159,14 @@ def test_a_batch_whose_engine_process_dies_runs_again_one_by_one(batches):
     assert batches == [[1, 13, 3], [1], [13], [3]]
     # the first process, and the one that died alone with the culprit, were replaced
     assert [h.closed for h in hosts] == [True, True, False]
+    b.close()
+
+
+def test_a_lone_job_whose_engine_process_dies_runs_once_more_before_it_is_blamed(batches):
+    b = batcher(batches)
+    outcome = together(b, [audio(1, 13)])[0]
+    assert isinstance(outcome, EngineError) and "died" in str(outcome)
+    assert batches == [[13], [13]]
     b.close()
 
 
