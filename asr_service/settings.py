@@ -30,8 +30,8 @@ class Settings:
     """FunASR batch_size_s: seconds of audio decoded per batch; with ASR_BATCH_WAIT_MS, also
     the most audio one cross-job batch gathers."""
     asr_batch_wait_ms: int = 0
-    """Dynamic batching: how long a worker waits for more jobs to join a batch (0: off, each
-    worker process runs one job at a time)."""
+    """Dynamic batching: how long a batch waits for the recordings of jobs its worker has
+    already started (0: off, each worker process runs one job at a time)."""
     asr_batch_jobs: int = 16
     """Dynamic batching: jobs one worker takes at once, and the most one batch holds."""
     asr_model: str = "paraformer-zh"
