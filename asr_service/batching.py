@@ -1,5 +1,6 @@
-"""Dynamic batching: the concurrent jobs of one worker share one loaded model, and what arrives
-within ASR_BATCH_WAIT_MS runs as one engine call (the Triton / Ray Serve pattern).
+"""Dynamic batching: the concurrent jobs of one worker share one loaded model, and the recordings
+that reach it together run as one engine call (the Triton / Ray Serve pattern); a batch waits up
+to ASR_BATCH_WAIT_MS for jobs the worker has already started, and for no others.
 
 A batching worker runs Celery's threads pool: each job keeps its own thread, message, lease,
 result, failure and late ack, exactly as in a prefork child; only the engine call is shared.

@@ -21,6 +21,7 @@ from asr_service.errors import (
     AudioTooLong,
     EngineError,
     EngineTimeLimit,
+    JobNotFound,
 )
 from asr_service.jobs import ErrorType, Job, JobStore
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
@@ -100,6 +101,10 @@ def _transcribe(lifecycle: Lifecycle, store: JobStore, engine: Engine | None,
         transcript = engine.transcribe(samples, options)
     except redis.RedisError:
         raise
+    except JobNotFound:
+        # Deleted between its claim and the read of its recording: nothing left to do.
+        log.info("not run: deleted as it started", extra={"job_id": job.id})
+        return
     except Exception as exc:
         kind, detail = _explain(exc, settings, job.id)
         _through_outage(lambda: lifecycle.fail(job.id, delivery.delivery, kind, detail,
