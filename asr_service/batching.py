@@ -31,7 +31,12 @@ from typing import Any, Protocol
 import numpy as np
 from celery.concurrency.thread import TaskPool
 
-from asr_service.engine.base import SAMPLE_RATE, TranscribeOptions, Transcript
+from asr_service.engine.base import (
+    SAMPLE_RATE,
+    TranscribeOptions,
+    Transcript,
+    transcribe_each,
+)
 from asr_service.errors import EngineError, EngineTimeLimit, ModelLoadError
 from asr_service.settings import Settings
 
@@ -250,13 +255,7 @@ class Batcher:
 
     def transcribe_batch(self, items: list[Item]) -> list[Outcome]:
         """Each item in the next batches (the Engine interface; jobs call transcribe)."""
-        outcomes = []
-        for audio, options in items:
-            try:
-                outcomes.append(self.transcribe(audio, options))
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
+        return transcribe_each(self, items)
 
     def close(self) -> None:
         """Stop taking batches and stop the engine process."""

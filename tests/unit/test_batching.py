@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -61,6 +62,15 @@ class FakeHost:
 @pytest.fixture
 def batches() -> list[list[float]]:
     return []
+
+
+def starting(hosts: list[FakeHost], batches: list[list[float]]) -> Callable[[], FakeHost]:
+    """A start_host that keeps every engine process it started in `hosts`."""
+    def start() -> FakeHost:
+        hosts.append(FakeHost(batches))
+        return hosts[-1]
+
+    return start
 
 
 def batcher(batches: list[list[float]], **kwargs: object) -> Batcher:
@@ -147,11 +157,7 @@ def test_an_engine_error_fails_only_its_job(batches):
 
 def test_a_batch_whose_engine_process_dies_runs_again_one_by_one(batches):
     hosts: list[FakeHost] = []
-
-    def start() -> FakeHost:
-        hosts.append(FakeHost(batches))
-        return hosts[-1]
-
+    start = starting(hosts, batches)
     b = batcher(batches, start_host=start)
     outcomes = together(b, [audio(1, 1), audio(1, 13), audio(1, 3)])
     assert [getattr(o, "text", None) for o in outcomes] == ["tag 1", None, "tag 3"]
@@ -182,11 +188,7 @@ def test_a_batch_past_the_time_limit_fails_only_the_slow_job_as_a_time_limit(bat
 
 def test_an_engine_process_above_the_memory_limit_is_replaced(batches):
     hosts: list[FakeHost] = []
-
-    def start() -> FakeHost:
-        hosts.append(FakeHost(batches))
-        return hosts[-1]
-
+    start = starting(hosts, batches)
     b = batcher(batches, start_host=start, max_rss_bytes=5)
     assert b.transcribe(audio(1, 1), TranscribeOptions()).text == "tag 1"
     assert b.transcribe(audio(1, 2), TranscribeOptions()).text == "tag 2"
