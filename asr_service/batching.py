@@ -191,9 +191,11 @@ class Batcher:
 
     def __init__(self, start_host: Callable[[], Host], *, wait_s: float, max_jobs: int,
                  max_audio_s: float, time_limit_s: float | None, max_rss_bytes: int = 0,
-                 on_fatal: Callable[[], None] = lambda: os._exit(1)) -> None:
-        self._start_host, self._on_fatal = start_host, on_fatal
+                 on_fatal: Callable[[], None] = lambda: os._exit(1),
+                 on_ready: Callable[[Host], None] = lambda host: None) -> None:
+        self._start_host, self._on_fatal, self._on_ready = start_host, on_fatal, on_ready
         self._host = start_host()
+        on_ready(self._host)
         self.name, self.device = self._host.name, self._host.device
         self._wait_s, self._max_jobs, self._max_audio_s = wait_s, max_jobs, max_audio_s
         self._time_limit_s, self._max_rss_bytes = time_limit_s, max_rss_bytes
@@ -209,9 +211,11 @@ class Batcher:
         self._thread.start()
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Batcher:
-        """A batcher over an EngineHost of the configured engine."""
-        return cls(lambda: EngineHost(settings),
+    def for_settings(cls, settings: Settings,
+                     on_ready: Callable[[Host], None] = lambda host: None) -> Batcher:
+        """A batcher over an EngineHost of the configured engine; on_ready(host) once each
+        engine process has loaded the model (the first and every replacement)."""
+        return cls(lambda: EngineHost(settings), on_ready=on_ready,
                    wait_s=settings.asr_batch_wait_ms / 1000, max_jobs=settings.asr_batch_jobs,
                    max_audio_s=float(settings.asr_batch_size),
                    time_limit_s=settings.task_time_limit_s,
@@ -346,3 +350,4 @@ class Batcher:
             log.critical("engine process could not be replaced: %s", exc)
             self._on_fatal()
             raise
+        self._on_ready(self._host)

@@ -17,6 +17,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.worker import state as worker_state
 
 from asr_service import redis_conn
+from asr_service.batching import Batcher, Host
 from asr_service.cluster import Cluster, WorkerInfo, gpu_memory_bytes, tree_usage
 from asr_service.engine.base import Engine
 from asr_service.errors import ModelLoadError
@@ -182,19 +183,25 @@ def _preflight(**_: Any) -> None:
 
 def _start_batcher(app: AsrCelery) -> None:
     """A batching worker loads its engine process before it consumes (no fork follows)."""
-    from asr_service.batching import Batcher
-
     app.beat = RunnerBeat(app.redis_client, app.store).start()
     started = time.perf_counter()
-    batcher = Batcher.for_settings(app.settings)
-    app.engine = batcher
+
+    def ready(host: Host) -> None:  # also each engine process that replaces one
+        try:
+            app.cluster.engine_loaded(app.node, host.pid, host.device)
+        except redis.RedisError as exc:
+            log.warning("engine readiness not published: %s", exc)
+
+    app.engine = batcher = Batcher.for_settings(app.settings, on_ready=ready)
     log.info("engine ready", extra={"model": batcher.name, "device": batcher.device,
                                     "load_s": round(time.perf_counter() - started, 3),
                                     "batch_wait_ms": app.settings.asr_batch_wait_ms})
-    try:
-        app.cluster.engine_loaded(app.node, batcher.pid, batcher.device)
-    except redis.RedisError as exc:
-        log.warning("engine readiness not published: %s", exc)
+
+
+def _batcher() -> Batcher | None:
+    """A batching worker's Batcher; None in a prefork worker."""
+    engine = _app().engine
+    return engine if isinstance(engine, Batcher) else None
 
 
 @signals.worker_process_init.connect
@@ -267,16 +274,14 @@ def _sweep(sender: Any, **_: Any) -> None:
 @signals.task_prerun.connect
 def _job_started(**_: Any) -> None:
     """A batching worker's batch waits for the recordings of jobs it has started."""
-    engine = _app().engine
-    if _app().settings.batching and engine is not None:
-        engine.job_started()  # type: ignore[attr-defined]
+    if batcher := _batcher():
+        batcher.job_started()
 
 
 @signals.task_postrun.connect
 def _job_ended(**_: Any) -> None:
-    engine = _app().engine
-    if _app().settings.batching and engine is not None:
-        engine.job_ended()  # type: ignore[attr-defined]
+    if batcher := _batcher():
+        batcher.job_ended()
 
 
 @signals.task_failure.connect
@@ -293,11 +298,10 @@ def _record_hard_timeout(task_id: str | None = None, exception: BaseException | 
 
 @signals.worker_shutdown.connect
 def _withdraw(sender: Any, **_: Any) -> None:
-    app = _app()
-    if app.settings.batching and app.engine is not None:
-        app.engine.close()  # type: ignore[attr-defined]
-        if app.beat is not None:
-            app.beat.stop()
+    if batcher := _batcher():
+        batcher.close()
+        if (beat := _app().beat) is not None:
+            beat.stop()
     try:
         _app().cluster.withdraw(sender.hostname)
     except redis.RedisError:

@@ -11,6 +11,8 @@ from pathlib import Path
 import jiwer
 import psutil
 
+from asr_service import redis_conn
+from asr_service.cluster import Cluster
 from tests import samples
 from tests.harness import eventually
 from tests.integration.conftest import LONG_S, Lane, Worker, report
@@ -84,6 +86,12 @@ def test_killing_the_engine_process_mid_batch_reruns_each_job_alone(lane):
     succeeded_once(made, ids)
     assert worker.proc is not None and worker.proc.poll() is None  # the worker lived on
     assert engine_process(worker).pid != victim.pid
+    # and says so: a heartbeat after the replacement counts the new engine process as ready
+    cluster = Cluster(redis_conn.client(made.settings), made.settings.queue_name)
+    since = time.time()
+    beat = eventually(lambda: next((w for w in cluster.workers() if w.pid == worker.proc.pid
+                                    and w.last_seen > since), None), timeout=10)
+    assert beat.engines_ready == 1, beat
     log = (Path(made.settings.log_dir) / "worker.log").read_text()
     assert "engine process failed on a batch of" in log  # of those that had started
     report("batching-engine-killed", jobs=len(ids),

@@ -158,13 +158,15 @@ def test_an_engine_error_fails_only_its_job(batches):
 def test_a_batch_whose_engine_process_dies_runs_again_one_by_one(batches):
     hosts: list[FakeHost] = []
     start = starting(hosts, batches)
-    b = batcher(batches, start_host=start)
+    ready: list[int] = []
+    b = batcher(batches, start_host=start, on_ready=lambda host: ready.append(host.pid))
     outcomes = together(b, [audio(1, 1), audio(1, 13), audio(1, 3)])
     assert [getattr(o, "text", None) for o in outcomes] == ["tag 1", None, "tag 3"]
     assert isinstance(outcomes[1], EngineError) and "died" in str(outcomes[1])
     assert batches == [[1, 13, 3], [1], [13], [3]]
     # the first process, and the one that died alone with the culprit, were replaced
     assert [h.closed for h in hosts] == [True, True, False]
+    assert ready == [h.pid for h in hosts]  # each said it is ready, replacements too
     b.close()
 
 
