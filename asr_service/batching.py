@@ -176,10 +176,13 @@ class JobThreads(TaskPool):
 
 @dataclass
 class _Pending:
-    items: Item
-    seconds: float
+    item: Item
     done: threading.Event = field(default_factory=threading.Event)
     outcome: Outcome | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.item[0].size / SAMPLE_RATE
 
     def settle(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -205,8 +208,6 @@ class Batcher:
         self._coming = 0
         """Jobs this worker has started whose recording has not reached the queue yet."""
         self._local = threading.local()
-        self.batches: list[int] = []
-        """Size of each batch run (the last 1000), for tests and logs."""
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
 
@@ -248,7 +249,7 @@ class Batcher:
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         """Transcribe in the next batch; blocks this job's thread until its outcome is known."""
-        pending = _Pending((audio, options), audio.size / SAMPLE_RATE)
+        pending = _Pending((audio, options))
         self._queue.put(pending)
         self._arrived()  # after the put: the gatherer never sees it in neither place
         pending.done.wait()
@@ -299,7 +300,6 @@ class Batcher:
 
     def _loop(self) -> None:
         while (batch := self._gather()) is not None:
-            self.batches = [*self.batches[-999:], len(batch)]
             try:
                 self._run(batch)
             except Exception as exc:  # never leave a job thread waiting
@@ -314,7 +314,7 @@ class Batcher:
         timed out alone is blamed at once: it would only time out again."""
         started = time.perf_counter()
         try:
-            outcomes = self._host.run([p.items for p in batch], self._time_limit_s)
+            outcomes = self._host.run([p.item for p in batch], self._time_limit_s)
         except HostFailed as failed:
             log.error("engine process failed on a batch of %d: %s; replacing it",
                       len(batch), failed)

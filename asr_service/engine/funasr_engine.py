@@ -129,7 +129,7 @@ class FunASREngine:
     ) -> list[Transcript | Exception]:
         """Recordings with no per-call options share one batched ASR call (after a VAD pass of
         each); the rest, and every item of a batch that fails, run one by one."""
-        outcomes: list[Transcript | Exception | None] = [None] * len(items)
+        outcomes: dict[int, Transcript | Exception] = {}
         shared = [i for i, (audio, options) in enumerate(items)
                   if not self._has_punc and audio.ndim == 1 and audio.size >= MIN_SAMPLES
                   and self._generate_kwargs(options) == self._generate_kwargs(TranscribeOptions())]
@@ -142,13 +142,10 @@ class FunASREngine:
                                                       items[i][1])
             except Exception as exc:
                 log.warning("batched call failed (%r); running its items one by one", exc)
-                for i in shared:
-                    outcomes[i] = None
-        rest = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        for i, outcome in zip(rest, transcribe_each(self, [items[i] for i in rest]),
-                              strict=True):
-            outcomes[i] = outcome
-        return [o for o in outcomes if o is not None]
+                outcomes.clear()
+        rest = [i for i in range(len(items)) if i not in outcomes]
+        outcomes.update(zip(rest, transcribe_each(self, [items[i] for i in rest]), strict=True))
+        return [outcomes[i] for i in range(len(items))]
 
     def _generate_batch(self, arrays: list[np.ndarray]) -> list[dict[str, Any]]:
         """What generate() returns for each array alone, from one ASR call over all of them.
@@ -194,6 +191,7 @@ class FunASREngine:
         texts = [""] * len(pieces)
         budget = self._batch_size_s * SAMPLE_RATE
         group: list[int] = []
+        filled = 0  # samples in the group
 
         def decode(group: list[int]) -> None:
             kwargs = {**model.kwargs, "batch_size": len(group)}  # never mutate the model's own
@@ -207,11 +205,11 @@ class FunASREngine:
         for k in order:
             longest = pieces[k].size  # sorted: the newcomer is the longest
             padded = longest * (len(group) + 1)
-            filled = sum(pieces[g].size for g in group) + longest
-            if group and (padded > budget or filled < padded * (1 - PAD_WASTE)):
+            if group and (padded > budget or filled + longest < padded * (1 - PAD_WASTE)):
                 decode(group)
-                group = []
+                group, filled = [], 0
             group.append(k)
+            filled += longest
         if group:
             decode(group)
         return texts
