@@ -83,6 +83,22 @@ class Keys:
         """The zset of jobs in one status, by created_at."""
         return f"{self.prefix}status:{status}"
 
+    def owner_history(self, owner: str) -> str:
+        """A tenant's own history zset, by created_at (none for the anonymous tenant '')."""
+        return f"{self.prefix}owner:{owner}:history"
+
+    def owner_status(self, owner: str, status: str) -> str:
+        """A tenant's own zset of jobs in one status, by created_at."""
+        return f"{self.prefix}owner:{owner}:status:{status}"
+
+    def indexes(self, owner: str | None = None) -> list[str]:
+        """Every zset a job's id may sit in (with a tenant's own ones when owner is given)."""
+        found = [self.history, self.finished, self.done_audio, *map(self.status, STATUSES)]
+        if owner:
+            found += [self.owner_history(owner),
+                      *(self.owner_status(owner, status) for status in STATUSES)]
+        return found
+
 
 @dataclass(frozen=True)
 class Job:
@@ -116,6 +132,9 @@ class Job:
     audio_removed_at: float | None = None
     callback_url: str | None = None
     """Where a signed webhook is POSTed when the job ends (checked by the SSRF guard)."""
+    owner: str = ""
+    """The tenant that submitted it: "key:" + the first 16 hex of sha256(API key), or "" when
+    the API runs without API_KEYS (one tenant)."""
     webhook: dict[str, Any] | None = None
     """The latest webhook delivery: id, type, status pending/delivered/failed, attempts, error."""
 
@@ -156,6 +175,11 @@ def decode_job(raw: dict[bytes, bytes] | list[bytes]) -> Job:
     return Job(**{k: v for k, v in values.items() if k in _FIELDS})
 
 
+def visible(job: Job, owner: str | None) -> bool:
+    """Whether a tenant (None: every tenant, an admin or a keyless API) may see the job."""
+    return owner is None or job.owner == owner
+
+
 def not_found(job_id: str) -> JobNotFound:
     """The error for an id that has no record."""
     return JobNotFound(f"no task with id {job_id} (never submitted, deleted or expired)")
@@ -169,12 +193,16 @@ class JobStore:
         self.max_recordings = max_recordings
         self.keys = keys or Keys()
 
-    def get(self, job_id: str) -> Job:
-        """The job, or JobNotFound for an id never seen, deleted or expired."""
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job, or JobNotFound for an id never seen, deleted or expired, or (with an owner)
+        another tenant's: the same answer, so ids cannot be probed."""
         raw = self.redis.hgetall(self.keys.job(job_id))
         if not raw:
             raise not_found(job_id)
-        return decode_job(raw)
+        job = decode_job(raw)
+        if not visible(job, owner):
+            raise not_found(job_id)
+        return job
 
     def exists(self, job_id: str) -> bool:
         """Whether a job record exists."""
@@ -202,30 +230,38 @@ class JobStore:
         raw = self.redis.get(self.keys.result(job.id))
         return json.loads(raw) if raw else None
 
-    def history(self, limit: int, offset: int, status: str | None = None) -> tuple[int, list[Job]]:
-        """Newest-first page of jobs (all, or one status) and the total that match.
+    def history(self, limit: int, offset: int, status: str | None = None,
+                owner: str | None = None) -> tuple[int, list[Job]]:
+        """Newest-first page of jobs (all, or one status) and the total that match; with an
+        owner, only that tenant's (None or '': everyone's, as without API keys).
 
-        Reads only the page's records, from the history index or the status's own index.
+        Reads only the page's records, from the history index or the status's own index (the
+        tenant's own ones with an owner).
         """
-        index = self.keys.status(status) if status else self.keys.history
+        if owner:
+            index = (self.keys.owner_status(owner, status) if status
+                     else self.keys.owner_history(owner))
+        else:
+            index = self.keys.status(status) if status else self.keys.history
         while True:
             pipe = self.redis.pipeline(transaction=False)
             pipe.zcard(index)
             pipe.zrevrange(index, offset, offset + limit - 1)
             total, raw_ids = pipe.execute()
             ids = [i.decode() for i in raw_ids]
-            jobs = self._load_many(ids)  # drops ids whose record expired
+            jobs = self._load_many(ids, owner=owner)  # drops ids whose record expired
             if len(jobs) == len(ids):  # else the range shifted: read it again
                 return int(total), jobs
 
-    def latest(self, count: int) -> list[Job]:
-        """The newest `count` jobs."""
-        return self.history(count, 0)[1]
+    def latest(self, count: int, owner: str | None = None) -> list[Job]:
+        """The newest `count` jobs (of one tenant with an owner)."""
+        return self.history(count, 0, owner=owner)[1]
 
     def ids(self, status: Status, limit: int = -1,
-            created_before: float | None = None) -> list[str]:
-        """Ids of jobs in one status, oldest first (only those created before a time)."""
-        key = self.keys.status(status)
+            created_before: float | None = None, owner: str | None = None) -> list[str]:
+        """Ids of jobs in one status, oldest first (only those created before a time; only one
+        tenant's with an owner)."""
+        key = self.keys.owner_status(owner, status) if owner else self.keys.status(status)
         if created_before is not None:
             raw = self.redis.zrangebyscore(key, "-inf", f"({created_before}",
                                            start=0, num=limit)
@@ -237,7 +273,18 @@ class JobStore:
         """The records of these ids that still exist, in order."""
         return self._load_many(ids, prune=False)
 
-    def _load_many(self, ids: list[str], prune: bool = True) -> list[Job]:
+    def owned(self, ids: list[str], owner: str | None) -> list[str]:
+        """Those of these ids whose job a tenant may see (None: all of them), in order."""
+        if owner is None or not ids:
+            return list(ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.keys.job(job_id), "owner")
+        return [job_id for job_id, raw in zip(ids, pipe.execute(), strict=True)
+                if raw is not None and json.loads(raw) == owner]
+
+    def _load_many(self, ids: list[str], prune: bool = True,
+                   owner: str | None = None) -> list[Job]:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(self.keys.job(job_id))
@@ -248,9 +295,10 @@ class JobStore:
             else:
                 expired.append(job_id)
         if expired and prune:  # an index entry outlived its record (TTL backstop): drop it
+            # The record (and so its owner) is gone: a tenant's own indexes are pruned when
+            # that tenant's page meets the id.
             pipe = self.redis.pipeline(transaction=False)
-            for index in (self.keys.history, self.keys.finished, self.keys.done_audio,
-                          *map(self.keys.status, STATUSES)):
+            for index in self.keys.indexes(owner):
                 pipe.zrem(index, *expired)
             pipe.execute()
         return jobs

@@ -216,11 +216,12 @@ class Lifecycle:
                            set={"error": {"type": kind, "detail": detail}})
         return moved.job if moved.outcome is Outcome.OK else None
 
-    def retry(self, job_id: str, delivery: str) -> Job:
-        """failed/cancelled -> queued under a new delivery; 409 otherwise, 410 without audio."""
+    def retry(self, job_id: str, delivery: str, owner: str | None = None) -> Job:
+        """failed/cancelled -> queued under a new delivery; 409 otherwise, 410 without audio.
+        With an owner, another tenant's job is a 404, checked in the same atomic step."""
         moved = self._move(job_id, Status.QUEUED, allowed=[Status.FAILED, Status.CANCELLED],
                            event="job.requeued", reason="retry", needs_audio=True,
-                           set=_fresh_run(delivery, deliveries=0))
+                           set=_fresh_run(delivery, deliveries=0), owner=owner)
         if moved.outcome is Outcome.MISSING:
             raise not_found(job_id)
         if moved.outcome is Outcome.GONE:
@@ -246,9 +247,12 @@ class Lifecycle:
                            set={"celery_id": new_delivery})
         return moved.job if moved.outcome is Outcome.OK else None
 
-    def delete(self, job_id: str) -> Job:
-        """Remove the job, its recording, transcript, lease and index entries, for good."""
-        answer = self._run(self._remove, [self.keys.prefix, "delete", job_id, time.time()])
+    def delete(self, job_id: str, owner: str | None = None) -> Job:
+        """Remove the job, its recording, transcript, lease and index entries, for good. With an
+        owner, another tenant's job is a 404 and stays (checked in the same atomic step)."""
+        fence = [] if owner is None else [owner]
+        answer = self._run(self._remove,
+                           [self.keys.prefix, "delete", job_id, time.time(), *fence])
         if answer[0] == b"missing":
             raise not_found(job_id)
         job = decode_job(answer[1])

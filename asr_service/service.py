@@ -12,7 +12,7 @@ import logging
 import time
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import Celery
@@ -146,9 +146,10 @@ class JobService:
                              "to be set (every webhook is signed)")
         urlguard.check_url(url, self.settings.webhook_allow_private)
 
-    def submit(self, upload: Upload, idempotency_key: str | None = None) -> Submitted:
-        """Store and queue a recording; 422 when it is not audio, too long, or reuses an
-        Idempotency-Key with a different request."""
+    def submit(self, upload: Upload, idempotency_key: str | None = None,
+               owner: str = "") -> Submitted:
+        """Store and queue a recording for a tenant (owner); 422 when it is not audio, too long,
+        or reuses an Idempotency-Key with a different request."""
         if upload.callback_url:
             self._check_callback(upload.callback_url)
         idem = None
@@ -158,7 +159,7 @@ class JobService:
             if held := self.lifecycle.held_by(idempotency_key):  # replay without decoding
                 return self._replay(*held, idem)
         info = probe(upload.data)
-        job = self._new_job(upload, info, self.queue_for(upload.model))
+        job = replace(self._new_job(upload, info, self.queue_for(upload.model)), owner=owner)
         outcome, job_id = self.lifecycle.create(job, upload.data, idem, format=info.format,
                                                 codec=info.codec)
         if outcome == "full":
@@ -192,32 +193,35 @@ class JobService:
                    queue=queue, model=upload.model or self.settings.model_id,
                    created_at=now, queued_at=now, callback_url=upload.callback_url)
 
-    def result(self, job_id: str) -> tuple[Job, dict[str, Any] | None]:
-        """The job and, once it succeeded, its transcript."""
-        job = self.store.get(job_id)
+    def result(self, job_id: str, owner: str | None = None) -> tuple[Job, dict[str, Any] | None]:
+        """The job and, once it succeeded, its transcript (404 for another owner's)."""
+        job = self.store.get(job_id, owner)
         return job, self.store.transcript(job)
 
-    def wait(self, job_id: str, timeout_s: float) -> tuple[Job, dict[str, Any] | None]:
+    def wait(self, job_id: str, timeout_s: float,
+             owner: str | None = None) -> tuple[Job, dict[str, Any] | None]:
         """result(), once the job has ended or timeout_s has passed (no polling: the waiters
-        are woken by the job's end event)."""
+        are woken by the job's end event); another owner's job is a 404 at once."""
         ended: list[Job] = []
 
         def done() -> bool:
-            ended[:] = [self.store.get(job_id)]
+            ended[:] = [self.store.get(job_id, owner)]
             return ended[0].status not in ACTIVE
 
         self.waiters.wait(job_id, timeout_s, done)
         return ended[-1], self.store.transcript(ended[-1])
 
-    def retry(self, job_id: str) -> Job:
-        """Queue a failed or cancelled job again (409 otherwise, 410 without its recording)."""
-        job = self.lifecycle.retry(job_id, new_delivery(job_id, "retry"))
+    def retry(self, job_id: str, owner: str | None = None) -> Job:
+        """Queue a failed or cancelled job again (409 otherwise, 410 without its recording,
+        404 for another owner's)."""
+        job = self.lifecycle.retry(job_id, new_delivery(job_id, "retry"), owner)
         self.dispatcher.try_send(job)
         return job
 
-    def delete(self, job_id: str) -> Job:
-        """Delete the job for good, stopping it first if it is queued or running."""
-        job = self.lifecycle.delete(job_id)
+    def delete(self, job_id: str, owner: str | None = None) -> Job:
+        """Delete the job for good, stopping it first if it is queued or running (404 for
+        another owner's)."""
+        job = self.lifecycle.delete(job_id, owner)
         if job.status in ACTIVE:
             # A queued delivery finds no record and is dropped; a running one is stopped and
             # cannot write anything back (every write checks the record).

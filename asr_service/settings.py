@@ -73,7 +73,10 @@ class Settings:
     queue_name: str = "asr"
     """Celery queue the API sends to and the workers consume."""
     api_keys: str = field(default="", repr=False)
-    """Comma-separated API keys; when set, every endpoint but health requires one."""
+    """Comma-separated API keys; when set, every endpoint but health requires one, and each key
+    is a tenant that sees only its own jobs."""
+    admin_api_keys: str = field(default="", repr=False)
+    """Comma-separated admin keys: also valid API keys, and they see every tenant's jobs."""
     allow_anonymous: bool = False
     """Let the API listen beyond loopback without API_KEYS (logged loudly at start)."""
     redis_password: str = field(default="", repr=False)
@@ -172,8 +175,13 @@ class Settings:
 
     @property
     def api_key_set(self) -> frozenset[str]:
-        """The accepted API keys (empty: no authentication)."""
-        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+        """The accepted API keys, admin keys included (empty: no authentication)."""
+        return _key_set(self.api_keys) | self.admin_key_set
+
+    @property
+    def admin_key_set(self) -> frozenset[str]:
+        """The keys that see every tenant's jobs (ADMIN_API_KEYS)."""
+        return _key_set(self.admin_api_keys)
 
     @property
     def model_id(self) -> str:
@@ -358,6 +366,10 @@ def _parser_for(default: object) -> Callable[[str], Any]:
     return _positive_int if isinstance(default, int) else _text
 
 
+def _key_set(raw: str) -> frozenset[str]:
+    return frozenset(k.strip() for k in raw.split(",") if k.strip())
+
+
 def _host_ports(raw: str) -> list[tuple[str, int]]:
     nodes = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
@@ -390,6 +402,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "asr_vad_model": _optional_text,
     "asr_punc_model": _optional_text,
     "api_keys": _optional_text,
+    "admin_api_keys": _optional_text,
     "allow_anonymous": _bool,
     "redis_password": _optional_text,
     "redis_sentinel_password": _optional_text,

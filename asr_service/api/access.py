@@ -1,4 +1,5 @@
-"""Who may call the API: optional API keys, and a per-key (or per-client) rate limit."""
+"""Who may call the API: optional API keys, each a tenant that sees only its own jobs (admin
+keys see all), and a per-key (or per-client) rate limit."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hmac
 from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from flask_smorest import abort
 
 from asr_service import redis_conn
 from asr_service.api.problems import problem
@@ -29,10 +31,40 @@ def client_id() -> str:
     """Whom a rate limit or an idempotency key belongs to: the authenticated key's digest, else
     the client address. An unchecked header never picks the bucket (a random key per request
     would otherwise get a fresh rate-limit budget each time)."""
+    return _key_id(_settings().api_key_set) or "addr:" + (get_remote_address() or "unknown")
+
+
+def owner_id() -> str:
+    """The tenant a job submitted now belongs to: "key:" + the first 16 hex of sha256(key), or
+    "" without API_KEYS (then every client is one tenant)."""
+    keys = _settings().api_key_set
+    if not keys:
+        return ""
+    owner = _key_id(keys)
+    if owner is None:  # _check_key lets no data request through without a valid key
+        abort(401, message="this endpoint needs an API key")
+    return owner
+
+
+def scope() -> str | None:
+    """Whose jobs this request may see: its own tenant's, or None (all) for an admin key and
+    for an API without keys (one tenant)."""
+    settings = _settings()
+    if not settings.api_key_set or _key_id(settings.admin_key_set) is not None:
+        return None
+    return owner_id()
+
+
+def _settings() -> Settings:
+    return current_app.extensions["asr"].settings
+
+
+def _key_id(keys: frozenset[str]) -> str | None:
+    """The presented key's tenant id when it is one of `keys`, else None."""
     key = presented_key()
-    if key and _is_valid(key, current_app.extensions["asr"].settings.api_key_set):
+    if key and _is_valid(key, keys):
         return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    return "addr:" + (get_remote_address() or "unknown")
+    return None
 
 
 def _is_valid(key: str, keys: frozenset[str]) -> bool:

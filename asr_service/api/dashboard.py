@@ -12,6 +12,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from asr_service.api import problems, services
+from asr_service.api.access import scope
 from asr_service.api.metrics import SubmitLatency
 from asr_service.api.schemas import DashboardSchema, job_view
 from asr_service.cluster import tree_usage
@@ -55,7 +56,8 @@ class Dashboard(MethodView):
             "end_to_end_s": percentiles(r[3] for r in snap["recent"] if r[0] >= now - WINDOW_S),
             **throughput(snap, WINDOW_S),
             "stats": summarize(snap),
-            "latest_jobs": [job_view(j) for j in svc.store.latest(LATEST_JOBS)],
+            # Figures are everyone's; the jobs listed are the key's own (all for an admin key).
+            "latest_jobs": [job_view(j) for j in svc.store.latest(LATEST_JOBS, scope())],
         }
 
 

@@ -1,4 +1,8 @@
-"""Jobs: submit, result, history, audio download, retry and delete."""
+"""Jobs: submit, result, history, audio download, retry and delete.
+
+With API keys, each key is a tenant: every view here shows a key only its own jobs (access.scope),
+and another tenant's task id answers the same 404 as an unknown one.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from werkzeug.datastructures import CombinedMultiDict, FileStorage
 
 from asr_service import formats
 from asr_service.api import idempotency, problems, services
+from asr_service.api.access import owner_id, scope
 from asr_service.api.schemas import (
     HistoryArgsSchema,
     HistorySchema,
@@ -79,7 +84,7 @@ class Submit(MethodView):
         submitted = jobs.submit(
             Upload(data, filename, form["language"], form["hotwords"], form.get("callback_url"),
                    form.get("model")),
-            idempotency.requested_key())
+            idempotency.requested_key(), owner=owner_id())
         location = url_for("asr.Result", task_id=submitted.job.id)
         headers = {"Location": location}
         if submitted.replayed:
@@ -103,9 +108,9 @@ class Result(MethodView):
         answers the moment it does. `?format=txt|srt|vtt` answers the transcript itself as
         text or subtitles (a 409 while the job has not succeeded).
         """
-        jobs = services().jobs
-        job, result = (jobs.wait(str(task_id), args["wait"]) if args["wait"]
-                       else jobs.result(str(task_id)))
+        jobs, owner = services().jobs, scope()
+        job, result = (jobs.wait(str(task_id), args["wait"], owner) if args["wait"]
+                       else jobs.result(str(task_id), owner))
         if args["format"] == "json":
             return job_view(job, result)
         if result is None:
@@ -128,8 +133,9 @@ class History(MethodView):
     @blp.response(200, HistorySchema)
     @problems(blp, 422, 503)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
-        """A page of jobs; filter by status."""
-        total, jobs = services().store.history(args["limit"], args["offset"], args.get("status"))
+        """A page of jobs (an API key's own; all for an admin key); filter by status."""
+        total, jobs = services().store.history(args["limit"], args["offset"], args.get("status"),
+                                               owner=scope())
         return {"total": total, "limit": args["limit"], "offset": args["offset"],
                 "items": [job_view(j) for j in jobs]}
 
@@ -144,8 +150,8 @@ class Audio(MethodView):
     def get(self, task_id: uuid.UUID) -> Response:
         """Download the recording as it was uploaded."""
         store = services().store
+        job = store.get(str(task_id), scope())  # another tenant's: 404 before any 410
         data = store.audio(str(task_id))
-        job = store.get(str(task_id))
         response = send_file(io.BytesIO(data), mimetype=job.content_type, as_attachment=True,
                              download_name=job.filename)
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -160,7 +166,7 @@ class Retry(MethodView):
     @problems(blp, 404, 409, 410, 503)
     def post(self, task_id: uuid.UUID) -> dict[str, Any]:
         """Re-enqueue; 409 while the job is queued, processing or already succeeded."""
-        return job_view(services().jobs.retry(str(task_id)))
+        return job_view(services().jobs.retry(str(task_id), scope()))
 
 
 @blp.route("/task/<uuid:task_id>")
@@ -172,4 +178,4 @@ class Task(MethodView):
     def delete(self, task_id: uuid.UUID) -> None:
         """Cancel the job if queued or running, then delete its recording, record and
         transcript; nothing of it comes back afterwards."""
-        services().jobs.delete(str(task_id))
+        services().jobs.delete(str(task_id), scope())

@@ -18,6 +18,7 @@ from werkzeug.datastructures import FileStorage
 
 from asr_service import formats
 from asr_service.api import idempotency, services
+from asr_service.api.access import owner_id, scope
 from asr_service.api.jobs import _MultipartParser
 from asr_service.api.problems import OpenAIErrorSchema, openai_error
 from asr_service.api.schemas import MAX_HOTWORDS, FileUpload, language_field
@@ -122,8 +123,8 @@ class Transcriptions(MethodView):
         jobs = services().jobs
         submitted = jobs.submit(Upload(upload.read(), upload.filename, form["language"],
                                        hotwords, form.get("callback_url"), model),
-                                idempotency.requested_key())
-        job, result = jobs.wait(submitted.job.id, services().settings.sync_timeout_s)
+                                idempotency.requested_key(), owner=owner_id())
+        job, result = jobs.wait(submitted.job.id, services().settings.sync_timeout_s, scope())
         if result is None:
             return _unfinished(job)
         return _render(result, form["response_format"],

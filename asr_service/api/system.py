@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from asr_service.api import problems, services
+from asr_service.api.access import scope
 from asr_service.api.problems import PROBLEM_JSON, problem
 from asr_service.api.schemas import (
     HealthArgsSchema,
@@ -67,12 +68,16 @@ class QueueStatus(MethodView):
     @blp.response(200, QueueStatusSchema)
     @problems(blp, 503)
     def get(self) -> dict[str, Any]:
-        """Queue depth, tasks being transcribed or taken by a worker, and online workers."""
-        svc = services()
-        active = set(svc.store.ids(Status.PROCESSING, limit=LISTED))
+        """Queue depth, tasks being transcribed or taken by a worker, and online workers.
+
+        Depth and workers are everyone's; the task ids listed are an API key's own (all for
+        an admin key, or without keys)."""
+        svc, owner = services(), scope()
+        active = set(svc.store.ids(Status.PROCESSING, limit=LISTED, owner=owner))
+        taken = [i for i in svc.cluster.taken(LISTED) if i not in active]
         return {"queue": svc.settings.queue_name, "depth": svc.cluster.queue_depth(),
                 "active": sorted(active),
-                "reserved": [i for i in svc.cluster.taken(LISTED) if i not in active],
+                "reserved": svc.store.owned(taken, owner),
                 "workers": svc.cluster.workers()}
 
 

@@ -15,6 +15,14 @@ local function rkey(id) return P .. 'result:' .. id end
 local function lkey(id) return P .. 'lease:' .. id end
 local function skey(status) return P .. 'status:' .. status end
 
+-- A tenant's own history and status indexes (jobs.Keys.owner_*), kept in the same step as the
+-- global ones so a key's history page is O(page). The anonymous tenant ('' or no owner field:
+-- no API_KEYS, or a job stored before tenants) has none: it reads the global ones.
+local function okey(owner, status)
+  return P .. 'owner:' .. owner .. ':' .. (status and ('status:' .. status) or 'history')
+end
+local function owned(owner) return owner ~= nil and owner ~= '' and owner ~= cjson.null end
+
 local function value(raw)
   if not raw then return nil end
   local v = cjson.decode(raw)
@@ -147,6 +155,10 @@ local function remove(id)
   redis.call('ZREM', FINISHED, id)
   redis.call('ZREM', DONE_AUDIO, id)
   for _, status in ipairs(STATUSES) do redis.call('ZREM', skey(status), id) end
+  if job and owned(job.owner) then
+    redis.call('ZREM', okey(job.owner), id)
+    for _, status in ipairs(STATUSES) do redis.call('ZREM', okey(job.owner, status), id) end
+  end
   if job and job.status == 'succeeded' then uncount_success(job) end
   return job, flat
 end

@@ -20,10 +20,11 @@ if budget > 0 and bytes('active') + string.len(audio) > budget then return {'ful
 if idem ~= '' then
   redis.call('SET', idem, id .. ' ' .. fingerprint, 'EX', tonumber(ARGV[9]))
 end
-local record = {}
+local record, owner = {}, nil
 for i = 11, #ARGV, 2 do
   record[#record + 1] = ARGV[i]
   record[#record + 1] = ARGV[i + 1]
+  if ARGV[i] == 'owner' then owner = value(ARGV[i + 1]) end
 end
 redis.call('HSET', jkey(id), unpack(record))
 redis.call('EXPIRE', jkey(id), retention)
@@ -32,6 +33,10 @@ add_bytes('stored', string.len(audio))
 add_bytes('active', string.len(audio))
 redis.call('ZADD', HISTORY, now, id)
 redis.call('ZADD', skey('queued'), now, id)
+if owned(owner) then
+  redis.call('ZADD', okey(owner), now, id)
+  redis.call('ZADD', okey(owner, 'queued'), now, id)
+end
 emit('job.submitted', id, 'queued')
 prune(tonumber(ARGV[5]), budget, now, 100)
 return {'created', id}

@@ -1,8 +1,12 @@
 -- Delete one job for good, or expire the retained jobs that finished before a cutoff.
--- ARGV: prefix, 'delete', id, now  -> {'deleted', record as a flat list} | {'missing'}
+-- ARGV: prefix, 'delete', id, now[, owner] -> {'deleted', record as a flat list} | {'missing'}
+--         (with an owner, another tenant's job is 'missing' and stays)
 --       prefix, 'expire', cutoff, limit -> number of jobs removed
 -- A late write cannot bring a removed job back: every write to a job checks its record.
 if ARGV[2] == 'delete' then
+  if ARGV[5] and (value(redis.call('HGET', jkey(ARGV[3]), 'owner')) or '') ~= ARGV[5] then
+    return {'missing'}
+  end
   local job, flat = remove(ARGV[3])
   if not job then return {'missing'} end
   local event_id = emit('job.deleted', ARGV[3], job.status)

@@ -3,6 +3,7 @@
 --   from          statuses it may leave (else 'skip')
 --   delivery      fence: the record's delivery (celery_id) must be this one
 --   runner        fence: the record's runner token must be this one
+--   owner         fence: the record's owner (tenant) must be this one, else 'missing'
 --   set           fields to write (plain values, encoded here)
 --   claim         {token, lease_ms, max_deliveries, worker, pid}: take the lease and run it,
 --                 'busy' while the current runner lives, 'gave-up' after max_deliveries
@@ -17,6 +18,8 @@ local function given(v) return v ~= nil and v ~= cjson.null end
 
 local job, flat = load(id)
 if not job then return {'missing'} end
+-- Another tenant's job is answered as no job at all (and its record is not returned).
+if given(move.owner) and (job.owner or '') ~= move.owner then return {'missing'} end
 local allowed = false
 for _, status in ipairs(move.from) do
   if job.status == status then allowed = true end
@@ -90,6 +93,10 @@ redis.call('HSET', jkey(id), unpack(fields))
 if from ~= to then
   redis.call('ZREM', skey(from), id)
   redis.call('ZADD', skey(to), job.created_at or now, id)
+  if owned(job.owner) then
+    redis.call('ZREM', okey(job.owner, from), id)
+    redis.call('ZADD', okey(job.owner, to), job.created_at or now, id)
+  end
 end
 if to == 'succeeded' then count_success(job, now) end
 local event_id = emit(event, id, to, move.reason)
