@@ -19,7 +19,7 @@ from asr_service.worker import AsrCelery
 
 _ERROR_DESCRIPTIONS = {
     401: "Missing or wrong API key",
-    404: "Unknown task id (never submitted, deleted or expired)",
+    404: "Unknown task id (never submitted, deleted or expired, or another API key's)",
     409: "The task is in a state that does not allow this",
     410: "The recording was removed by retention",
     413: "Upload larger than MAX_UPLOAD_MB",
