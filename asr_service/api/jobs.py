@@ -127,7 +127,7 @@ class Result(MethodView):
 
 @blp.route("/history")
 class History(MethodView):
-    """All retained jobs, newest first."""
+    """Retained jobs, newest first: an API key's own, or all (admin key, or no keys)."""
 
     @blp.arguments(HistoryArgsSchema, location="query")
     @blp.response(200, HistorySchema)
