@@ -248,7 +248,8 @@ class Lifecycle:
 
     def delete(self, job_id: str) -> Job:
         """Remove the job, its recording, transcript, lease and index entries, for good."""
-        answer = self._run(self._remove, [self.keys.prefix, "delete", job_id, time.time()])
+        answer = self._run(self._remove, [self.keys.prefix, "delete", job_id, time.time(),
+                                          self.retention_s])
         if answer[0] == b"missing":
             raise not_found(job_id)
         job = decode_job(answer[1])

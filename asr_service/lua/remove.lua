@@ -1,6 +1,9 @@
 -- Delete one job for good, or expire the retained jobs that finished before a cutoff.
--- ARGV: prefix, 'delete', id, now  -> {'deleted', record as a flat list} | {'missing'}
+-- ARGV: prefix, 'delete', id, now, retention_s  -> {'deleted', record as a flat list} |
+--         {'missing'}; a job deleted while active queues a job.cancelled webhook (no
+--         transcript), kept at most retention_s
 --       prefix, 'expire', cutoff, limit -> number of jobs removed
+-- Both remove the job's webhook deliveries with it (common.lua: drop_webhooks).
 -- A late write cannot bring a removed job back: every write to a job checks its record.
 if ARGV[2] == 'delete' then
   local job, flat = remove(ARGV[3])
@@ -8,7 +11,7 @@ if ARGV[2] == 'delete' then
   local event_id = emit('job.deleted', ARGV[3], job.status)
   redis.call('PUBLISH', P .. 'job.finished', ARGV[3] .. ' deleted')  -- its waiters answer 404
   if job.status == 'queued' or job.status == 'processing' then  -- cancelled by its deletion
-    queue_webhook(job, ARGV[3], 'cancelled', event_id, tonumber(ARGV[4]))
+    queue_webhook(job, ARGV[3], 'cancelled', event_id, tonumber(ARGV[4]), tonumber(ARGV[5]))
   end
   return {'deleted', flat}
 end
