@@ -252,7 +252,8 @@ class Lifecycle:
         owner, another tenant's job is a 404 and stays (checked in the same atomic step)."""
         fence = [] if owner is None else [owner]
         answer = self._run(self._remove,
-                           [self.keys.prefix, "delete", job_id, time.time(), *fence])
+                           [self.keys.prefix, "delete", job_id, time.time(),
+                            self.retention_s, *fence])
         if answer[0] == b"missing":
             raise not_found(job_id)
         job = decode_job(answer[1])

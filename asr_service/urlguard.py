@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, SSLError
 
+from asr_service.addresses import refusal
 from asr_service.errors import FetchFailed, UrlRefused
 
 WEBHOOK_USER_AGENT = "asr_service-webhooks/1"
@@ -22,8 +23,7 @@ ANSWER_READ_LIMIT = 64 * 1024
 CHUNK_BYTES = 64 * 1024
 ALLOW_HINT = "set WEBHOOK_ALLOW_PRIVATE=true to allow private addresses"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+RESOLVE_TIMEOUT_S = 10.0  # a name lookup outside any request deadline (check_url at submit)
 
 
 @dataclass(frozen=True)
@@ -66,43 +66,41 @@ class Fetched:
     content_type: str | None
 
 
-def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one carries (mapped, compatible, 6to4, Teredo, NAT64)."""
-    value = int(ip)
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in _NAT64 or value >> 32 in (0, 0xFFFF0000):  # NAT64, compatible, SIIT
-        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
-    return None
+class SlowName(TimeoutError):
+    """The host name did not resolve before the deadline."""
 
 
-def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """What kind of address this is when it is not a public unicast one, else None."""
-    if isinstance(ip, ipaddress.IPv6Address) and not (ip.is_loopback or ip.is_unspecified):
-        if (v4 := _embedded_v4(ip)) is not None:
-            why = _refusal(v4)
-            return None if why is None else f"{why} (IPv4 {v4} inside IPv6)"
-    for hit, kind in ((ip.is_loopback, "a loopback address"),
-                      (ip.is_unspecified, "the unspecified address"),
-                      (ip.is_link_local, "a link-local address"),
-                      (ip.is_multicast, "a multicast address"),
-                      (ip.version == 4 and ip in _SHARED, "a shared (carrier-grade NAT) address"),
-                      (ip.is_private, "a private address"),
-                      (ip.is_reserved, "a reserved address"),
-                      (not ip.is_global, "not a public address")):
-        if hit:
-            return kind
-    return None
+def _getaddrinfo(host: str, port: int, deadline: float) -> list[Any]:
+    """socket.getaddrinfo bounded by the deadline. It cannot be interrupted, so it runs in a
+    daemon thread that is abandoned (it ends with the resolver's own timeout) when too slow."""
+    try:  # an address literal needs no resolver, nor a thread
+        ipaddress.ip_address(host)
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except ValueError:
+        pass
+    answer: list[Any] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except Exception as exc:  # handed to the caller below
+            answer.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="urlguard-dns", daemon=True).start()
+    if not done.wait(max(deadline - time.monotonic(), 0.0)):
+        raise SlowName(f"the host {host} did not resolve in time")
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return answer[0]
 
 
-def _resolve(host: str, port: int) -> list[str]:
-    """Every address (IPv4 and IPv6) the host resolves to, in resolver order."""
+def _resolve(host: str, port: int, deadline: float) -> list[str]:
+    """Every address (IPv4 and IPv6) the host resolves to by the deadline, in resolver order."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _getaddrinfo(host, port, deadline)
     except (socket.gaierror, UnicodeError) as exc:
         raise UrlRefused(f"the host {host} does not resolve ({exc})") from None
     ips = [str(i[4][0]) for i in infos if i[0] in (socket.AF_INET, socket.AF_INET6)]
@@ -119,8 +117,17 @@ def _same_address(host: str, address: str) -> bool:
         return False
 
 
-def check_url(url: str, allow_private: bool) -> Target:
-    """Parse and resolve a client's URL; UrlRefused unless every address is public."""
+def check_url(url: str, allow_private: bool, timeout_s: float = RESOLVE_TIMEOUT_S) -> Target:
+    """Parse and resolve a client's URL; UrlRefused unless every address is public (or when
+    the name does not resolve within timeout_s)."""
+    try:
+        return _check(url, allow_private, time.monotonic() + timeout_s)
+    except SlowName as exc:
+        raise UrlRefused(f"{exc} ({timeout_s:g} s)") from None
+
+
+def _check(url: str, allow_private: bool, deadline: float) -> Target:
+    """check_url with the name lookup bounded by a deadline (SlowName past it)."""
     if any(c <= " " or c == "\x7f" for c in url):
         raise UrlRefused("the URL contains spaces or control characters")
     try:
@@ -146,12 +153,13 @@ def check_url(url: str, allow_private: bool) -> Target:
     except UnicodeError:
         raise UrlRefused("the host name is not a valid domain name") from None
     port = port or _DEFAULT_PORTS[scheme]
-    addresses = _resolve(host, port)
+    addresses = _resolve(host, port, deadline)
     for address in [] if allow_private else addresses:
-        if why := _refusal(ipaddress.ip_address(address)):
-            where = f"{address} is" if _same_address(host, address) else (
-                f"{host} resolves to {address},")
-            raise UrlRefused(f"{where} {why}; {ALLOW_HINT}")
+        if why := refusal(ipaddress.ip_address(address)):
+            # A name's addresses are never told: that would map internal DNS for anyone.
+            where = f"{address} is {why}" if _same_address(host, address) else (
+                f"{host} does not resolve to a public address")
+            raise UrlRefused(f"{where}; {ALLOW_HINT}")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Target(url, scheme, host, port, path, addresses)
 
@@ -245,8 +253,11 @@ class _Call:
 def post(url: str, body: bytes, headers: dict[str, str], *, allow_private: bool,
          timeout_s: float) -> Answer:
     """POST to a client's URL; network trouble is an Answer, UrlRefused is raised."""
-    deadline = time.monotonic() + timeout_s
-    target = check_url(url, allow_private)
+    deadline = time.monotonic() + timeout_s  # the name lookup counts against it too
+    try:
+        target = _check(url, allow_private, deadline)
+    except SlowName:
+        return Answer(None, f"timed out after {timeout_s:g} s (resolving the host)")
     with _Call(target, deadline) as call:
         try:
             resp = call.open("POST", body, {"User-Agent": WEBHOOK_USER_AGENT, **headers})
@@ -279,8 +290,12 @@ def _filename(disposition: str | None, path: str) -> str | None:
 
 def fetch(url: str, *, max_bytes: int, allow_private: bool, timeout_s: float) -> Fetched:
     """GET a client's URL within max_bytes and timeout_s; UrlRefused or FetchFailed."""
-    deadline = time.monotonic() + timeout_s
-    target = check_url(url, allow_private)
+    deadline = time.monotonic() + timeout_s  # the name lookup counts against it too
+    try:
+        target = _check(url, allow_private, deadline)
+    except SlowName:
+        raise FetchFailed(f"audio_url: timed out after {timeout_s:g} s (resolving the host)"
+                          ) from None
     too_big = f"audio_url is larger than MAX_UPLOAD_MB ({max_bytes // (1024 * 1024)} MB)"
     with _Call(target, deadline) as call:
         try:
@@ -290,7 +305,9 @@ def fetch(url: str, *, max_bytes: int, allow_private: bool, timeout_s: float) ->
                 extra = "; redirects are not followed" if 300 <= resp.status < 400 else ""
                 raise FetchFailed(f"audio_url answered HTTP {resp.status}{extra}")
             length = resp.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > max_bytes:
+            if length and not (length.isascii() and length.isdigit()):  # "²".isdigit() too
+                raise FetchFailed("audio_url answered with an invalid Content-Length")
+            if length and int(length) > max_bytes:
                 raise FetchFailed(too_big)
             chunks: list[bytes] = []
             got = 0

@@ -7,6 +7,11 @@ run), POSTs a Standard Webhooks-signed JSON event through the SSRF guard, and re
 outcome: delivered, retried after WEBHOOK_RETRY_BASE_S x 2^(attempt-1) (+-10% jitter), or
 failed after WEBHOOK_MAX_ATTEMPTS. Every retry sends the same body and webhook-id, signed anew
 with the attempt's timestamp (receivers refuse stale ones).
+
+Fairness: at most PER_DESTINATION POSTs to one scheme://host:port are in flight at once (over
+all deliverers); the others of that destination wait in its line without using an attempt, so
+a receiver that never answers holds two slots, not all of them. A POST (name lookup included)
+always ends before its claim's lease does, so no second deliverer sends it meanwhile.
 """
 
 from __future__ import annotations
@@ -33,8 +38,11 @@ from asr_service.logs import setup_logging
 from asr_service.settings import Settings
 
 log = logging.getLogger("asr_service.webhooks")  # not __main__ under -m
-CONCURRENCY = 8  # deliveries at once: a slow receiver does not hold up the others
+CONCURRENCY = 16  # deliveries at once: a slow receiver does not hold up the others
+PER_DESTINATION = 2  # of them to one scheme://host:port: one blackhole cannot take them all
 LEASE_MARGIN_S = 30.0  # a claim's lease: WEBHOOK_TIMEOUT_S plus this
+LEASE_GUARD_S = 1.0  # a POST ends at least this long before its lease (to record its outcome)
+OVERDUE_S = 300.0  # a due delivery nobody claimed for this long: is a deliverer running?
 IDLE_S = 0.25  # the wait when nothing is due
 REDIS_RETRY_S = 1.0  # never exits: honcho would stop the whole stack
 
@@ -47,6 +55,21 @@ class Attempt:
     attempts: int
     last_error: str  # '' when delivered
     next_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A leased delivery: its id, its destination and when (monotonic) its lease runs out."""
+
+    webhook_id: str
+    destination: str
+    lease_end: float
+
+
+def overdue_s(client: redis.Redis, keys: Keys, now: float) -> float:
+    """How long the oldest due delivery has waited unclaimed (0 when none): O(1)."""
+    oldest = client.zrange(keys.webhooks_due, 0, 0, withscores=True)
+    return max(now - oldest[0][1], 0.0) if oldest else 0.0
 
 
 def retry_delay(settings: Settings, attempts: int, rng: Callable[[], float] = random.random,
@@ -101,16 +124,20 @@ class Deliverer:
         self._script = client.register_script(script)
         self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="webhook")
 
-    def _claim(self, limit: int) -> list[str]:
-        ids = self._script(args=[self.keys.prefix, "claim", self.now(), self.lease_s, limit])
-        return [i.decode() for i in ids]
+    def _claim(self, limit: int) -> list[Claim]:
+        started = time.monotonic()  # the lease started no earlier: its end is never overrated
+        flat = self._script(args=[self.keys.prefix, "claim", self.now(), self.lease_s, limit,
+                                  PER_DESTINATION])
+        lease_end = started + self.lease_s
+        return [Claim(flat[i].decode(), flat[i + 1].decode(), lease_end)
+                for i in range(0, len(flat), 2)]
 
     def deliver_due(self, limit: int = CONCURRENCY) -> int:
         """Claim up to `limit` due deliveries and deliver them now; how many were claimed."""
-        ids = self._claim(limit)
-        for _ in self._pool.map(self._deliver_logged, ids):
+        claims = self._claim(limit)
+        for _ in self._pool.map(self._deliver_logged, claims):
             pass
-        return len(ids)
+        return len(claims)
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set; Redis outages are waited out, never fatal."""
@@ -124,7 +151,7 @@ class Deliverer:
             inflight = {f for f in inflight if not f.done()}
             room = CONCURRENCY - len(inflight) if enabled else 0
             try:
-                ids = self._claim(room) if room else []
+                claims = self._claim(room) if room else []
             except redis.RedisError as exc:
                 if not outage:  # one warning per outage, not one a second
                     log.warning("redis unavailable, retrying every second",
@@ -135,18 +162,25 @@ class Deliverer:
             if outage:
                 log.info("redis reachable again")
                 outage = False
-            inflight.update(self._pool.submit(self._deliver_logged, i) for i in ids)
-            if not ids:
+            inflight.update(self._pool.submit(self._deliver_logged, c) for c in claims)
+            if not claims:
                 stop.wait(IDLE_S)
         self._pool.shutdown(wait=True)  # POSTs under way end within webhook_timeout_s
 
-    def _deliver_logged(self, webhook_id: str) -> None:
+    def _deliver_logged(self, claim: Claim) -> None:
         try:
-            self._deliver(webhook_id)
+            self._deliver(claim)
         except Exception:  # Redis went away mid-delivery: its lease runs out, it is tried again
-            log.exception("webhook delivery crashed", extra={"webhook_id": webhook_id})
+            log.exception("webhook delivery crashed", extra={"webhook_id": claim.webhook_id})
 
-    def _deliver(self, webhook_id: str) -> None:
+    def _release(self, claim: Claim, why: str) -> None:
+        """Give a claim's slot back without an attempt (its lease brings it back if due)."""
+        self._script(args=[self.keys.prefix, "release", self.now(), claim.webhook_id,
+                           claim.destination])
+        log.info(why, extra={"webhook_id": claim.webhook_id})
+
+    def _deliver(self, claim: Claim) -> None:
+        webhook_id = claim.webhook_id
         key = self.keys.webhook(webhook_id)
         delivery = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
         body = None
@@ -154,22 +188,25 @@ class Deliverer:
             self.redis.zrem(self.keys.webhooks_due, webhook_id)
         else:  # the body script unqueues it, too, if it expired since
             body = delivery.get("body") or self._freeze_body(webhook_id, delivery)
-        if body is None:  # expired with its 3-day TTL: nothing to send
-            log.info("webhook delivery expired", extra={"webhook_id": webhook_id})
-            return
+        if body is None:  # deleted with its job, or expired: nothing to send
+            return self._release(claim, "webhook delivery gone")
+        # The whole POST, DNS included, ends before the lease: never two deliverers at once.
+        budget = min(self.settings.webhook_timeout_s,
+                     claim.lease_end - LEASE_GUARD_S - time.monotonic())
+        if budget <= 0.1:  # Redis was slow to answer: let the lease lapse, it comes back
+            return self._release(claim, "webhook claim too old to send")
         attempts = int(delivery.get("attempts", 0)) + 1
         http_status = None
         try:
             answer = urlguard.post(
                 delivery["url"], body.encode(),
                 signed_headers(self.settings.webhook_secret, webhook_id, body, self.now()),
-                allow_private=self.settings.webhook_allow_private,
-                timeout_s=self.settings.webhook_timeout_s)
+                allow_private=self.settings.webhook_allow_private, timeout_s=budget)
         except UrlRefused as exc:  # the name now points somewhere private: never retried
             outcome = Attempt("failed", attempts, f"refused: {exc.detail}")
         else:
             http_status, outcome = answer.status, self._judge(answer.error, attempts)
-        self._record(webhook_id, outcome, delivery["job_id"], http_status)
+        self._record(claim, outcome, delivery["job_id"], http_status)
 
     def _judge(self, error: str | None, attempts: int) -> Attempt:
         if error is None:
@@ -189,10 +226,11 @@ class Deliverer:
         stored = self._script(args=[self.keys.prefix, "body", self.now(), webhook_id, body])
         return None if stored is None else stored.decode()  # the first one's, if two raced
 
-    def _record(self, webhook_id: str, attempt: Attempt, job_id: str,
+    def _record(self, claim: Claim, attempt: Attempt, job_id: str,
                 http_status: int | None) -> None:
+        webhook_id = claim.webhook_id
         self._script(args=[self.keys.prefix, "done", self.now(), webhook_id,
-                           json.dumps(vars(attempt))])
+                           json.dumps(vars(attempt)), claim.destination])
         extra = {"job_id": job_id, "webhook_id": webhook_id, "attempt": attempt.attempts,
                  "status": attempt.state, "http_status": http_status}
         if attempt.state == "delivered":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from asr_service import webhooks
 from asr_service.api import problems, services
 from asr_service.api.access import scope
 from asr_service.api.problems import PROBLEM_JSON, problem
@@ -36,12 +38,14 @@ class Health(MethodView):
                                   "`ready=workers` and no worker has its model loaded")
     def get(self, args: dict[str, Any]) -> Any:
         """200 while jobs can be accepted (Redis answers): `ok`, or `degraded` with the reason
-        when no worker has its model loaded (jobs queue and wait). 503 only when jobs cannot
-        be accepted; with `?ready=workers` (for deploy scripts) also while no worker is ready.
+        when no worker has its model loaded (jobs queue and wait), or when webhook deliveries
+        wait unclaimed (no deliverer runs). 503 only when jobs cannot be accepted; with
+        `?ready=workers` (for deploy scripts) also while no worker is ready.
         """
         svc = services()
         try:
             workers = svc.cluster.workers()
+            late = webhooks.overdue_s(svc.store.redis, svc.store.keys, time.time())
         except redis.RedisError as exc:
             reason = f"redis unreachable at {svc.settings.redis_url_display}: {exc}"
             return problem(503, "Service unavailable", reason, slug="service-unavailable",
@@ -53,9 +57,13 @@ class Health(MethodView):
                            "jobs are queued")
         elif not online:
             reasons.append("no worker online (start one with `make worker`); jobs are queued")
+        not_ready = bool(reasons)
+        if late > webhooks.OVERDUE_S:
+            reasons.append(f"webhook deliveries wait unsent for {late:.0f} s: is a deliverer "
+                           "running? (`make webhooks`)")
         body = {"status": "degraded" if reasons else "ok", "redis": True,
                 "workers_online": online, "reasons": reasons}
-        if reasons and args.get("ready") == "workers":
+        if not_ready and args.get("ready") == "workers":
             return problem(503, "No worker ready", "; ".join(reasons), slug="workers-not-ready",
                            **{k: v for k, v in body.items() if k != "status"})
         return body

@@ -52,21 +52,45 @@ end
 
 -- A job with a callback_url that reaches a terminal status (or is deleted while active) gets a
 -- webhook delivery: its event, frozen here, and a due time the deliverer (webhooks.py) polls.
--- The delivery's id (the event's stream id) is the webhook-id every retry repeats. Answers the
--- job's `webhook` field (nil without a callback_url).
+-- The delivery's id (the event's stream id) is the webhook-id every retry repeats. The job's
+-- own set (webhooks:of:<id>) lists its deliveries, so that removing the job removes them too,
+-- and no delivery outlives keep_s (the job's retention). Answers the job's `webhook` field
+-- (nil without a callback_url).
 local WEBHOOK_KEEP_S = 3 * 86400
-local function queue_webhook(job, id, status, event_id, now)
+local function whkey(wid) return P .. 'webhook:' .. wid end
+local function whset(id) return P .. 'webhooks:of:' .. id end
+local function queue_webhook(job, id, status, event_id, now, keep_s)
   if not job.callback_url then return nil end
   local wid = 'msg_' .. event_id
+  local keep = math.min(WEBHOOK_KEEP_S, math.ceil(keep_s or WEBHOOK_KEEP_S))
   local data = {task_id = id, status = status, error = job.error or cjson.null,
                 created_at = job.created_at, finished_at = job.finished_at or now,
                 duration_s = job.duration_s}
-  redis.call('HSET', P .. 'webhook:' .. wid, 'job_id', id, 'type', 'job.' .. status,
+  redis.call('HSET', whkey(wid), 'job_id', id, 'type', 'job.' .. status,
              'url', job.callback_url, 'created_at', now, 'data', cjson.encode(data),
              'state', 'pending', 'attempts', 0)
-  redis.call('EXPIRE', P .. 'webhook:' .. wid, WEBHOOK_KEEP_S)
+  redis.call('EXPIRE', whkey(wid), keep)
+  redis.call('SADD', whset(id), wid)
+  if redis.call('TTL', whset(id)) < keep then redis.call('EXPIRE', whset(id), keep) end
   redis.call('ZADD', P .. 'webhooks:due', now, wid)
   return {id = wid, type = 'job.' .. status, status = 'pending', attempts = 0}
+end
+
+-- A removed job's deliveries go with it (their frozen bodies may hold its transcript), from
+-- the due queue and from their destination's waiting line. One in flight finishes its POST;
+-- the deliverer then finds it gone. O(deliveries of the job).
+local function drop_webhooks(id, job)
+  local wids = redis.call('SMEMBERS', whset(id))
+  if job and type(job.webhook) == 'table' and job.webhook.id then  -- queued before the set
+    wids[#wids + 1] = job.webhook.id
+  end
+  for _, wid in ipairs(wids) do
+    local dest = redis.call('HGET', whkey(wid), 'dest')
+    if dest then redis.call('ZREM', P .. 'webhooks:wait:' .. dest, wid) end
+    redis.call('ZREM', P .. 'webhooks:due', wid)
+    redis.call('DEL', whkey(wid))
+  end
+  redis.call('DEL', whset(id))
 end
 
 local function observe(name, bounds, v)
@@ -160,5 +184,6 @@ local function remove(id)
     for _, status in ipairs(STATUSES) do redis.call('ZREM', okey(job.owner, status), id) end
   end
   if job and job.status == 'succeeded' then uncount_success(job) end
+  drop_webhooks(id, job)
   return job, flat
 end

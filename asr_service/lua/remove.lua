@@ -1,10 +1,9 @@
 -- Delete one job for good, or expire the retained jobs that finished before a cutoff.
--- ARGV: prefix, 'delete', id, now[, owner] -> {'deleted', record as a flat list} | {'missing'}
---         (with an owner, another tenant's job is 'missing' and stays)
 --       prefix, 'expire', cutoff, limit -> number of jobs removed
+-- Both remove the job's webhook deliveries with it (common.lua: drop_webhooks).
 -- A late write cannot bring a removed job back: every write to a job checks its record.
 if ARGV[2] == 'delete' then
-  if ARGV[5] and (value(redis.call('HGET', jkey(ARGV[3]), 'owner')) or '') ~= ARGV[5] then
+  if ARGV[6] and (value(redis.call('HGET', jkey(ARGV[3]), 'owner')) or '') ~= ARGV[6] then
     return {'missing'}
   end
   local job, flat = remove(ARGV[3])
@@ -12,7 +11,7 @@ if ARGV[2] == 'delete' then
   local event_id = emit('job.deleted', ARGV[3], job.status)
   redis.call('PUBLISH', P .. 'job.finished', ARGV[3] .. ' deleted')  -- its waiters answer 404
   if job.status == 'queued' or job.status == 'processing' then  -- cancelled by its deletion
-    queue_webhook(job, ARGV[3], 'cancelled', event_id, tonumber(ARGV[4]))
+    queue_webhook(job, ARGV[3], 'cancelled', event_id, tonumber(ARGV[4]), tonumber(ARGV[5]))
   end
   return {'deleted', flat}
 end

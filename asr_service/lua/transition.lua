@@ -101,7 +101,7 @@ end
 if to == 'succeeded' then count_success(job, now) end
 local event_id = emit(event, id, to, move.reason)
 if TERMINAL[to] then
-  local webhook = queue_webhook(job, id, to, event_id, now)
+  local webhook = queue_webhook(job, id, to, event_id, now, retention + 3600)  -- as the job
   if webhook then redis.call('HSET', jkey(id), 'webhook', cjson.encode(webhook)) end
 end
 if TERMINAL[to] then prune(move.max_recordings, move.max_stored_bytes, now, 100) end

@@ -1,19 +1,99 @@
 -- Webhook deliveries (queued by the lifecycle scripts: common.lua's queue_webhook).
--- ARGV: prefix, 'claim', now, lease_s, limit -> ids now due, leased until now + lease_s (a
---         deliverer that dies mid-POST leaves them due again: at-least-once)
+-- ARGV: prefix, 'claim', now, lease_s, limit, per_destination -> {id, destination, ...}: due
+--         deliveries leased until now + lease_s (a deliverer that dies mid-POST leaves them due
+--         again: at-least-once), at most per_destination in flight to one scheme://host:port;
+--         the others of a saturated destination wait in its line (no attempt is counted)
 --       prefix, 'body', now, id, body -> the delivery's body: the first one stored wins, so
 --         every retry sends the same bytes; nil when the delivery is gone (then unqueued)
---       prefix, 'done', now, id, outcome JSON {state, attempts, last_error, next_at}
---         -> 1, or 0 when the delivery is gone; the job's `webhook` field follows if it still
---         names this delivery.
+--       prefix, 'done', now, id, outcome JSON {state, attempts, last_error, next_at},
+--         destination -> 1, or 0 when the delivery is gone; the job's `webhook` field follows
+--         if it still names this delivery. Frees the destination's slot either way.
+--       prefix, 'release', now, id, destination -> frees the slot of a claim that sent nothing
 local P, op, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local DUE = P .. 'webhooks:due'
+-- Destinations with waiting deliveries, by when a slot frees for sure (a lease runs out): the
+-- safety net when no `done` comes to promote them (a deliverer killed mid-POST).
+local WAITING = P .. 'webhooks:waiting'
+local SCAN = 200  -- due entries one claim looks at, at most: the script stays short
+local function busy(dest) return P .. 'webhooks:busy:' .. dest end  -- zset: id -> lease end
+local function line(dest) return P .. 'webhooks:wait:' .. dest end  -- zset: id -> due time
+
+-- scheme://host:port of a URL the SSRF guard accepted (http/https, no credentials).
+local function destination(url)
+  local scheme, authority = string.match(string.lower(url), '^(%a[%w+.-]*)://([^/?#]*)')
+  if not scheme then return 'other' end
+  if string.match(authority, ':%d+$') then return scheme .. '://' .. authority end
+  authority = string.gsub(authority, ':$', '')  -- "host:" means the default port
+  return scheme .. '://' .. authority .. (scheme == 'https' and ':443' or ':80')
+end
+
+local function in_flight(dest)
+  redis.call('ZREMRANGEBYSCORE', busy(dest), '-inf', now)  -- leases that ran out
+  return redis.call('ZCARD', busy(dest))
+end
+
+-- Up to n of dest's waiting deliveries go back to the due queue, oldest first, at their own
+-- due time (they keep their turn); the next claim leases them if the destination has room.
+local function promote(dest, n)
+  for _ = 1, n do
+    local head = redis.call('ZRANGE', line(dest), 0, 0, 'WITHSCORES')
+    if #head == 0 then break end
+    redis.call('ZREM', line(dest), head[1])
+    redis.call('ZADD', DUE, math.min(tonumber(head[2]), now), head[1])
+  end
+  if redis.call('EXISTS', line(dest)) == 0 then redis.call('ZREM', WAITING, dest) end
+end
+
 if op == 'claim' then
-  local ids = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
-  for _, id in ipairs(ids) do redis.call('ZADD', DUE, now + tonumber(ARGV[4]), id) end
-  return ids
+  local lease_s, limit, per_dest = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6] or 2)
+  for _, dest in ipairs(redis.call('ZRANGEBYSCORE', WAITING, '-inf', now, 'LIMIT', 0, 10)) do
+    promote(dest, per_dest - in_flight(dest))
+    if redis.call('EXISTS', line(dest)) == 1 then
+      redis.call('ZADD', WAITING, now + lease_s, dest)
+    end
+  end
+  local out, taken, seen = {}, 0, 0
+  while taken < limit and seen < SCAN do
+    local due = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+                           limit - taken)
+    if #due == 0 then break end
+    for i = 1, #due, 2 do
+      local id, key = due[i], P .. 'webhook:' .. due[i]
+      seen = seen + 1
+      local dest = redis.call('HGET', key, 'dest')
+      local url = dest or redis.call('HGET', key, 'url')
+      if url and not dest then
+        dest = destination(url)
+        redis.call('HSET', key, 'dest', dest)
+      end
+      if not dest then  -- expired: nothing to send
+        redis.call('ZREM', DUE, id)
+      elseif in_flight(dest) < per_dest then
+        redis.call('ZADD', DUE, now + lease_s, id)
+        redis.call('ZADD', busy(dest), now + lease_s, id)
+        redis.call('EXPIRE', busy(dest), math.ceil(lease_s) + 1)
+        taken = taken + 1
+        out[#out + 1] = id
+        out[#out + 1] = dest
+      else  -- its destination has its share in flight: wait in line, out of everyone's way
+        redis.call('ZREM', DUE, id)
+        redis.call('ZADD', line(dest), due[i + 1], id)
+        local first = redis.call('ZRANGE', busy(dest), 0, 0, 'WITHSCORES')
+        redis.call('ZADD', WAITING, 'LT', first[2], dest)  -- adds, or keeps the earliest
+      end
+    end
+  end
+  return out
 end
 local id = ARGV[4]
+if op == 'release' or op == 'done' then
+  local dest = op == 'release' and ARGV[5] or ARGV[6]
+  if dest and dest ~= '' then  -- its slot frees: the next in line gets its turn
+    redis.call('ZREM', busy(dest), id)
+    promote(dest, 1)
+  end
+  if op == 'release' then return 1 end
+end
 local key = P .. 'webhook:' .. id
 local job_id = redis.call('HGET', key, 'job_id')
 if not job_id then  -- expired (or never whole): nothing to send, nothing to record

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -152,3 +153,22 @@ def test_webhook_follows_a_real_transcription(settings, worker, local, tmp_path)
     assert event["data"]["links"]["result"] == \
         f"https://asr.example.com/api/v1/asr/result/{task_id}"
     assert json.loads(raw) == event
+
+
+def test_an_audio_url_with_a_non_ascii_digit_length_is_a_422_not_a_500(make_client):
+    odd = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:  # "Content-Length: ²": str.isdigit() says yes, int() says no
+        conn, _ = odd.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\nConnection: close\r\n\r\nxx")
+
+    threading.Thread(target=answer, daemon=True).start()
+    with odd:
+        got = make_client(webhook_allow_private=True).post(
+            "/api/v1/asr/submit", data={"audio_url": f"http://127.0.0.1:{odd.getsockname()[1]}/a"},
+            content_type="multipart/form-data")
+
+    assert got.status_code == 422 and got.content_type == "application/problem+json"
+    assert "invalid Content-Length" in got.get_json()["detail"]
