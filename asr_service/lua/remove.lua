@@ -1,4 +1,6 @@
+#!lua flags=allow-oom
 -- Delete one job for good, or expire the retained jobs that finished before a cutoff.
+-- allow-oom: both free memory, so they must run while Redis is full (noeviction).
 -- ARGV: prefix, 'delete', id, now  -> {'deleted', record as a flat list} | {'missing'}
 --       prefix, 'expire', cutoff, limit -> number of jobs removed
 -- A late write cannot bring a removed job back: every write to a job checks its record.
