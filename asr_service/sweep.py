@@ -81,10 +81,20 @@ class Sweep:
                 log.warning("sweep stopped: its lock was lost", extra={"step": name})
                 break
             try:
+                if name != "expired" and self._full():
+                    # A full Redis also refuses heartbeats (live workers would look dead) and
+                    # the messages a resend publishes: moving jobs waits for memory.
+                    log.warning("sweep: Redis is full; only the expiry ran")
+                    break
                 done[name] = step()
             except redis.RedisError as exc:
                 log.warning("sweep step skipped: %s", exc, extra={"step": name})
         return done
+
+    def _full(self) -> bool:
+        memory = self.store.redis.info("memory")
+        limit = int(memory.get("maxmemory", 0))
+        return bool(limit) and int(memory["used_memory"]) >= limit
 
     def _expire(self) -> int:
         removed = 0

@@ -268,12 +268,11 @@ def _start_sweeper(**_: Any) -> None:
     """Retention expiry, orphan recovery and stranded resends, in a thread of the main
     process (never in the consumer loop); one worker of the cluster at a time (sweep.py)."""
     app = _app()
+    # One StrandedSweep for the life of the worker: it remembers the broker entries it decoded.
+    stranded = StrandedSweep(app.store, app.lifecycle, app.cluster, app.dispatcher.try_send)
 
     def make(held: Any) -> Sweep:
-        return Sweep(app.store, app.lifecycle, StrandedSweep(app.store, app.lifecycle,
-                                                             app.cluster,
-                                                             app.dispatcher.try_send),
-                     app.dispatcher.try_send, held)
+        return Sweep(app.store, app.lifecycle, stranded, app.dispatcher.try_send, held)
 
     app.sweeper = Sweeper(app.redis_client, make).start()
 
