@@ -174,20 +174,6 @@ class Cluster:
                                            if k in _WORKER_FIELDS}))
         return found
 
-    def deliveries(self, queues: set[str]) -> set[str]:
-        """Task ids of every message the broker holds for these queues or a worker has taken
-        and not acknowledged: O(messages), for the stranded-job sweep only (never a request)."""
-        pipe = self.redis.pipeline(transaction=True)  # one consistent snapshot
-        for queue in sorted(queues):
-            for key in self._queue_lists(queue):
-                pipe.lrange(key, 0, -1)
-        pipe.hvals(self.unacked_key)
-        *lists, unacked = pipe.execute()
-        found = {_task_id(raw) for messages in lists for raw in messages}
-        found.update(_task_id(raw, wrapped=True) for raw in unacked)
-        found.discard(None)
-        return found  # type: ignore[return-value]
-
     def taken(self, limit: int = 200) -> list[str]:
         """Job ids of messages workers have taken and not yet acknowledged (O(unacked): the
         workers' prefetch and delayed retries)."""

@@ -41,7 +41,12 @@ LUA = Path(__file__).with_name("lua")
 
 
 def _script(name: str) -> str:
-    return lua_constants() + (LUA / "common.lua").read_text() + (LUA / f"{name}.lua").read_text()
+    own = (LUA / f"{name}.lua").read_text()
+    shebang = ""
+    if own.startswith("#!"):  # `#!lua flags=...` (allow-oom) counts only as the first line
+        shebang, _, own = own.partition("\n")
+        shebang += "\n"
+    return shebang + lua_constants() + (LUA / "common.lua").read_text() + own
 
 
 class Outcome(StrEnum):
@@ -240,11 +245,15 @@ class Lifecycle:
                            dead_only=True, set=_fresh_run(new_delivery))
         return moved.job if moved.outcome is Outcome.OK else None
 
-    def redispatch(self, job_id: str, delivery: str, new_delivery: str) -> Job | None:
-        """queued -> queued under a new delivery, for a job whose message the broker lost."""
+    def redispatch(self, job_id: str, delivery: str, new_delivery: str,
+                   reason: str = "message-lost") -> Job | None:
+        """queued -> queued under a new delivery, for a job whose message the broker lost.
+
+        queued_at becomes now, when the new message joins the back of its queue: the
+        stranded sweep tells by it where in the queue that message stands."""
         moved = self._move(job_id, Status.QUEUED, allowed=[Status.QUEUED],
-                           event="job.requeued", reason="message-lost", delivery=delivery,
-                           set={"celery_id": new_delivery})
+                           event="job.requeued", reason=reason, delivery=delivery,
+                           set={"celery_id": new_delivery, "queued_at": time.time()})
         return moved.job if moved.outcome is Outcome.OK else None
 
     def delete(self, job_id: str, owner: str | None = None) -> Job:

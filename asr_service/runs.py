@@ -13,7 +13,8 @@ never delivered at all. The job record decides instead (lifecycle.py moves it):
   delivery id and the runner token;
 - a job whose whole worker died is re-queued by the next sweep once its lease lapsed;
 - a queued job whose message is in no broker queue and no worker's hands, at two sweeps in a
-  row, is sent again under a new delivery id (the old message, should it reappear, is skipped).
+  row, is sent again under a new delivery id (the old message, should it reappear, is skipped);
+  stranded.py finds those in O(page), and sweep.py runs the sweeps.
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
 
-from asr_service.cluster import Cluster
 from asr_service.jobs import Job, JobStore, Status
 from asr_service.lifecycle import Lifecycle, Runner
 
@@ -118,46 +117,14 @@ def holding_lease(lifecycle: Lifecycle, job_id: str, token: str, lease_s: float,
         thread.join(timeout=1)
 
 
-def reap_orphans(store: JobStore, lifecycle: Lifecycle, dispatch: Dispatch) -> list[str]:
-    """Re-queue running jobs whose runner is gone; returns their ids. O(running jobs)."""
+def reap_orphans(store: JobStore, lifecycle: Lifecycle, dispatch: Dispatch,
+                 limit: int = 1000) -> list[str]:
+    """Re-queue running jobs whose runner is gone; returns their ids. O(running jobs), at
+    most `limit` (far above any cluster's concurrency)."""
     requeued = []
-    for job in store.load_many(store.ids(Status.PROCESSING)):
+    for job in store.load_many(store.ids(Status.PROCESSING, limit=limit)):
         if (recovered := lifecycle.recover(job.id, job.celery_id,
                                            new_delivery(job.id, "recovered"))) is not None:
             dispatch(recovered)
             requeued.append(job.id)
     return requeued
-
-
-def sweep_stranded(store: JobStore, lifecycle: Lifecycle, cluster: Cluster, dispatch: Dispatch,
-                   now: float | None = None) -> list[str]:
-    """Send again the queued jobs whose message the broker does not hold; returns their ids.
-
-    A job counts as stranded when it has been queued for STRANDED_AFTER_S and its delivery
-    is missing from the broker at two sweeps in a row (a message moving from the queue to a
-    worker is in neither place for an instant). O(queued jobs + broker messages), run by one
-    worker of the cluster every few seconds, never by a request.
-    """
-    now = time.time() if now is None else now
-    cutoff = now - STRANDED_AFTER_S
-    # created_at <= queued_at: the index skips the young jobs before any record is read.
-    candidates = [j for j in store.load_many(store.ids(Status.QUEUED, created_before=cutoff))
-                  if j.queued_at < cutoff]
-    present = cluster.deliveries({j.queue for j in candidates}) if candidates else set()
-    missing = {j.id: j for j in candidates if j.celery_id not in present}
-    suspects = {k.decode(): v.decode() for k, v in store.redis.hgetall(store.keys.suspects)
-                .items()}
-    pipe = store.redis.pipeline(transaction=True)
-    pipe.delete(store.keys.suspects)
-    if missing:
-        pipe.hset(store.keys.suspects, mapping={j.id: j.celery_id for j in missing.values()})
-    pipe.execute()
-    sent = []
-    for job in missing.values():
-        if suspects.get(job.id) != job.celery_id:
-            continue  # first time seen missing: look again at the next sweep
-        moved = lifecycle.redispatch(job.id, job.celery_id, new_delivery(job.id, "resent"))
-        if moved is not None:
-            dispatch(moved)
-            sent.append(job.id)
-    return sent

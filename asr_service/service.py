@@ -2,7 +2,7 @@
 
 The task name and the dispatch to Celery live here (the workers' sweeps use the same
 Dispatcher). A dispatch that fails after the job was stored is not undone: the job is complete
-in the store, and the stranded-job sweep sends it within a minute (runs.sweep_stranded).
+in the store, and the stranded-job sweep sends it within a minute (stranded.py).
 """
 
 from __future__ import annotations

@@ -21,16 +21,16 @@ from asr_service.batching import Batcher, Host
 from asr_service.cluster import Cluster, WorkerInfo, gpu_memory_bytes, tree_usage
 from asr_service.engine.base import Engine
 from asr_service.errors import ModelLoadError
-from asr_service.jobs import PREFIX, ErrorType, JobStore, Status
+from asr_service.jobs import ErrorType, JobStore, Status
 from asr_service.lifecycle import Lifecycle, Runner, log_event_line
 from asr_service.logs import setup_logging
-from asr_service.runs import RunnerBeat, reap_orphans, sweep_stranded
+from asr_service.runs import RunnerBeat
 from asr_service.service import Dispatcher
 from asr_service.settings import Settings
+from asr_service.stranded import StrandedSweep, publish_held, withdraw_held
+from asr_service.sweep import Sweep, Sweeper
 
 log = logging.getLogger(__name__)
-SWEEP_LOCK = f"{PREFIX}sweeper"
-SWEEP_EVERY_S = 10
 
 
 class AsrCelery(Celery):
@@ -43,6 +43,8 @@ class AsrCelery(Celery):
     """Random token of the worker's main process (set before the fork, children inherit it)."""
     beat: RunnerBeat | None = None
     """This child process's runner token and heartbeat (set after the fork)."""
+    sweeper: Sweeper | None = None
+    """The main process's sweep thread (started once the worker is ready)."""
 
     @cached_property
     def redis_client(self) -> redis.Redis:
@@ -252,23 +254,27 @@ def _publish_heartbeat(sender: Any, **_: Any) -> None:
 
 
 @signals.heartbeat_sent.connect
-def _sweep(sender: Any, **_: Any) -> None:
-    """Every ~10 s, one worker of the cluster re-queues jobs whose runner died, re-sends
-    queued jobs whose message was lost, and removes jobs past their retention."""
-    app = _app()
+def _publish_held(**_: Any) -> None:
+    """Every ~2 s: the messages this worker holds, so the sweep can tell a dead host's."""
+    held = {r.id for r in (*worker_state.reserved_requests, *worker_state.scheduled_requests)}
     try:
-        if not app.redis_client.set(SWEEP_LOCK, sender.eventer.hostname, nx=True,
-                                    ex=SWEEP_EVERY_S):
-            return
-        for job_id in reap_orphans(app.store, app.lifecycle, app.dispatcher.try_send):
-            log.warning("re-queued a job whose worker died", extra={"job_id": job_id})
-        for job_id in sweep_stranded(app.store, app.lifecycle, app.cluster,
-                                     app.dispatcher.try_send):
-            log.warning("re-sent a queued job the broker had lost", extra={"job_id": job_id})
-        if expired := app.lifecycle.expire():
-            log.info("removed jobs past their retention", extra={"jobs": expired})
+        publish_held(_app().redis_client, _app().node, sorted(held))
     except redis.RedisError as exc:
-        log.warning("sweep skipped: %s", exc)
+        log.warning("held messages not published: %s", exc)
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    """Retention expiry, orphan recovery and stranded resends, in a thread of the main
+    process (never in the consumer loop); one worker of the cluster at a time (sweep.py)."""
+    app = _app()
+    # One StrandedSweep for the life of the worker: it remembers the broker entries it decoded.
+    stranded = StrandedSweep(app.store, app.lifecycle, app.cluster, app.dispatcher.try_send)
+
+    def make(held: Any) -> Sweep:
+        return Sweep(app.store, app.lifecycle, stranded, app.dispatcher.try_send, held)
+
+    app.sweeper = Sweeper(app.redis_client, make).start()
 
 
 @signals.task_prerun.connect
@@ -298,12 +304,15 @@ def _record_hard_timeout(task_id: str | None = None, exception: BaseException | 
 
 @signals.worker_shutdown.connect
 def _withdraw(sender: Any, **_: Any) -> None:
+    if (sweeper := _app().sweeper) is not None:
+        sweeper.stop()
     if batcher := _batcher():
         batcher.close()
         if (beat := _app().beat) is not None:
             beat.stop()
     try:
         _app().cluster.withdraw(sender.hostname)
+        withdraw_held(_app().redis_client, _app().node)
     except redis.RedisError:
         pass  # the heartbeat expires on its own
 

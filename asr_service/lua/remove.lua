@@ -1,4 +1,10 @@
+#!lua flags=allow-oom
 -- Delete one job for good, or expire the retained jobs that finished before a cutoff.
+-- allow-oom: both free memory, so they must run while Redis is full (noeviction).
+-- ARGV: prefix, 'delete', id, now, retention_s[, owner] -> {'deleted', record as a flat list} |
+--         {'missing'}; a job deleted while active queues a job.cancelled webhook (no
+--         transcript), kept at most retention_s; with an owner, another tenant's job is
+--         'missing' and stays
 --       prefix, 'expire', cutoff, limit -> number of jobs removed
 -- Both remove the job's webhook deliveries with it (common.lua: drop_webhooks).
 -- A late write cannot bring a removed job back: every write to a job checks its record.
