@@ -109,3 +109,31 @@ def corrupt_m4a() -> bytes:
     third = len(data) // 3
     data[third: 2 * third] = b"\x5a" * third
     return bytes(data)
+
+
+# Bodies that ask FFmpeg's auto-detection for a demuxer that reaches outside the upload.
+
+def sdp_session(port: int = 41234) -> bytes:
+    """An SDP description: the sdp demuxer would listen for RTP on UDP `port` (and port + 1)."""
+    return (b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            b"m=audio %d RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n" % port)
+
+
+def ffconcat(*paths: str) -> bytes:
+    """An ffconcat script: the concat demuxer would read these paths (relative to its cwd)."""
+    return b"ffconcat version 1.0\n" + b"".join(b"file '%s'\n" % p.encode() for p in paths)
+
+
+def hls_playlist(uri: str) -> bytes:
+    """An HLS playlist: the hls demuxer would open `uri` as its one segment."""
+    return (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+            b"#EXTINF:10.0,\n%s\n#EXT-X-ENDLIST\n" % uri.encode())
+
+
+def dash_manifest(uri: str) -> bytes:
+    """A DASH manifest: the dash demuxer would open `uri` as its one representation."""
+    return (b'<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+            b'mediaPresentationDuration="PT1S" minBufferTime="PT1S" '
+            b'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011"><Period><AdaptationSet '
+            b'mimeType="audio/wav"><Representation id="1" bandwidth="1"><BaseURL>%s</BaseURL>'
+            b'</Representation></AdaptationSet></Period></MPD>\n' % uri.encode())
