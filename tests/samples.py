@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
+from typing import Any
 
 import av
 import numpy as np
@@ -137,3 +139,22 @@ def dash_manifest(uri: str) -> bytes:
             b'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011"><Period><AdaptationSet '
             b'mimeType="audio/wav"><Representation id="1" bandwidth="1"><BaseURL>%s</BaseURL>'
             b'</Representation></AdaptationSet></Period></MPD>\n' % uri.encode())
+
+
+# Transcripts, for the output formats.
+
+def whisper_shaped(seconds: float, seed: int = 7, shuffle: bool = False) -> dict[str, Any]:
+    """A faster-whisper-like result: 5 s segments of 12 timed words (2.4 words/s)."""
+    rng = random.Random(seed)
+    segments, words, t = [], [], 0.0
+    while t < seconds:
+        said = [{"word": f" w{rng.randint(0, 999)}", "start": round(t + k * 0.4, 3),
+                 "end": round(t + k * 0.4 + 0.3, 3)} for k in range(12)]
+        words += said
+        segments.append({"start": t, "end": t + 5,
+                         "text": "".join(w["word"] for w in said).strip()})
+        t += 5
+    if shuffle:
+        rng.shuffle(words)
+    return {"text": " ".join(s["text"] for s in segments), "segments": segments, "words": words,
+            "language": "en", "duration_s": t}

@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from typing import Any
 
 import pytest
 
 from asr_service import formats
+from tests.samples import whisper_shaped
 
 FOUR_HOURS_S = 4 * 3600
-
-
-def whisper_shaped(seconds: float, seed: int = 7, shuffle: bool = False) -> dict[str, Any]:
-    """A faster-whisper-like result: 5 s segments of 12 timed words (2.4 words/s)."""
-    rng = random.Random(seed)
-    segments, words, t = [], [], 0.0
-    while t < seconds:
-        said = [{"word": f" w{rng.randint(0, 999)}", "start": round(t + k * 0.4, 3),
-                 "end": round(t + k * 0.4 + 0.3, 3)} for k in range(12)]
-        words += said
-        segments.append({"start": t, "end": t + 5,
-                         "text": "".join(w["word"] for w in said).strip()})
-        t += 5
-    if shuffle:
-        rng.shuffle(words)
-    return {"text": " ".join(s["text"] for s in segments), "segments": segments, "words": words,
-            "language": "en", "duration_s": t}
 
 
 def _scan(self: formats._Words, start: int, end: int) -> list[dict[str, Any]]:
