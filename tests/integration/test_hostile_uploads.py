@@ -23,6 +23,7 @@ from tests.integration.conftest import ROOT, ApiServer, report
 
 SDP_PORTS = (41234, 41240, 41250, 41260)
 FOUR_HOURS_S = 4 * 3600
+ROUNDS = 3
 
 
 @pytest.fixture
@@ -81,41 +82,45 @@ def test_hostile_uploads_are_refused_fast_and_alike_while_health_answers(
               "ffconcat-missing-file": samples.ffconcat(f"missing-{uuid.uuid4().hex}.wav"),
               "ffconcat-non-media-file": samples.ffconcat("README.md")}
     bodies.update({f"sdp-{p}": samples.sdp_session(p) for p in SDP_PORTS[1:]})
+    for _ in range(3):
+        _health_ms(api_server.url)  # warm: the first calls of a process set up its clients
     before = _sockets(api_server)
     health = Sampler(lambda: _health_ms(api_server.url))
     sockets = Sampler(lambda: _sockets(api_server) - before)
     health.start(), sockets.start()
-    answers: dict[str, tuple[float, requests.Response]] = {}
+    answers: list[tuple[str, float, requests.Response]] = []
 
     def send(name: str) -> None:
         began = time.perf_counter()
         answer = requests.post(f"{api_server.url}/api/v1/asr/submit", timeout=60,
                                files={"audio": (f"{name}.wav", bodies[name])})
-        answers[name] = (time.perf_counter() - began, answer)
+        answers.append((name, time.perf_counter() - began, answer))
 
     try:
-        senders = [threading.Thread(target=send, args=(name,)) for name in bodies]
-        for sender in senders:
-            sender.start()
-        for sender in senders:
-            sender.join(120)
+        for _ in range(ROUNDS):  # every body at once, a few times: health samples meanwhile
+            senders = [threading.Thread(target=send, args=(name,)) for name in bodies]
+            for sender in senders:
+                sender.start()
+            for sender in senders:
+                sender.join(120)
         seen = len(health.seen)  # and a few health calls after the last answer
         eventually(lambda: len(health.seen) >= seen + 3, 30, message="health stopped")
     finally:
         latencies, opened = sorted(health.stop()), sockets.stop()
 
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    report("hostile_uploads", seconds={k: round(v[0], 3) for k, v in answers.items()},
-           health_calls=len(latencies), health_p99_ms=round(p99, 1),
-           health_max_ms=round(latencies[-1], 1), socket_samples=len(opened))
-    assert set(answers) == set(bodies)
-    for name, (took, answer) in answers.items():
+    slowest = {name: round(max(t for n, t, _ in answers if n == name), 3) for name in bodies}
+    report("hostile_uploads", uploads=len(answers), slowest_s=slowest,
+           health_calls=len(latencies), health_p50_ms=round(latencies[len(latencies) // 2], 1),
+           health_p99_ms=round(p99, 1), socket_samples=len(opened))
+    assert len(answers) == ROUNDS * len(bodies)
+    for name, took, answer in answers:
         assert answer.status_code == 422, (name, answer.text)
         assert answer.headers["Content-Type"] == "application/problem+json"
         assert answer.json()["detail"] == NOT_AUDIO, name  # one text: no existence oracle
-        assert took < 5.0, (name, took)  # goal < 1 s; the SDP body took ~20 s before
+        assert took < 5.0, (name, took)  # goal < 1 s; the SDP body took 20-40 s before
     assert not set().union(*opened), opened
-    assert p99 < 1000, latencies[-10:]  # goal < 100 ms; 10-40 s per call before
+    assert p99 < 1000, latencies[-10:]  # goal < 100 ms; 40 s before
 
 
 def test_subtitles_of_a_four_hour_transcript_through_gunicorn(api_server: ApiServer) -> None:
@@ -142,3 +147,14 @@ def test_subtitles_of_a_four_hour_transcript_through_gunicorn(api_server: ApiSer
     finally:
         requests.delete(f"{api_server.url}/api/v1/asr/task/{job_id}", timeout=30)
 
+
+
+@pytest.mark.parametrize("fmt", ["m4a", "webm", "mp3"])
+def test_audio_containers_still_submit_through_gunicorn(api_server: ApiServer, fmt: str) -> None:
+    # FFmpeg (m4a, webm) and libsndfile (mp3) probe in the gevent hub's thread pool here.
+    answer = requests.post(f"{api_server.url}/api/v1/asr/submit", timeout=60,
+                           files={"audio": (f"clip.{fmt}", samples.encode(fmt, 2.0))})
+    assert answer.status_code == 202, answer.text
+    task_id = answer.json()["task_id"]
+    assert requests.delete(f"{api_server.url}/api/v1/asr/task/{task_id}",
+                           timeout=30).status_code == 204  # no job left to later tests

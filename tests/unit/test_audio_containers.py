@@ -26,6 +26,8 @@ HOSTILE = {
     "ffconcat-non-media-file": samples.ffconcat("notes.txt"),
     "ffconcat-data-uri": samples.ffconcat("data:audio/wav;base64,UklGRg=="),
     "ffconcat-subfile": samples.ffconcat("subfile,,start,0,end,0,,:secret.wav"),
+    "ffconcat-file-url": samples.ffconcat("file:secret.wav"),
+    "ffconcat-tee": samples.ffconcat("tee:secret.wav"),
     "hls": samples.hls_playlist("secret.wav"),
     "dash": samples.dash_manifest("secret.wav"),
     "png-image2pipe": samples.png_image(100),
