@@ -40,8 +40,9 @@ _AV_TIMEOUT_S = 5.0
 # missing server file from an existing one.
 NOT_AUDIO = ("not a recognised audio file (supported: WAV, FLAC, Ogg/Opus, MP3, M4A/MP4, "
              "WebM/Matroska, AIFF, AU, CAF, AAC, WMA, AMR, AC-3, WavPack)")
+# How long a submit waits for probe() (~0.5 s of audio is decoded): past it the upload is
+# refused, whatever the C call goes on doing.
 PROBE_TIMEOUT_S = 10.0
-"""How long a submit waits for probe(): past it the upload is refused, whatever the C call does."""
 
 
 @dataclass(frozen=True)
