@@ -4,6 +4,7 @@ with one answer; the audio containers outside libsndfile still decode."""
 from __future__ import annotations
 
 import io
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,20 @@ def test_a_nested_open_is_refused_even_by_a_demuxer_that_opens_files(server_cwd:
     options = {**audio._AV_OPTIONS, "format_whitelist": "concat"}
     with pytest.raises(av.FFmpegError):
         av.open(io.BytesIO(samples.ffconcat("secret.wav")), options=options)
+
+
+def test_the_timeout_cuts_a_demuxer_that_waits() -> None:
+    # PyAV's timeout reaches FFmpeg's interrupt callback for a Python file object too: were a
+    # waiting demuxer ever allowed, an open and each read would end after the timeout.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1] & ~1  # RTP takes an even port, RTCP the next one
+    options = {"format_whitelist": "sdp", "protocol_whitelist": "rtp,udp"}
+    began = time.monotonic()
+    with av.open(io.BytesIO(samples.sdp_session(port)), options=options, timeout=0.5) as c:
+        with pytest.raises(av.FFmpegError):
+            next(c.decode(audio=0))
+    assert time.monotonic() - began < FAST_S  # without a timeout: 10 s to open, 10 s to read
 
 
 def test_every_allowed_demuxer_exists() -> None:
