@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import swagger_ui_bundle
-from flask import Flask, send_from_directory
+from flask import Flask, Response, send_from_directory
 
 from asr_service import redis_conn
 from asr_service.api import Services, access
@@ -84,4 +84,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics_api.init_app(app)
     app.add_url_rule(f"{SWAGGER_ASSETS}<path:name>", "swagger_assets",
                      lambda name: send_from_directory(swagger_ui_bundle.swagger_ui_path, name))
+    app.after_request(_no_sniffing)
     return app
+
+
+def _no_sniffing(response: Response) -> Response:
+    # Every answer, errors and ?format=txt|srt|vtt included: a browser that sniffed a transcript
+    # (text the speaker chose) could run it as HTML or script.
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response

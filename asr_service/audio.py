@@ -12,6 +12,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from asr_service import offhub
 from asr_service.errors import AudioInvalid, AudioTooLong
 
 TARGET_RATE = 16_000
@@ -20,6 +21,28 @@ MAX_CHANNELS = 32
 _PROBE_SECONDS = 0.5
 # Samples (all channels together) decoded at a time: 1 MiB of float32 whatever the header says.
 _BLOCK_SAMPLES = 1 << 18
+# The FFmpeg demuxers an upload may be read with: audio containers (mov and matroska also carry
+# mp4 and webm) that read nothing but the upload's own bytes. Left to detect the format from the
+# content, FFmpeg picks among ~350 demuxers, among them sdp (listens on the UDP ports the body
+# names), concat, hls and dash (open the files and URLs the body lists).
+AV_FORMATS = ("wav", "w64", "flac", "ogg", "mp3", "mov", "matroska", "aiff", "au", "caf", "aac",
+              "asf", "amr", "amrnb", "amrwb", "ac3", "eac3", "wv")
+_AV_OPTIONS = {
+    "format_whitelist": ",".join(AV_FORMATS),
+    # Every nested open (a file, a URL, data:, subfile:) is checked against this list, and no
+    # protocol is called "none": a demuxer can read nothing beyond the upload.
+    "protocol_whitelist": "none",
+}
+# Per open and per packet read. The bytes are in memory, so only a demuxer waiting on something
+# else (it cannot, above) would take this long; it bounds a mistake in the lists above.
+_AV_TIMEOUT_S = 5.0
+# One answer for every body FFmpeg refuses: a demuxer's own error (its strerror) would tell a
+# missing server file from an existing one.
+NOT_AUDIO = ("not a recognised audio file (supported: WAV, FLAC, Ogg/Opus, MP3, M4A/MP4, "
+             "WebM/Matroska, AIFF, AU, CAF, AAC, WMA, AMR, AC-3, WavPack)")
+# How long a submit waits for probe() (~0.5 s of audio is decoded): past it the upload is
+# refused, whatever the C call goes on doing.
+PROBE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +65,15 @@ def probe(data: bytes) -> AudioInfo:
     except (sf.LibsndfileError, RuntimeError, TypeError):
         pass  # not a format libsndfile reads (m4a, webm, ...): let FFmpeg try
     return _probe_av(data)
+
+
+def probe_off_hub(data: bytes, timeout_s: float = PROBE_TIMEOUT_S) -> AudioInfo:
+    """probe(), in an OS thread when gevent runs the process (a C call would stall every
+    greenlet), refused with NOT_AUDIO when it has not answered within timeout_s."""
+    try:
+        return offhub.call(probe, data, timeout_s=timeout_s)
+    except TimeoutError:
+        raise AudioInvalid(NOT_AUDIO) from None
 
 
 def decode(data: bytes, max_seconds: float) -> np.ndarray:
@@ -133,9 +165,10 @@ def _probe_soundfile(data: bytes) -> AudioInfo:
 
 def _open_av(data: bytes) -> tuple[av.container.InputContainer, av.audio.stream.AudioStream]:
     try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except (av.FFmpegError, ValueError, IndexError) as exc:
-        raise AudioInvalid(f"not a recognised audio file ({_reason(exc)})") from None
+        container = av.open(io.BytesIO(data), mode="r", options=dict(_AV_OPTIONS),
+                            timeout=_AV_TIMEOUT_S)
+    except (av.FFmpegError, ValueError, IndexError):
+        raise AudioInvalid(NOT_AUDIO) from None
     if not container.streams.audio:
         container.close()
         raise AudioInvalid("the file has no audio stream")

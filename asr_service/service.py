@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 
 from asr_service import urlguard
-from asr_service.audio import AudioInfo, probe
+from asr_service.audio import AudioInfo, probe_off_hub
 from asr_service.cluster import Cluster
 from asr_service.errors import (
     AudioTooLong,
@@ -158,7 +158,7 @@ class JobService:
                                self.settings.result_retention_s)
             if held := self.lifecycle.held_by(idempotency_key):  # replay without decoding
                 return self._replay(*held, idem)
-        info = probe(upload.data)
+        info = probe_off_hub(upload.data)  # FFmpeg and libsndfile: off the gevent hub
         job = replace(self._new_job(upload, info, self.queue_for(upload.model)), owner=owner)
         outcome, job_id = self.lifecycle.create(job, upload.data, idem, format=info.format,
                                                 codec=info.codec)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
+from typing import Any
 
 import av
 import numpy as np
@@ -109,3 +111,50 @@ def corrupt_m4a() -> bytes:
     third = len(data) // 3
     data[third: 2 * third] = b"\x5a" * third
     return bytes(data)
+
+
+# Bodies that ask FFmpeg's auto-detection for a demuxer that reaches outside the upload.
+
+def sdp_session(port: int = 41234) -> bytes:
+    """An SDP description: the sdp demuxer would listen for RTP on UDP `port` (and port + 1)."""
+    return (b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            b"m=audio %d RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n" % port)
+
+
+def ffconcat(*paths: str) -> bytes:
+    """An ffconcat script: the concat demuxer would read these paths (relative to its cwd)."""
+    return b"ffconcat version 1.0\n" + b"".join(b"file '%s'\n" % p.encode() for p in paths)
+
+
+def hls_playlist(uri: str) -> bytes:
+    """An HLS playlist: the hls demuxer would open `uri` as its one segment."""
+    return (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+            b"#EXTINF:10.0,\n%s\n#EXT-X-ENDLIST\n" % uri.encode())
+
+
+def dash_manifest(uri: str) -> bytes:
+    """A DASH manifest: the dash demuxer would open `uri` as its one representation."""
+    return (b'<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+            b'mediaPresentationDuration="PT1S" minBufferTime="PT1S" '
+            b'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011"><Period><AdaptationSet '
+            b'mimeType="audio/wav"><Representation id="1" bandwidth="1"><BaseURL>%s</BaseURL>'
+            b'</Representation></AdaptationSet></Period></MPD>\n' % uri.encode())
+
+
+# Transcripts, for the output formats.
+
+def whisper_shaped(seconds: float, seed: int = 7, shuffle: bool = False) -> dict[str, Any]:
+    """A faster-whisper-like result: 5 s segments of 12 timed words (2.4 words/s)."""
+    rng = random.Random(seed)
+    segments, words, t = [], [], 0.0
+    while t < seconds:
+        said = [{"word": f" w{rng.randint(0, 999)}", "start": round(t + k * 0.4, 3),
+                 "end": round(t + k * 0.4 + 0.3, 3)} for k in range(12)]
+        words += said
+        segments.append({"start": t, "end": t + 5,
+                         "text": "".join(w["word"] for w in said).strip()})
+        t += 5
+    if shuffle:
+        rng.shuffle(words)
+    return {"text": " ".join(s["text"] for s in segments), "segments": segments, "words": words,
+            "language": "en", "duration_s": t}

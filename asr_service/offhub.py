@@ -1,0 +1,28 @@
+"""Blocking C calls off the gevent hub: in an OS thread when gevent has patched the process."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def call(fn: Callable[..., T], *args: object, timeout_s: float) -> T:
+    """fn(*args); under gevent in the hub's thread pool, TimeoutError after timeout_s.
+
+    Under gunicorn's gevent worker a C call (FFmpeg, libsndfile) runs in the only OS thread of
+    the process, and no other greenlet (health, uploads, long-polls) runs until it returns. In
+    a pool thread it only holds the GIL while it runs Python. Past timeout_s the caller gets
+    its answer; the thread finishes (or fails) on its own, and its result is dropped.
+    Without gevent (tests, the Flask dev server, a worker) it is a plain call.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("socket"):
+        return fn(*args)
+    import gevent
+
+    # Also bounds the wait for a free pool thread, should the pool be full of overrunning calls.
+    with gevent.Timeout(timeout_s, TimeoutError(f"no answer within {timeout_s:g} s")):
+        return gevent.get_hub().threadpool.spawn(fn, *args).get()
