@@ -166,9 +166,11 @@ class Settings:
             return None if "*" in hosts else hosts
         if self.api_host.strip("[]") in ("0.0.0.0", "::", ""):
             return None
-        hosts = ["localhost", "127.0.0.1", "::1", self.api_host.strip("[]")]
+        hosts = ["localhost", "127.0.0.1", self.api_host.strip("[]")]
         if public := urlsplit(self.public_url).hostname:
             hosts.append(public)
+        # Werkzeug 3.1's matcher cuts an entry at its first ':', so an IPv6 literal in a Host
+        # header never matches: loopback clients use 127.0.0.1 or localhost.
         return hosts
 
     def api_exposure_error(self) -> str | None:
