@@ -84,7 +84,8 @@ class RunnerBeat:
 def holding_lease(lifecycle: Lifecycle, job_id: str, token: str, lease_s: float,
                   on_lost: Callable[[], None]) -> Iterator[None]:
     """Renew the job's lease from a thread while the body runs; on_lost() once another
-    runner or delivery owns the job (the body should stop: its result would be refused).
+    runner or delivery owns the job, or the job was deleted (the body should stop: its result
+    would be refused). This is how a DELETE stops a running job: no signal is sent to a pid.
 
     on_lost() is never called once the body has left: the lock orders it with the exit.
     """
