@@ -188,3 +188,11 @@ def test_done_stops_the_body_only_when_the_job_was_deleted(record_exists: bool,
         if stopped:
             eventually(lost.is_set, 5, interval=0.01)
     assert lost.is_set() is stopped
+
+
+def test_openapi_documents_replication_pending(client: FlaskClient) -> None:
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    for name in ("SubmitResponse", "Retried"):
+        assert schemas[name]["properties"]["replication"]["enum"] == ["pending"]
+    delete = client.get("/openapi.json").get_json()["paths"]["/api/v1/asr/task/{task_id}"]
+    assert "Replication" in delete["delete"]["responses"]["204"]["headers"]
