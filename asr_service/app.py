@@ -8,7 +8,7 @@ import swagger_ui_bundle
 from flask import Flask, Response, send_from_directory
 
 from asr_service import redis_conn
-from asr_service.api import Services, access
+from asr_service.api import Services, access, inflight
 from asr_service.api import dashboard as dashboard_api
 from asr_service.api import jobs as jobs_api
 from asr_service.api import metrics as metrics_api
@@ -48,6 +48,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Served by us from the swagger-ui-bundle wheel: no CDN needed, works offline.
         OPENAPI_SWAGGER_UI_URL=SWAGGER_ASSETS,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        # Werkzeug answers 400 to any other Host: a DNS-rebinding page cannot reach a
+        # key-less loopback API through the victim's browser.
+        TRUSTED_HOSTS=settings.allowed_hosts,
     )
     # A blocking pool: under gevent, hundreds of requests (a thousand long-polls woken at once)
     # wait their turn for one of REDIS_POOL_SIZE connections; redis-py's default pool instead
@@ -75,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=celery,
     )
     access.init_app(app, settings)
+    inflight.init_app(app, settings.max_inflight_upload_bytes, settings.max_upload_bytes)
     api = Api(app)
     api.register_blueprint(jobs_api.blp)
     api.register_blueprint(system_api.blp)

@@ -78,6 +78,27 @@ class QueueUnavailable(AsrError):
     slug = "queue-unavailable"
 
 
+class OutcomeUnknown(AsrError):
+    """Redis failed after a state change was sent: it may or may not have happened. The
+    problem names the task, so the client can look instead of guessing."""
+
+    title = "Outcome unknown"
+    slug = "outcome-unknown"
+    retry_after_s = 5
+
+    def __init__(self, detail: str, task_id: str) -> None:
+        super().__init__(detail)
+        self.task_id = task_id
+
+
+class UploadsBusy(AsrError):
+    """This API process already holds MAX_INFLIGHT_UPLOAD_MB of request bodies."""
+
+    title = "Too many uploads in flight"
+    slug = "uploads-busy"
+    retry_after_s = 5
+
+
 class EngineError(AsrError):
     """The engine failed on a job (the job is marked failed, the worker lives on)."""
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.commands.core import Script
@@ -38,6 +38,7 @@ from asr_service.logs import log_event
 
 log = logging.getLogger(__name__)
 LUA = Path(__file__).with_name("lua")
+T = TypeVar("T")
 
 
 def _script(name: str) -> str:
@@ -105,8 +106,14 @@ WAIT_TIMEOUT_MS = 1000
 
 class NotReplicated(redis.ConnectionError):
     """The master applied a state change but too few replicas acknowledged it in time, so it
-    may not survive a failover: it is not reported as done (the API answers 503; a worker
-    retries it)."""
+    may not survive a failover (a worker retries it; the API answers it done with
+    `replication: pending`, since the master holds it). `answer`: the script's reply;
+    `result`: what the API-facing call (create, retry, delete) would have returned."""
+
+    def __init__(self, message: str, answer: Any = None) -> None:
+        super().__init__(message)
+        self.answer = answer
+        self.result: Any = None
 
 
 class Lifecycle:
@@ -138,7 +145,8 @@ class Lifecycle:
         answer, acknowledged = pipe.execute()
         if acknowledged < self.min_replicas:
             raise NotReplicated(f"{acknowledged} of the {self.min_replicas} replicas "
-                                f"(REDIS_MIN_REPLICAS) acknowledged within {WAIT_TIMEOUT_MS} ms")
+                                f"(REDIS_MIN_REPLICAS) acknowledged within {WAIT_TIMEOUT_MS} ms",
+                                answer)
         return answer
 
     def _emit(self, event: Event) -> None:
@@ -159,13 +167,21 @@ class Lifecycle:
         """
         record = [part for pair in encode_fields(vars(job)).items() for part in pair]
         idem = idempotency or Idempotency("", "", 1)
-        outcome, job_id = self._run(self._create, [
+        answer, lagging = self._applied(self._create, [
             self.keys.prefix, job.id, job.created_at, self.retention_s, self.max_recordings,
             self.max_stored_bytes, idem.key, idem.fingerprint, idem.ttl_s, audio, *record])
-        outcome, job_id = outcome.decode(), job_id.decode()
+        outcome, job_id = answer[0].decode(), answer[1].decode()
         if outcome == "created":
             self._emit(Event("job.submitted", job, details=details))
-        return outcome, job_id
+        return _unless_lagging(lagging, (outcome, job_id))
+
+    def _applied(self, script: Script, args: list[Any]) -> tuple[Any, NotReplicated | None]:
+        """_run(), but a change the master applied is returned even when replicas lag, with
+        the NotReplicated to raise once its event went out (it did happen on the master)."""
+        try:
+            return self._run(script, args), None
+        except NotReplicated as lagging:
+            return lagging.answer, lagging
 
     def held_by(self, idempotency_key: str) -> tuple[str, str] | None:
         """(job id, fingerprint) bound to an Idempotency-Key whose job still exists."""
@@ -181,14 +197,14 @@ class Lifecycle:
         spec = {"to": to, "from": list(allowed), "event": event, "reason": reason,
                 "retention_s": self.retention_s, "max_recordings": self.max_recordings,
                 "max_stored_bytes": self.max_stored_bytes, **move}
-        answer = self._run(self._transition,
-                           [self.keys.prefix, job_id, time.time(), json.dumps(spec)])
+        answer, lagging = self._applied(self._transition,
+                                        [self.keys.prefix, job_id, time.time(), json.dumps(spec)])
         outcome = Outcome(answer[0].decode())
         job = decode_job(answer[1]) if len(answer) > 1 else None
         if outcome in (Outcome.OK, Outcome.GAVE_UP) and job is not None:
             kind = "job.finished" if outcome is Outcome.GAVE_UP else event
             self._emit(Event(kind, job, reason, details or {}))
-        return Moved(outcome, job)
+        return _unless_lagging(lagging, Moved(outcome, job))
 
     def claim(self, job_id: str, delivery: str, runner: Runner, worker: str,
               max_deliveries: int, lease_s: float) -> Moved:
@@ -224,9 +240,17 @@ class Lifecycle:
     def retry(self, job_id: str, delivery: str, owner: str | None = None) -> Job:
         """failed/cancelled -> queued under a new delivery; 409 otherwise, 410 without audio.
         With an owner, another tenant's job is a 404, checked in the same atomic step."""
-        moved = self._move(job_id, Status.QUEUED, allowed=[Status.FAILED, Status.CANCELLED],
-                           event="job.requeued", reason="retry", needs_audio=True,
-                           set=_fresh_run(delivery, deliveries=0), owner=owner)
+        try:
+            moved = self._move(job_id, Status.QUEUED, allowed=[Status.FAILED, Status.CANCELLED],
+                               event="job.requeued", reason="retry", needs_audio=True,
+                               set=_fresh_run(delivery, deliveries=0), owner=owner)
+        except NotReplicated as lagging:
+            # Requeued on the master (replicas lag): the job; refused: the error, as below.
+            lagging.result = self._retried(job_id, lagging.result)
+            raise
+        return self._retried(job_id, moved)
+
+    def _retried(self, job_id: str, moved: Moved) -> Job:
         if moved.outcome is Outcome.MISSING:
             raise not_found(job_id)
         if moved.outcome is Outcome.GONE:
@@ -260,19 +284,27 @@ class Lifecycle:
         """Remove the job, its recording, transcript, lease and index entries, for good. With an
         owner, another tenant's job is a 404 and stays (checked in the same atomic step)."""
         fence = [] if owner is None else [owner]
-        answer = self._run(self._remove,
-                           [self.keys.prefix, "delete", job_id, time.time(),
-                            self.retention_s, *fence])
+        answer, lagging = self._applied(self._remove,
+                                        [self.keys.prefix, "delete", job_id, time.time(),
+                                         self.retention_s, *fence])
         if answer[0] == b"missing":
             raise not_found(job_id)
         job = decode_job(answer[1])
         self._emit(Event("job.deleted", job))
-        return job
+        return _unless_lagging(lagging, job)
 
     def expire(self, now: float | None = None, limit: int = 500) -> int:
         """Remove up to `limit` jobs that finished more than the retention period ago."""
         cutoff = (time.time() if now is None else now) - self.retention_s
         return int(self._remove(args=[self.keys.prefix, "expire", cutoff, limit]))
+
+
+def _unless_lagging(lagging: NotReplicated | None, result: T) -> T:
+    """The result, or the NotReplicated carrying it when replicas did not acknowledge it."""
+    if lagging is not None:
+        lagging.result = result
+        raise lagging
+    return result
 
 
 def _fresh_run(delivery: str, **more: Any) -> dict[str, Any]:

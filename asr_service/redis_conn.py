@@ -68,7 +68,9 @@ def limiter_storage(settings: Settings) -> tuple[str, dict[str, Any]]:
     """The `limits` storage URI and options for flask-limiter."""
     options: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
     if not settings.sentinel_nodes:
-        return settings.redis_url, options
+        # `limits` names a Unix socket redis+unix:// (redis-py: unix://); same path and query.
+        url = settings.redis_url
+        return ("redis+" + url if url.startswith("unix://") else url), options
     auth = _auth(settings)
     hosts = ",".join(f"{_netloc(host)}:{port}" for host, port in settings.sentinel_nodes)
     # Every check reads and writes the master: a replica's window may lag behind.

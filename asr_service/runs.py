@@ -83,7 +83,8 @@ class RunnerBeat:
 def holding_lease(lifecycle: Lifecycle, job_id: str, token: str, lease_s: float,
                   on_lost: Callable[[], None]) -> Iterator[None]:
     """Renew the job's lease from a thread while the body runs; on_lost() once another
-    runner or delivery owns the job (the body should stop: its result would be refused).
+    runner or delivery owns the job, or the job was deleted (the body should stop: its result
+    would be refused). This is how a DELETE stops a running job: no signal is sent to a pid.
 
     on_lost() is never called once the body has left: the lock orders it with the exit.
     """
@@ -100,10 +101,11 @@ def holding_lease(lifecycle: Lifecycle, job_id: str, token: str, lease_s: float,
                 log.warning("lease had lapsed; nobody took the job over: kept it",
                             extra={"job_id": job_id})
             elif state in ("lost", "done"):
+                stopping = state == "lost" or _deleted(lifecycle, job_id)
                 with exiting:
-                    if state == "lost" and not stop.is_set():
-                        log.warning("lease lost: the job is owned elsewhere now; stopping",
-                                    extra={"job_id": job_id})
+                    if stopping and not stop.is_set():
+                        log.warning("lease %s: the job is owned elsewhere or deleted now; "
+                                    "stopping", state, extra={"job_id": job_id})
                         on_lost()
                 return
 
@@ -115,6 +117,15 @@ def holding_lease(lifecycle: Lifecycle, job_id: str, token: str, lease_s: float,
         with exiting:
             stop.set()
         thread.join(timeout=1)
+
+
+def _deleted(lifecycle: Lifecycle, job_id: str) -> bool:
+    """'done' with no record: a DELETE (or expiry), which relies on this stop since it sends
+    no signal; with a record, 'done' is the body's own end and nothing is to be stopped."""
+    try:
+        return not lifecycle.redis.exists(lifecycle.keys.job(job_id))
+    except redis.RedisError:
+        return False  # left to run: its result is refused, since every write checks the record
 
 
 def reap_orphans(store: JobStore, lifecycle: Lifecycle, dispatch: Dispatch,

@@ -20,6 +20,7 @@ from celery import Celery
 from asr_service import urlguard
 from asr_service.audio import AudioInfo, probe_off_hub
 from asr_service.cluster import Cluster
+from asr_service.committed import outcome_of
 from asr_service.errors import (
     AudioTooLong,
     IdempotencyMismatch,
@@ -28,7 +29,7 @@ from asr_service.errors import (
     UrlRefused,
 )
 from asr_service.jobs import ACTIVE, Job, JobStore, Status
-from asr_service.lifecycle import Idempotency, Lifecycle
+from asr_service.lifecycle import Idempotency, Lifecycle, NotReplicated
 from asr_service.runs import new_delivery
 from asr_service.settings import Settings
 from asr_service.waiters import Waiters
@@ -57,11 +58,6 @@ class Dispatcher:
                         extra={"job_id": job.id})
             return False
 
-    def revoke(self, job: Job) -> None:
-        """Stop a running delivery without killing its process: SIGUSR1 raises
-        SoftTimeLimitExceeded inside the task (the model stays loaded)."""
-        self.celery.control.revoke(job.celery_id, terminate=True, signal="SIGUSR1")
-
 
 @dataclass(frozen=True)
 class Upload:
@@ -74,10 +70,14 @@ class Upload:
     callback_url: str | None = None
     model: str | None = None
     """A served model's id; None: the default model."""
+    source_url: str | None = None
+    """The audio_url it was fetched from (None: uploaded)."""
 
     def fingerprint(self) -> str:
-        """Identifies the request, so a reused Idempotency-Key with another upload is caught."""
-        digest = hashlib.sha256(self.data)
+        """Identifies the request, so a reused Idempotency-Key with another upload is caught.
+        An audio_url request is its URL, so a replay is found before anything is fetched."""
+        digest = hashlib.sha256(self.data if self.source_url is None
+                                else f"url\0{self.source_url}".encode())
         digest.update(f"\0{self.language}\0{' '.join(self.hotwords)}".encode())
         digest.update(f"\0{self.callback_url or ''}\0{self.model or ''}".encode())
         return digest.hexdigest()
@@ -89,6 +89,9 @@ class Submitted:
 
     job: Job
     replayed: bool
+    replication: str | None = None
+    """"pending" when the master holds it but fewer than REDIS_MIN_REPLICAS replicas
+    acknowledged it in time."""
 
 
 class JobService:
@@ -146,6 +149,16 @@ class JobService:
                              "to be set (every webhook is signed)")
         urlguard.check_url(url, self.settings.webhook_allow_private)
 
+    def precheck(self, upload: Upload, idempotency_key: str | None = None) -> Submitted | None:
+        """The cheap checks, before any audio is fetched: callback_url, model, and an
+        Idempotency-Key replay (returned; None: go on)."""
+        if upload.callback_url:
+            self._check_callback(upload.callback_url)
+        self.queue_for(upload.model)
+        if idempotency_key and (held := self.lifecycle.held_by(idempotency_key)):
+            return self._replay(*held, Idempotency(idempotency_key, upload.fingerprint(), 1))
+        return None
+
     def submit(self, upload: Upload, idempotency_key: str | None = None,
                owner: str = "") -> Submitted:
         """Store and queue a recording for a tenant (owner); 422 when it is not audio, too long,
@@ -160,8 +173,15 @@ class JobService:
                 return self._replay(*held, idem)
         info = probe_off_hub(upload.data)  # FFmpeg and libsndfile: off the gevent hub
         job = replace(self._new_job(upload, info, self.queue_for(upload.model)), owner=owner)
-        outcome, job_id = self.lifecycle.create(job, upload.data, idem, format=info.format,
-                                                codec=info.codec)
+        replication = None
+        with outcome_of(job.id, f"GET /api/v1/asr/result/{job.id} tells whether it was stored "
+                        "(404: it was not); submitting again with the same Idempotency-Key is "
+                        "safe (it replays the task if it exists)"):
+            try:
+                outcome, job_id = self.lifecycle.create(job, upload.data, idem,
+                                                        format=info.format, codec=info.codec)
+            except NotReplicated as lagging:  # the master holds it: not a failure to hide
+                (outcome, job_id), replication = lagging.result, "pending"
         if outcome == "full":
             raise StorageFull(
                 "the recordings of queued and running jobs fill the audio storage budget "
@@ -169,9 +189,11 @@ class JobService:
                 "try again once jobs finish")
         if outcome != "created":
             assert idem is not None
-            return self._replay(job_id, idem.fingerprint if outcome == "replayed" else "", idem)
+            replayed = self._replay(job_id, idem.fingerprint if outcome == "replayed" else "",
+                                    idem)
+            return Submitted(replayed.job, True, replication)
         self.dispatcher.try_send(job)
-        return Submitted(job, replayed=False)
+        return Submitted(job, replayed=False, replication=replication)
 
     def _replay(self, job_id: str, fingerprint: str, idem: Idempotency) -> Submitted:
         if fingerprint != idem.fingerprint:
@@ -211,22 +233,32 @@ class JobService:
         self.waiters.wait(job_id, timeout_s, done)
         return ended[-1], self.store.transcript(ended[-1])
 
-    def retry(self, job_id: str, owner: str | None = None) -> Job:
-        """Queue a failed or cancelled job again (409 otherwise, 410 without its recording,
-        404 for another owner's)."""
-        job = self.lifecycle.retry(job_id, new_delivery(job_id, "retry"), owner)
+    def retry(self, job_id: str, owner: str | None = None) -> tuple[Job, str | None]:
+        """Queue a failed or cancelled job again (409 otherwise, 410 without its recording);
+        the job and its replication ("pending": the master holds it, replicas lag); 404 for
+        another owner's."""
+        replication = None
+        with outcome_of(job_id, f"GET /api/v1/asr/result/{job_id} tells whether it is queued "
+                        "again; retrying again is safe (409 once it is)"):
+            try:
+                job = self.lifecycle.retry(job_id, new_delivery(job_id, "retry"), owner)
+            except NotReplicated as lagging:
+                job, replication = lagging.result, "pending"
         self.dispatcher.try_send(job)
-        return job
+        return job, replication
 
-    def delete(self, job_id: str, owner: str | None = None) -> Job:
-        """Delete the job for good, stopping it first if it is queued or running (404 for
-        another owner's)."""
-        job = self.lifecycle.delete(job_id, owner)
-        if job.status in ACTIVE:
-            # A queued delivery finds no record and is dropped; a running one is stopped and
-            # cannot write anything back (every write checks the record).
-            self.dispatcher.revoke(job)
-        return job
+    def delete(self, job_id: str, owner: str | None = None) -> str | None:
+        """Delete the job for good; its replication ("pending": the master holds the delete,
+        replicas lag). A queued delivery then finds no record and is dropped; a running one
+        learns it from its lease renewal and stops itself (runs.holding_lease): no signal is
+        sent to a process that may be running another job by then. 404 for another owner's."""
+        with outcome_of(job_id, f"GET /api/v1/asr/result/{job_id} tells whether it is gone "
+                        "(404); deleting again is safe"):
+            try:
+                self.lifecycle.delete(job_id, owner)
+            except NotReplicated:
+                return "pending"
+        return None
 
 
 def _display_name(filename: str | None) -> str:

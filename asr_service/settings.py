@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 
 class SettingsError(ValueError):
@@ -52,6 +52,8 @@ class Settings:
     """Worker processes `make worker` starts on this host (Celery concurrency)."""
     max_upload_mb: int = 100
     """Largest accepted upload; bigger bodies get 413."""
+    max_inflight_upload_mb: int = 128
+    """Request bodies and audio_url downloads one API process holds at once (503 beyond)."""
     max_audio_seconds: int = 4 * 3600
     """Longest accepted recording."""
     result_retention_s: int = 7 * 24 * 3600
@@ -129,6 +131,11 @@ class Settings:
     public_url: str = ""
     """Base URL clients reach the API at (https://asr.example.com), for absolute links in
     webhooks; empty: the links are paths."""
+    api_allowed_hosts: str = ""
+    """Comma-separated Host names the API answers (others: 400; * any); empty: see
+    allowed_hosts."""
+    flower_unauthenticated_api: bool = False
+    """Flower's own switch for a login-less API; refused (any web page could drive it)."""
 
     @property
     def redis_url_display(self) -> str:
@@ -147,6 +154,28 @@ class Settings:
         """Upload limit in bytes."""
         return self.max_upload_mb * 1024 * 1024
 
+    @property
+    def max_inflight_upload_bytes(self) -> int:
+        """The per-process budget of request bodies in flight, in bytes."""
+        return self.max_inflight_upload_mb * 1024 * 1024
+
+    @property
+    def allowed_hosts(self) -> list[str] | None:
+        """Host names the API answers (None: any). Default: loopback names, API_HOST and
+        PUBLIC_URL's host, so a DNS-rebinding page cannot reach a loopback API; a wildcard
+        API_HOST (0.0.0.0) cannot know the names clients use, so it allows any."""
+        if self.api_allowed_hosts:
+            hosts = [h.strip() for h in self.api_allowed_hosts.split(",") if h.strip()]
+            return None if "*" in hosts else hosts
+        if self.api_host.strip("[]") in ("0.0.0.0", "::", ""):
+            return None
+        hosts = ["localhost", "127.0.0.1", self.api_host.strip("[]")]
+        if public := urlsplit(self.public_url).hostname:
+            hosts.append(public)
+        # Werkzeug 3.1's matcher cuts an entry at its first ':', so an IPv6 literal in a Host
+        # header never matches: loopback clients use 127.0.0.1 or localhost.
+        return hosts
+
     def api_exposure_error(self) -> str | None:
         """Why the API must not start on API_HOST (beyond loopback without keys), if so."""
         if is_loopback(self.api_host) or self.api_key_set or self.allow_anonymous:
@@ -157,6 +186,12 @@ class Settings:
 
     def flower_exposure_error(self) -> str | None:
         """Why Flower must not start on FLOWER_HOST (beyond loopback without a login), if so."""
+        if self.flower_unauthenticated_api and not self.flower_basic_auth:
+            # Flower 2.2 then sends Access-Control-Allow-Origin: * and skips its XSRF check:
+            # any web page the operator opens could read its API and POST shutdowns/revokes.
+            return ("refusing FLOWER_UNAUTHENTICATED_API=true: it opens Flower's API to every "
+                    "web page the operator visits; set FLOWER_BASIC_AUTH=user:password and "
+                    "call the API with that login")
         if is_loopback(self.flower_host) or self.flower_basic_auth:
             return None
         return (f"refusing to serve Flower on {self.flower_host} without a login: set "
@@ -219,9 +254,20 @@ class Settings:
             values["redis_url"] = _redis_url(env)
         except ValueError as exc:
             errors.append(str(exc))
+        errors += _cross_checks(values)
         if errors:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
         return cls(**values)
+
+
+def _cross_checks(values: dict[str, Any]) -> list[str]:
+    """Errors between variables: an upload that could never fit the in-flight budget."""
+    upload = values.get("max_upload_mb", Settings.max_upload_mb)
+    inflight = values.get("max_inflight_upload_mb", Settings.max_inflight_upload_mb)
+    if inflight < upload:
+        return [f"MAX_INFLIGHT_UPLOAD_MB={inflight} is below MAX_UPLOAD_MB={upload}: an upload "
+                "of the largest accepted size could never be taken"]
+    return []
 
 
 def model_id(reference: str) -> str:
@@ -410,6 +456,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "flower_basic_auth": _optional_text,
     "webhook_secret": _webhook_secret,
     "public_url": _optional_text,
+    "api_allowed_hosts": _optional_text,
     "rate_limit": _rate_limit,
     "log_level": lambda raw: _choice("debug", "info", "warning", "error")(raw).upper(),
     "api_port": _port,

@@ -1,11 +1,13 @@
 """Flower settings: `celery -A celery_app flower --conf=config/flowerconfig.py`.
 
 Flower listens on FLOWER_HOST:FLOWER_PORT. Beyond loopback it refuses to start without
-FLOWER_BASIC_AUTH, and its JSON API is never open without a login there; on loopback without
-a login the API is open to this host only (the local `make run` stack).
+FLOWER_BASIC_AUTH. Its JSON API needs that login everywhere: Flower 2.2 opens it without one
+only through FLOWER_UNAUTHENTICATED_API, which also sends Access-Control-Allow-Origin: * and
+skips the cross-site check, so any web page could drive it; that variable is refused. With a
+login, Flower refuses cross-site requests (Sec-Fetch-Site / Origin) itself.
 """
 
-from asr_service.settings import Settings, is_loopback
+from asr_service.settings import Settings
 
 _settings = Settings.from_env()
 if _problem := _settings.flower_exposure_error():
@@ -15,4 +17,3 @@ address = _settings.flower_host
 port = _settings.flower_port
 # Set either way: Flower also reads FLOWER_BASIC_AUTH itself, and takes an empty one for a login.
 basic_auth = [_settings.flower_basic_auth] if _settings.flower_basic_auth else []
-unauthenticated_api = is_loopback(_settings.flower_host) and not _settings.flower_basic_auth

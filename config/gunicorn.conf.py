@@ -26,5 +26,6 @@ timeout = 120
 # On SIGTERM, in-flight requests get this long; an upload stalled mid-body is cut after it.
 graceful_timeout = 20
 accesslog = "-"
-access_log_format = '{"ts_local": "%(t)s", "component": "api-access", "method": "%(m)s", ' \
-    '"path": "%(U)s", "status": %(s)s, "bytes": %(B)s, "duration_ms": %(M)s}'
+# One JSON line per request, built with json.dumps: a %-template (access_log_format) breaks on a
+# backslash or a newline in the path.
+logger_class = "asr_service.access_log.JsonAccessLogger"

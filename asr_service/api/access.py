@@ -76,9 +76,6 @@ def _is_valid(key: str, keys: frozenset[str]) -> bool:
 
 def init_app(app: Flask, settings: Settings) -> None:
     """Install the key check and the rate limiter the settings ask for."""
-    keys = settings.api_key_set
-    if keys:
-        app.before_request(lambda: _check_key(keys))
     storage_uri, storage_options = redis_conn.limiter_storage(settings)
     limiter = Limiter(
         key_func=client_id,
@@ -95,6 +92,10 @@ def init_app(app: Flask, settings: Settings) -> None:
         application_limits_exempt_when=lambda: request.path.startswith(OPEN_PATHS),
     )
     app.extensions["asr_limiter"] = limiter
+    # After the limiter's own hook: a request with a missing or wrong key is counted too (by
+    # client address), so key guessing and 401 floods meet RATE_LIMIT like anything else.
+    if keys := settings.api_key_set:
+        app.before_request(lambda: _check_key(keys))
 
 
 def _check_key(keys: frozenset[str]) -> Response | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from flask import Request, Response, make_response, send_file, url_for
@@ -19,14 +20,14 @@ from webargs.multidictproxy import MultiDictProxy
 from werkzeug.datastructures import CombinedMultiDict, FileStorage
 
 from asr_service import formats
-from asr_service.api import idempotency, problems, services
+from asr_service.api import idempotency, inflight, problems, services
 from asr_service.api.access import owner_id, scope
 from asr_service.api.schemas import (
     HistoryArgsSchema,
     HistorySchema,
     JobResultSchema,
-    JobSchema,
     ResultArgsSchema,
+    RetriedSchema,
     SubmitResponseSchema,
     SubmitSchema,
     job_view,
@@ -55,6 +56,11 @@ SUBMIT_HEADERS = {
     "Idempotent-Replayed": {"schema": {"type": "string"},
                             "description": "true when an earlier submit's task is returned"},
 }
+DELETE_HEADERS = {
+    "Replication": {"schema": {"type": "string", "enum": ["pending"]},
+                    "description": "pending: the master deleted it but fewer than "
+                                   "REDIS_MIN_REPLICAS replicas acknowledged it in time"},
+}
 blp = _Blueprint("asr", __name__, url_prefix="/api/v1/asr", description="Transcription jobs")
 
 
@@ -74,23 +80,28 @@ class Submit(MethodView):
         same key with a different upload or fields is a 422. With `callback_url`, a signed
         webhook is POSTed there when the job ends.
         """
-        jobs = services().jobs
-        if "audio_url" in form:
-            fetched = jobs.download(form["audio_url"])
-            data, filename = fetched.data, fetched.filename
-        else:
-            upload: FileStorage = form["audio"]
-            data, filename = upload.read(), upload.filename
-        submitted = jobs.submit(
-            Upload(data, filename, form["language"], form["hotwords"], form.get("callback_url"),
-                   form.get("model")),
-            idempotency.requested_key(), owner=owner_id())
+        jobs, key = services().jobs, idempotency.requested_key()
+        upload = Upload(b"", None, form["language"], form["hotwords"], form.get("callback_url"),
+                        form.get("model"), form.get("audio_url"))
+        if upload.source_url is None:
+            audio: FileStorage = form["audio"]
+            submitted = jobs.submit(replace(upload, data=audio.read(), filename=audio.filename),
+                                    key, owner=owner_id())
+        # The cheap checks first: a refused callback, an unknown model or a replay costs no
+        # download (nor its share of MAX_INFLIGHT_UPLOAD_MB).
+        elif not (submitted := jobs.precheck(upload, key, owner=owner_id())):  # type: ignore[assignment]
+            inflight.reserve(services().settings.max_upload_bytes)
+            fetched = jobs.download(upload.source_url)
+            submitted = jobs.submit(replace(upload, data=fetched.data, filename=fetched.filename),
+                                    key, owner=owner_id())
         location = url_for("asr.Result", task_id=submitted.job.id)
         headers = {"Location": location}
         if submitted.replayed:
             headers["Idempotent-Replayed"] = "true"
         body = {"task_id": submitted.job.id, "status": submitted.job.status,
                 "status_url": location}
+        if submitted.replication:
+            body["replication"] = submitted.replication
         return body, 202, headers
 
 
@@ -162,20 +173,23 @@ class Audio(MethodView):
 class Retry(MethodView):
     """Run a failed or cancelled job again."""
 
-    @blp.response(202, JobSchema)
+    @blp.response(202, RetriedSchema)
     @problems(blp, 404, 409, 410, 503)
     def post(self, task_id: uuid.UUID) -> dict[str, Any]:
         """Re-enqueue; 409 while the job is queued, processing or already succeeded."""
-        return job_view(services().jobs.retry(str(task_id), scope()))
+        job, replication = services().jobs.retry(str(task_id), scope())
+        return {**job_view(job), **({"replication": replication} if replication else {})}
 
 
 @blp.route("/task/<uuid:task_id>")
 class Task(MethodView):
     """A job as a resource."""
 
-    @blp.response(204)
+    @blp.response(204, headers=DELETE_HEADERS)
     @problems(blp, 404, 503)
-    def delete(self, task_id: uuid.UUID) -> None:
+    def delete(self, task_id: uuid.UUID) -> Any:
         """Cancel the job if queued or running, then delete its recording, record and
         transcript; nothing of it comes back afterwards."""
-        services().jobs.delete(str(task_id), scope())
+        if replication := services().jobs.delete(str(task_id), scope()):
+            return "", 204, {"Replication": replication}
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import flask_smorest
@@ -29,7 +30,13 @@ STATUS_BY_ERROR: dict[type[errors.AsrError], int] = {
     errors.RecordingGone: 410,
     errors.QueueUnavailable: 503,
     errors.StorageFull: 503,
+    errors.OutcomeUnknown: 503,
+    errors.UploadsBusy: 503,
 }
+# Redis answers these while it cannot take writes for now (no replicas for
+# min-replicas-to-write, a long script, a failover, a load, a cluster change): retry later.
+# A script's error carries the code inside its text, so it is looked for as a word.
+UNAVAILABLE_REPLY = re.compile(r"\b(NOREPLICAS|BUSY|MASTERDOWN|LOADING|TRYAGAIN|CLUSTERDOWN)\b")
 
 
 class ProblemSchema(Schema):
@@ -114,6 +121,7 @@ class Api(flask_smorest.Api):
             self._app.register_error_handler(unavailable, handle_redis_error)
         self._app.register_error_handler(OperationalError, handle_redis_error)
         self._app.register_error_handler(redis.exceptions.OutOfMemoryError, handle_redis_full)
+        self._app.register_error_handler(redis.exceptions.ResponseError, handle_redis_reply)
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         """Every HTTP error (abort, 404 routes, 413, 422 validation, 500) as problem+json."""
@@ -138,8 +146,9 @@ def handle_asr_error(error: errors.AsrError) -> Response:
     """Domain errors: the status comes from STATUS_BY_ERROR, never from domain code."""
     status = STATUS_BY_ERROR.get(type(error), 500)
     retry = getattr(error, "retry_after_s", None)
+    extra = {"task_id": error.task_id} if isinstance(error, errors.OutcomeUnknown) else {}
     return problem(status, error.title, error.detail, slug=error.slug,
-                   headers={"Retry-After": str(retry)} if retry else None)
+                   headers={"Retry-After": str(retry)} if retry else None, **extra)
 
 
 def handle_redis_full(error: Exception) -> Response:
@@ -153,8 +162,20 @@ def handle_redis_full(error: Exception) -> Response:
 
 
 def handle_redis_error(error: Exception) -> Response:
-    """Redis down or timing out: a quick 503, never a 500 or a hang."""
+    """Redis down or timing out: a quick 503, never a 500 or a hang. The driver's text names
+    Redis's address: it goes to the log, not to the client."""
     log.warning("redis unavailable: %s", error)
     return problem(503, errors.QueueUnavailable.title,
-                   f"Redis (queue, results and job store) is unreachable: {error}",
+                   "Redis (queue, results and job store) is unreachable; try again later",
                    slug=errors.QueueUnavailable.slug, headers={"Retry-After": "5"})
+
+
+def handle_redis_reply(error: redis.exceptions.ResponseError) -> Response:
+    """A Redis error reply: the "not now" ones (UNAVAILABLE_REPLY) are a 503 to retry; any
+    other is a bug of ours and stays a 500."""
+    if isinstance(error, redis.exceptions.TryAgainError | redis.exceptions.ClusterDownError) \
+            or UNAVAILABLE_REPLY.search(str(error)):
+        return handle_redis_error(error)
+    log.error("redis error reply", exc_info=error)
+    return problem(500, "Internal Server Error", "the server failed on this request",
+                   slug="internal-server-error")

@@ -156,6 +156,15 @@ class WebhookStateSchema(Schema):
     next_attempt_at = fields.Float(allow_none=True)
 
 
+def replication_field() -> fields.String:
+    """Present only in the answer to a submit or retry that replicas did not acknowledge."""
+    return fields.String(validate=validate.OneOf(["pending"]), metadata={
+        "description": "Only when REDIS_MIN_REPLICAS is set and fewer replicas acknowledged "
+                       "the change in time: `pending`. The master holds it, so the job runs "
+                       "(the sweep sends it if its dispatch failed); a failover before the "
+                       "replicas catch up could lose it."})
+
+
 class JobSchema(Schema):
     """A job: its state, timings, and the error once failed."""
 
@@ -181,6 +190,12 @@ class JobSchema(Schema):
     webhook = fields.Nested(WebhookStateSchema, allow_none=True)
 
 
+class RetriedSchema(JobSchema):
+    """A job queued again by a retry."""
+
+    replication = replication_field()
+
+
 class JobResultSchema(JobSchema):
     """A job with its transcript when it succeeded."""
 
@@ -193,6 +208,7 @@ class SubmitResponseSchema(Schema):
     task_id = fields.String()
     status = fields.String()
     status_url = fields.String()
+    replication = replication_field()
 
 
 class HistorySchema(Schema):

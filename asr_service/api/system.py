@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from asr_service.api.schemas import (
 from asr_service.jobs import Status
 
 blp = Blueprint("system", __name__, url_prefix="/api/v1", description="Service state")
+log = logging.getLogger(__name__)
 LISTED = 200  # task ids listed by queue status, at most
 
 
@@ -47,7 +49,11 @@ class Health(MethodView):
             workers = svc.cluster.workers()
             late = webhooks.overdue_s(svc.store.redis, svc.store.keys, time.time())
         except redis.RedisError as exc:
-            reason = f"redis unreachable at {svc.settings.redis_url_display}: {exc}"
+            # The address and the driver's text are for the operator's log, not for anyone
+            # who can reach this unauthenticated endpoint.
+            log.warning("health: redis unreachable at %s: %s", svc.settings.redis_url_display,
+                        exc)
+            reason = "redis unreachable"
             return problem(503, "Service unavailable", reason, slug="service-unavailable",
                            redis=False, workers_online=0, reasons=[reason])
         online = sum(1 for w in workers if w.engines_ready)

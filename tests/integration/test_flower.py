@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,18 +20,23 @@ from tests.integration.flow import submit, wait_for
 START_TIMEOUT_S = 60
 
 
+LOGIN = ("ops", "s3cret")
+
+
 @pytest.fixture(scope="module")
 def flower(settings, worker) -> Iterator[str]:
-    """`celery -A celery_app flower` on a free port, on the test Redis; yields its base URL."""
+    """`celery -A celery_app flower --conf=config/flowerconfig.py` (as `make flower` runs it)
+    on a free port, on the test Redis, with the login its JSON API needs; yields its URL."""
     port = free_port()
-    env = {**settings_env(settings), "FLOWER_UNAUTHENTICATED_API": "true"}
+    env = settings_env(replace(settings, flower_port=port,
+                               flower_basic_auth=":".join(LOGIN)))
     base = f"http://127.0.0.1:{port}"
     proc = start_process(
-        [sys.executable, "-m", "celery", "-A", "celery_app", "flower", f"--port={port}",
-         "--address=127.0.0.1"],
+        [sys.executable, "-m", "celery", "-A", "celery_app", "flower",
+         "--conf=config/flowerconfig.py"],
         ready=lambda: worker_seen(base, worker.name),  # Flower lists our worker
-        ignoring=requests.RequestException, timeout=START_TIMEOUT_S, interval=0.3, env=env,
-        cwd=ROOT, log_path=Path(settings.log_dir) / "flower.out",
+        ignoring=(requests.RequestException, ValueError), timeout=START_TIMEOUT_S,
+        interval=0.3, env=env, cwd=ROOT, log_path=Path(settings.log_dir) / "flower.out",
     )
     try:
         yield base
@@ -39,7 +46,8 @@ def flower(settings, worker) -> Iterator[str]:
 
 def worker_seen(base: str, name: str) -> dict | None:
     """Flower's view of our worker (it asks the workers over the broker)."""
-    workers = requests.get(f"{base}/api/workers", params={"refresh": 1}, timeout=10).json()
+    workers = requests.get(f"{base}/api/workers", params={"refresh": 1}, auth=LOGIN,
+                           timeout=10).json()
     return next((info for host, info in workers.items() if host.startswith(f"{name}@")), None)
 
 
@@ -56,7 +64,7 @@ def test_flower_api_shows_a_finished_task(flower, client, worker):
     assert wait_for(client, task_id)["status"] == "succeeded"
 
     def finished() -> dict | None:
-        tasks = requests.get(f"{flower}/api/tasks", timeout=10).json()
+        tasks = requests.get(f"{flower}/api/tasks", auth=LOGIN, timeout=10).json()
         return next((t for t in tasks.values()
                      if task_id in (t.get("args") or "") and t.get("state") == "SUCCESS"), None)
 
@@ -65,3 +73,26 @@ def test_flower_api_shows_a_finished_task(flower, client, worker):
     assert task["name"] == "asr.transcribe"
     assert task["worker"].startswith(f"{worker.name}@")
     assert task["runtime"] > 0
+
+
+@pytest.mark.parametrize("headers", [{"Sec-Fetch-Site": "cross-site"},
+                                     {"Origin": "http://evil.example"}])
+def test_flower_refuses_cross_site_posts_and_allows_no_foreign_origin(flower, headers):
+    """A web page the operator opens (the browser adds the cached login) cannot drive Flower:
+    no CORS grant, and a cross-site POST is refused (L6)."""
+    read = requests.get(f"{flower}/api/workers", auth=LOGIN, timeout=10,
+                        headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in read.headers
+    revoke = requests.post(f"{flower}/api/task/revoke/00000000-0000-0000-0000-000000000000",
+                           auth=LOGIN, headers=headers, timeout=10)
+    assert revoke.status_code == 403
+
+
+def test_flower_refuses_to_start_with_an_unauthenticated_api(settings):
+    env = {**settings_env(replace(settings, flower_port=free_port())),
+           "FLOWER_UNAUTHENTICATED_API": "true"}
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "celery_app", "flower",
+                           "--conf=config/flowerconfig.py"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "refusing FLOWER_UNAUTHENTICATED_API" in done.stderr + done.stdout

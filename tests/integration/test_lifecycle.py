@@ -298,11 +298,11 @@ def test_health_stays_200_degraded_while_no_worker_has_a_model(settings, tmp_pat
         server.stop()
 
 
-def test_a_state_change_no_replica_acknowledged_is_not_reported_done(redis_server,
-                                                                      make_client):
+def test_a_state_change_no_replica_acknowledged_is_answered_pending(redis_server,
+                                                                     make_client):
     """REDIS_MIN_REPLICAS=1 on a Redis without replicas: the write is applied but WAIT times
-    out, so the lifecycle raises NotReplicated and the API answers 503 (to be retried with the
-    same Idempotency-Key), never a 202 that a failover could take back."""
+    out. The lifecycle raises NotReplicated carrying what the master did; the API answers it
+    done with `replication: pending` (M5), never a 503 that hides a job which then runs."""
     client = redis.Redis.from_url(redis_server.url.replace("/0", "/5"))
     client.flushdb()
     lifecycle = Lifecycle(client, 3600, 10, min_replicas=1)
@@ -311,13 +311,28 @@ def test_a_state_change_no_replica_acknowledged_is_not_reported_done(redis_serve
               content_type="audio/wav", size_bytes=1, duration_s=1.0, created_at=now,
               queued_at=now)
     started = time.monotonic()
-    with pytest.raises(NotReplicated, match="0 of the 1 replicas"):
+    with pytest.raises(NotReplicated, match="0 of the 1 replicas") as lagging:
         lifecycle.create(job, b"x")
     assert time.monotonic() - started >= WAIT_TIMEOUT_MS / 1000 * 0.9
+    assert lagging.value.result == ("created", job.id)
     assert JobStore(client, 10).get(job.id).status is Status.QUEUED  # the master holds it
 
     api = make_client(redis_url=redis_server.url.replace("/0", "/5"), redis_min_replicas=1)
     answer = submit(api, samples.encode("wav"))
-    assert answer.status_code == 503, answer.get_data(as_text=True)
-    assert answer.mimetype == "application/problem+json"
+    assert answer.status_code == 202, answer.get_data(as_text=True)
+    task_id = answer.get_json()["task_id"]
+    assert answer.get_json()["replication"] == "pending"
+    stored = JobStore(client, 10).get(task_id)
+    assert stored.status is Status.QUEUED
+    assert client.llen("asr") >= 1  # dispatched, as any accepted job
+
+    Lifecycle(client, 3600, 10).fail(task_id, stored.celery_id, ErrorType.CANCELLED, "test")
+    retried = api.post(f"/api/v1/asr/retry/{task_id}")
+    assert retried.status_code == 202, retried.get_data(as_text=True)
+    assert retried.get_json()["replication"] == "pending"
+    assert retried.get_json()["status"] == "queued"
+
+    deleted = api.delete(f"/api/v1/asr/task/{task_id}")
+    assert deleted.status_code == 204 and deleted.headers["Replication"] == "pending"
+    assert api.get(f"/api/v1/asr/result/{task_id}").status_code == 404
     client.flushdb()  # no sweep may pick these up

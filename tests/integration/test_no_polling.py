@@ -110,7 +110,7 @@ def test_thousand_waiters_cost_no_polling(lane, settings, tmp_path):
 
 def _open_long_poll(server: ApiServer, task_id: str) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.settings.api_port), timeout=30)
-    sock.sendall(f"GET /api/v1/asr/result/{task_id}?wait=60 HTTP/1.1\r\nHost: t\r\n"
+    sock.sendall(f"GET /api/v1/asr/result/{task_id}?wait=60 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  "Connection: close\r\n\r\n".encode())
     return sock
 

@@ -86,7 +86,8 @@ def test_health_with_redis_down_is_a_quick_503_with_the_reason(client: FlaskClie
     assert body["redis"] is False
     assert body["workers_online"] == 0
     assert len(body["reasons"]) == 1
-    assert body["reasons"][0].startswith("redis unreachable at redis://127.0.0.1:")
+    assert body["reasons"] == ["redis unreachable"]
+    assert "127.0.0.1" not in response.get_data(as_text=True)  # no address (L4)
 
 
 @pytest.mark.parametrize(
@@ -102,21 +103,31 @@ def test_reads_with_redis_down_are_503_queue_unavailable(client: FlaskClient,
     assert time.monotonic() - started < 5
     assert body["type"] == "/problems/queue-unavailable"
     assert response.headers["Retry-After"] == "5"
+    # Neither Redis's address nor the driver's text (L4): the log has them.
+    assert "127.0.0.1" not in body["detail"] and "Connection refused" not in body["detail"]
 
 
 @pytest.mark.parametrize(("method", "path"), [("post", f"/api/v1/asr/retry/{SOME_UUID}"),
                                               ("delete", f"/api/v1/asr/task/{SOME_UUID}")])
 def test_writes_with_redis_down_are_503_not_500(client: FlaskClient, method: str,
                                                 path: str) -> None:
-    body = assert_problem(getattr(client, method)(path), 503)
+    response = getattr(client, method)(path)
+    body = assert_problem(response, 503)
 
-    assert body["type"] == "/problems/queue-unavailable"
+    # A change that may have reached Redis is never a plain failure: the problem names the
+    # task and how to learn its fate (M5).
+    assert body["type"] == "/problems/outcome-unknown"
+    assert body["task_id"] == SOME_UUID
+    assert f"/api/v1/asr/result/{SOME_UUID}" in body["detail"]
+    assert response.headers["Retry-After"] == "5"
 
 
-def test_valid_upload_with_redis_down_is_503(client: FlaskClient) -> None:
+def test_valid_upload_with_redis_down_is_503_naming_the_task(client: FlaskClient) -> None:
     body = assert_problem(submit(client, encode("wav", seconds=1.0)), 503)
 
-    assert body["type"] == "/problems/queue-unavailable"
+    assert body["type"] == "/problems/outcome-unknown"
+    assert f"/api/v1/asr/result/{body['task_id']}" in body["detail"]
+    assert "Idempotency-Key" in body["detail"]
 
 
 def test_unknown_route_is_404_problem(client: FlaskClient) -> None:
