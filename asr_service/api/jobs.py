@@ -89,7 +89,7 @@ class Submit(MethodView):
                                     key, owner=owner_id())
         # The cheap checks first: a refused callback, an unknown model or a replay costs no
         # download (nor its share of MAX_INFLIGHT_UPLOAD_MB).
-        elif not (submitted := jobs.precheck(upload, key, owner=owner_id())):  # type: ignore[assignment]
+        elif not (submitted := jobs.precheck(upload, key)):  # type: ignore[assignment]
             inflight.reserve(services().settings.max_upload_bytes)
             fetched = jobs.download(upload.source_url)
             submitted = jobs.submit(replace(upload, data=fetched.data, filename=fetched.filename),
