@@ -116,6 +116,9 @@ class Job:
     audio_removed_at: float | None = None
     callback_url: str | None = None
     """Where a signed webhook is POSTed when the job ends (checked by the SSRF guard)."""
+    owner: str = ""
+    """The tenant that submitted it: "key:" + the first 16 hex of sha256(API key), or "" when
+    the API runs without API_KEYS (one tenant)."""
     webhook: dict[str, Any] | None = None
     """The latest webhook delivery: id, type, status pending/delivered/failed, attempts, error."""
 

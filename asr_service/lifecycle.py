@@ -22,7 +22,14 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from asr_service.errors import JobConflict, RecordingGone
+from asr_service.errors import (
+    AsrError,
+    JobConflict,
+    OwnerQueueFull,
+    QueueFull,
+    RecordingGone,
+    StorageFull,
+)
 from asr_service.figures import lua_constants
 from asr_service.jobs import (
     ACTIVE,
@@ -35,6 +42,7 @@ from asr_service.jobs import (
     not_found,
 )
 from asr_service.logs import log_event
+from asr_service.settings import JOB_OVERHEAD_BYTES
 
 log = logging.getLogger(__name__)
 LUA = Path(__file__).with_name("lua")
@@ -53,6 +61,9 @@ class Outcome(StrEnum):
     BUSY = "busy"  # a live runner holds it
     GONE = "gone"  # its recording was removed
     MISSING = "missing"  # no record (never existed, deleted or expired)
+    FULL = "full"  # a retry: the stored-audio budget is taken by active jobs
+    QUEUE_FULL = "queue-full"  # a retry: MAX_QUEUED_JOBS jobs are active
+    OWNER_FULL = "owner-full"  # a retry: its tenant has MAX_QUEUED_JOBS_PER_KEY active jobs
 
 
 @dataclass(frozen=True)
@@ -104,17 +115,50 @@ class NotReplicated(redis.ConnectionError):
     retries it)."""
 
 
+@dataclass(frozen=True)
+class Caps:
+    """What active (queued or running) jobs may hold at once; 0: no cap. Each costs its
+    recording's bytes + JOB_OVERHEAD_BYTES of the stored-audio budget."""
+
+    max_stored_bytes: int = 0
+    max_active: int = 0
+    max_active_per_owner: int = 0
+
+    def lua(self) -> dict[str, int]:
+        """The limits as the scripts read them (common.lua refusal())."""
+        return {"job_overhead": JOB_OVERHEAD_BYTES, "max_active": self.max_active,
+                "max_active_per_owner": self.max_active_per_owner}
+
+    def error(self, outcome: str) -> AsrError:
+        """Why a submit or retry was refused ('full', 'queue-full' or 'owner-full')."""
+        if outcome == "queue-full":
+            return QueueFull(f"{self.max_active} tasks are queued or running, the most this "
+                             "server takes at once (MAX_QUEUED_JOBS); nothing was stored, try "
+                             "again once some finish")
+        if outcome == "owner-full":
+            return OwnerQueueFull(f"you have {self.max_active_per_owner} tasks queued or "
+                                  "running, the most one client may have at once "
+                                  "(MAX_QUEUED_JOBS_PER_KEY); nothing was stored, try again "
+                                  "once some finish")
+        return StorageFull(
+            "the recordings of queued and running jobs fill the audio storage budget "
+            f"(MAX_STORED_AUDIO_MB={self.max_stored_bytes // 2**20}); nothing was stored, "
+            "try again once jobs finish")
+
+
 class Lifecycle:
     """Creates, moves and removes jobs; the only writer of their status."""
 
     def __init__(self, client: redis.Redis, retention_s: int, max_recordings: int,
                  keys: Keys | None = None, listeners: Iterable[Listener] = (),
-                 max_stored_bytes: int = 0, min_replicas: int = 0) -> None:
+                 max_stored_bytes: int = 0, min_replicas: int = 0,
+                 max_active: int = 0, max_active_per_owner: int = 0) -> None:
         self.redis = client
         self.min_replicas = min_replicas
         self.retention_s = retention_s
         self.max_recordings = max_recordings
         self.max_stored_bytes = max_stored_bytes
+        self.caps = Caps(max_stored_bytes, max_active, max_active_per_owner)
         self.keys = keys or Keys()
         self.listeners = list(listeners)
         self._create = client.register_script(_script("create"))
@@ -145,8 +189,8 @@ class Lifecycle:
 
     def create(self, job: Job, audio: bytes, idempotency: Idempotency | None = None,
                **details: Any) -> tuple[str, str]:
-        """Store a queued job and its recording; ('created' | 'replayed' | 'conflict' | 'full',
-        id). 'full': the stored-audio budget is taken by active jobs; nothing was stored.
+        """Store a queued job and its recording; ('created' | 'replayed' | 'conflict' | 'full'
+        | 'queue-full' | 'owner-full', id). The last three store nothing (see Caps.error).
 
         With an Idempotency-Key the key is bound in the same step: a key whose job still
         exists replays it (or is a conflict when the request differs); a key whose job is gone
@@ -156,7 +200,8 @@ class Lifecycle:
         idem = idempotency or Idempotency("", "", 1)
         outcome, job_id = self._run(self._create, [
             self.keys.prefix, job.id, job.created_at, self.retention_s, self.max_recordings,
-            self.max_stored_bytes, idem.key, idem.fingerprint, idem.ttl_s, audio, *record])
+            self.max_stored_bytes, idem.key, idem.fingerprint, idem.ttl_s, audio, *record,
+            json.dumps(self.caps.lua())])
         outcome, job_id = outcome.decode(), job_id.decode()
         if outcome == "created":
             self._emit(Event("job.submitted", job, details=details))
@@ -175,7 +220,7 @@ class Lifecycle:
               **move: Any) -> Moved:
         spec = {"to": to, "from": list(allowed), "event": event, "reason": reason,
                 "retention_s": self.retention_s, "max_recordings": self.max_recordings,
-                "max_stored_bytes": self.max_stored_bytes, **move}
+                "max_stored_bytes": self.max_stored_bytes, **self.caps.lua(), **move}
         answer = self._run(self._transition,
                            [self.keys.prefix, job_id, time.time(), json.dumps(spec)])
         outcome = Outcome(answer[0].decode())
@@ -225,6 +270,8 @@ class Lifecycle:
             raise not_found(job_id)
         if moved.outcome is Outcome.GONE:
             raise RecordingGone(f"the recording of task {job_id} was removed; submit it again")
+        if moved.outcome in (Outcome.FULL, Outcome.QUEUE_FULL, Outcome.OWNER_FULL):
+            raise self.caps.error(moved.outcome)
         if moved.outcome is not Outcome.OK or moved.job is None:
             status = moved.job.status if moved.job else "gone"
             what = "already succeeded" if status == Status.SUCCEEDED else f"is {status}"

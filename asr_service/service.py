@@ -12,7 +12,7 @@ import logging
 import time
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import Celery
@@ -24,7 +24,6 @@ from asr_service.errors import (
     AudioTooLong,
     IdempotencyMismatch,
     ModelNotFound,
-    StorageFull,
     UrlRefused,
 )
 from asr_service.jobs import ACTIVE, Job, JobStore, Status
@@ -146,9 +145,11 @@ class JobService:
                              "to be set (every webhook is signed)")
         urlguard.check_url(url, self.settings.webhook_allow_private)
 
-    def submit(self, upload: Upload, idempotency_key: str | None = None) -> Submitted:
+    def submit(self, upload: Upload, idempotency_key: str | None = None,
+               owner: str = "") -> Submitted:
         """Store and queue a recording; 422 when it is not audio, too long, or reuses an
-        Idempotency-Key with a different request."""
+        Idempotency-Key with a different request; 503/429 when the caps on active jobs are
+        reached (Caps.error)."""
         if upload.callback_url:
             self._check_callback(upload.callback_url)
         idem = None
@@ -158,14 +159,11 @@ class JobService:
             if held := self.lifecycle.held_by(idempotency_key):  # replay without decoding
                 return self._replay(*held, idem)
         info = probe(upload.data)
-        job = self._new_job(upload, info, self.queue_for(upload.model))
+        job = replace(self._new_job(upload, info, self.queue_for(upload.model)), owner=owner)
         outcome, job_id = self.lifecycle.create(job, upload.data, idem, format=info.format,
                                                 codec=info.codec)
-        if outcome == "full":
-            raise StorageFull(
-                "the recordings of queued and running jobs fill the audio storage budget "
-                f"(MAX_STORED_AUDIO_MB={self.settings.max_stored_audio_mb}); nothing was stored, "
-                "try again once jobs finish")
+        if outcome in ("full", "queue-full", "owner-full"):
+            raise self.lifecycle.caps.error(outcome)
         if outcome != "created":
             assert idem is not None
             return self._replay(job_id, idem.fingerprint if outcome == "replayed" else "", idem)

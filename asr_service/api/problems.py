@@ -29,6 +29,8 @@ STATUS_BY_ERROR: dict[type[errors.AsrError], int] = {
     errors.RecordingGone: 410,
     errors.QueueUnavailable: 503,
     errors.StorageFull: 503,
+    errors.QueueFull: 503,
+    errors.OwnerQueueFull: 429,
 }
 
 

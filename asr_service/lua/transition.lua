@@ -10,13 +10,25 @@
 --   needs_audio   'gone' when the recording was removed
 --   result        JSON transcript, stored with a succeeded job
 --   retention_s, max_recordings, max_stored_bytes, event, reason
--- Answers {outcome, record as a flat list}: ok | gave-up | skip | busy | gone | missing.
+--   job_overhead, max_active, max_active_per_owner: a retry (terminal -> queued) goes through
+--                 the same caps and budget as a submit (common.lua refusal())
+-- Answers {outcome, record as a flat list}: ok | gave-up | skip | busy | gone | missing, or
+-- for a retry full | queue-full | owner-full (nothing changed).
+-- An active job has no TTL (activate() PERSISTs it); only a terminal one gets one.
 local id, now = ARGV[2], tonumber(ARGV[3])
 local move = cjson.decode(ARGV[4])
 local function given(v) return v ~= nil and v ~= cjson.null end
 
 local job, flat = load(id)
 if not job then return {'missing'} end
+
+-- Whether the runner that holds a running job has died (its heartbeat key is gone). Only such a
+-- takeover counts as a delivery that killed its worker: a re-claim after a Redis blip, a
+-- NotReplicated claim or a JobBusy retry finds its runner alive (or none: still queued).
+local function runner_died()
+  return job.status == 'processing' and job.runner ~= nil and
+    redis.call('EXISTS', P .. 'runner:' .. job.runner) == 0
+end
 local allowed = false
 for _, status in ipairs(move.from) do
   if job.status == status then allowed = true end
@@ -36,17 +48,29 @@ local to, set, outcome, event = move.to, move.set, 'ok', move.event
 if not given(set) or next(set) == nil then set = {} end
 if given(move.claim) then
   local claim = move.claim
-  if (job.deliveries or 0) >= claim.max_deliveries then
+  local deaths = (job.deliveries or 0) + (runner_died() and 1 or 0)
+  if deaths >= claim.max_deliveries then
     to, outcome, event = 'failed', 'gave-up', 'job.finished'
-    set.error = {type = 'worker-lost', detail = 'the worker process died ' .. job.deliveries ..
+    set.deliveries = deaths
+    set.error = {type = 'worker-lost', detail = 'the worker process died ' .. deaths ..
       ' times while transcribing this recording; it is not tried again automatically ' ..
       '(POST /api/v1/asr/retry/{task_id} to try once more)'}
   else
+    -- Under a full Redis this SET is refused before anything is written: the job stays queued
+    -- and the worker retries the claim later (pipeline.py).
+    redis.call('SET', lkey(id), claim.token, 'PX', claim.lease_ms)
     set.started_at, set.worker, set.worker_pid, set.runner = now, claim.worker, claim.pid,
       claim.token
-    set.attempts, set.deliveries = (job.attempts or 0) + 1, (job.deliveries or 0) + 1
-    redis.call('SET', lkey(id), claim.token, 'PX', claim.lease_ms)
+    set.attempts, set.deliveries = (job.attempts or 0) + 1, deaths
   end
+elseif move.dead_only and runner_died() then  -- an orphan re-queued: its runner died with it
+  set.deliveries = (job.deliveries or 0) + 1
+end
+if to == 'queued' and TERMINAL[job.status] then  -- a retry: the same caps as a submit
+  local refused = refusal(job.owner, recording_size(id) + move.job_overhead, {
+    job_overhead = move.job_overhead, max_active = move.max_active,
+    max_active_per_owner = move.max_active_per_owner, budget = move.max_stored_bytes})
+  if refused then return {refused, flat} end
 end
 
 local retention = move.retention_s
@@ -56,7 +80,7 @@ if TERMINAL[to] then
     set.processing_s = job.started_at and (now - job.started_at) or cjson.null
   end
   redis.call('DEL', lkey(id))
-  add_bytes('active', -redis.call('STRLEN', akey(id)))
+  deactivate(id, job)
   redis.call('ZADD', FINISHED, now, id)
   if not job.audio_removed_at then redis.call('ZADD', DONE_AUDIO, now, id) end
   -- Redis TTLs are a backstop: the retention sweep removes finished jobs on time.
@@ -67,14 +91,16 @@ if TERMINAL[to] then
   end
 elseif to == 'queued' then
   if TERMINAL[job.status] then
-    add_bytes('active', redis.call('STRLEN', akey(id)))
+    activate(id, job, recording_size(id) + move.job_overhead)
   end
   redis.call('DEL', lkey(id))
   redis.call('ZREM', FINISHED, id)
   redis.call('ZREM', DONE_AUDIO, id)
   redis.call('DEL', rkey(id))
-  redis.call('EXPIRE', jkey(id), retention)
-  redis.call('EXPIRE', akey(id), retention)
+end
+if not TERMINAL[to] then  -- also a job queued by an older version, which set a TTL then
+  redis.call('PERSIST', jkey(id))
+  redis.call('PERSIST', akey(id))
 end
 
 local from = job.status
