@@ -251,9 +251,10 @@ class JobStore:
             else:
                 expired.append(job_id)
         if expired and prune:  # an index entry outlived its record (TTL backstop): drop it
+            # ... but not from `finished` and `recordings:done`: through them the retention
+            # sweep and the pruning give back the recording's bytes it still counts.
             pipe = self.redis.pipeline(transaction=False)
-            for index in (self.keys.history, self.keys.finished, self.keys.done_audio,
-                          *map(self.keys.status, STATUSES)):
+            for index in (self.keys.history, *map(self.keys.status, STATUSES)):
                 pipe.zrem(index, *expired)
             pipe.execute()
         return jobs

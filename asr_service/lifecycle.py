@@ -231,12 +231,15 @@ class Lifecycle:
         return Moved(outcome, job)
 
     def claim(self, job_id: str, delivery: str, runner: Runner, worker: str,
-              max_deliveries: int, lease_s: float) -> Moved:
-        """Run this delivery in `worker`: take the lease unless a live runner holds the job."""
+              max_deliveries: int, lease_s: float, runner_ttl_s: float = 6) -> Moved:
+        """Run this delivery in `worker`: take the lease unless a live runner holds the job.
+        `max_deliveries` counts only runs whose runner died (a dead runner's heartbeat lapses
+        within runner_ttl_s, runs.RUNNER_TTL_S); BUSY while that is not known yet."""
         return self._move(job_id, Status.PROCESSING, allowed=ACTIVE, event="job.started",
                           delivery=delivery, claim={
                               "token": runner.token, "worker": worker, "pid": runner.pid,
-                              "lease_ms": int(lease_s * 1000), "max_deliveries": max_deliveries})
+                              "lease_ms": int(lease_s * 1000), "max_deliveries": max_deliveries,
+                              "runner_ttl_s": runner_ttl_s})
 
     def renew(self, job_id: str, token: str, lease_s: float) -> str:
         """Extend the lease if this runner still owns the job: 'held', 'reacquired', 'lost'

@@ -62,7 +62,8 @@ def run_job(lifecycle: Lifecycle, store: JobStore, engine: Engine | None, settin
     """Run the current delivery of a job; the lifecycle records how it ended."""
     try:
         claimed = lifecycle.claim(delivery.job_id, delivery.delivery, delivery.runner,
-                                  delivery.worker, settings.max_deliveries, settings.job_lease_s)
+                                  delivery.worker, settings.max_deliveries, settings.job_lease_s,
+                                  RUNNER_TTL_S)
     except redis.exceptions.OutOfMemoryError as exc:
         # Redis is full (maxmemory): the claim wrote nothing and the job stays queued. This
         # delivery comes back later; if Redis refuses that message too, the stranded-job sweep

@@ -4,8 +4,9 @@
 --   delivery      fence: the record's delivery (celery_id) must be this one
 --   runner        fence: the record's runner token must be this one
 --   set           fields to write (plain values, encoded here)
---   claim         {token, lease_ms, max_deliveries, worker, pid}: take the lease and run it,
---                 'busy' while the current runner lives, 'gave-up' after max_deliveries
+--   claim         {token, lease_ms, max_deliveries, worker, pid, runner_ttl_s}: take the lease
+--                 and run it, 'busy' while the current runner lives (or may: verdict()),
+--                 'gave-up' once its runners died max_deliveries times
 --   dead_only     only when the current runner is gone (recovering an orphan)
 --   needs_audio   'gone' when the recording was removed
 --   result        JSON transcript, stored with a succeeded job
@@ -22,20 +23,21 @@ local function given(v) return v ~= nil and v ~= cjson.null end
 local job, flat = load(id)
 if not job then return {'missing'} end
 
--- Whether the runner that holds a running job has died (its heartbeat key is gone). Only such a
--- takeover counts as a delivery that killed its worker: a re-claim after a Redis blip, a
--- NotReplicated claim or a JobBusy retry finds its runner alive (or none: still queued).
-local function runner_died()
-  return job.status == 'processing' and job.runner ~= nil and
-    redis.call('EXISTS', P .. 'runner:' .. job.runner) == 0
+-- Did the run a claim takes over end with its worker process dead? Only such a takeover counts
+-- as a delivery that killed its worker (job.deliveries): a re-claim after a Redis blip, a
+-- NotReplicated claim or a JobBusy retry finds its runner alive. The run is the one still
+-- `processing`, or the one `recover` took the job from (lost_runner). A runner's heartbeat key
+-- outlives its process by up to runner_ttl_s, so a runner whose lease lapsed while its key lives
+-- is 'unsure' until runner_ttl_s after that was first seen (unsure_since): then it is alive.
+local function verdict(claim, now)
+  local token = job.runner
+  if job.status ~= 'processing' then token = job.lost_runner end
+  if token == nil or token == claim.token then return 'alive' end
+  if redis.call('EXISTS', P .. 'runner:' .. token) == 0 then return 'died' end
+  if job.unsure_since and now - job.unsure_since >= claim.runner_ttl_s then return 'alive' end
+  return 'unsure'
 end
-local allowed = false
-for _, status in ipairs(move.from) do
-  if job.status == status then allowed = true end
-end
-if not allowed then return {'skip', flat} end
-if given(move.delivery) and job.celery_id ~= move.delivery then return {'skip', flat} end
-if given(move.runner) and job.runner ~= move.runner then return {'skip', flat} end
+
 if job.status == 'processing' and (given(move.claim) or move.dead_only) then
   local holder = redis.call('GET', lkey(id))
   if holder and redis.call('EXISTS', P .. 'runner:' .. holder) == 1 then
@@ -48,7 +50,13 @@ local to, set, outcome, event = move.to, move.set, 'ok', move.event
 if not given(set) or next(set) == nil then set = {} end
 if given(move.claim) then
   local claim = move.claim
-  local deaths = (job.deliveries or 0) + (runner_died() and 1 or 0)
+  local seen = verdict(claim, now)
+  if seen == 'unsure' then  -- ask again once a dead runner's heartbeat would have lapsed
+    if not job.unsure_since then redis.call('HSET', jkey(id), 'unsure_since', now) end
+    return {'busy', flat}
+  end
+  local deaths = (job.deliveries or 0) + (seen == 'died' and 1 or 0)
+  set.lost_runner, set.unsure_since = cjson.null, cjson.null
   if deaths >= claim.max_deliveries then
     to, outcome, event = 'failed', 'gave-up', 'job.finished'
     set.deliveries = deaths
@@ -63,8 +71,8 @@ if given(move.claim) then
       claim.token
     set.attempts, set.deliveries = (job.attempts or 0) + 1, deaths
   end
-elseif move.dead_only and runner_died() then  -- an orphan re-queued: its runner died with it
-  set.deliveries = (job.deliveries or 0) + 1
+elseif move.dead_only then  -- an orphan re-queued: its next claim judges the lost run
+  set.lost_runner, set.unsure_since = job.runner, cjson.null
 end
 if to == 'queued' and TERMINAL[job.status] then  -- a retry: the same caps as a submit
   local refused = refusal(job.owner, recording_size(id) + move.job_overhead, {
@@ -92,6 +100,7 @@ if TERMINAL[to] then
 elseif to == 'queued' then
   if TERMINAL[job.status] then
     activate(id, job, recording_size(id) + move.job_overhead)
+    set.lost_runner, set.unsure_since = cjson.null, cjson.null
   end
   redis.call('DEL', lkey(id))
   redis.call('ZREM', FINISHED, id)

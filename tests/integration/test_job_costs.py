@@ -82,7 +82,10 @@ def test_counters_return_to_zero_even_when_a_recording_expired_by_ttl(redis_db):
         lifecycle.claim(job_id, job_id, runner, "w", 3, 60)
         lifecycle.succeed(job_id, job_id, runner.token, {"duration_s": 1.0}, 0.1)
     assert counters(redis_db)["active"] == 1000 + JOB_OVERHEAD_BYTES
-    redis_db.delete(KEYS.audio(ids[0]))  # what its TTL backstop does when no worker sweeps
+    # What the TTL backstop does when no worker sweeps: one job's recording expired, another
+    # job's record and recording both, and a history page has met the missing record since.
+    redis_db.delete(KEYS.audio(ids[0]), KEYS.audio(ids[1]), KEYS.job(ids[1]))
+    assert JobStore(redis_db, 100).history(10, 0)[0] == 2
 
     assert lifecycle.expire(now=time.time() + 3601) == 2
     lifecycle.delete(ids[2])
@@ -141,18 +144,25 @@ def test_reclaims_after_redis_blips_are_not_worker_deaths(redis_db):
     job_id = create(lifecycle)
     runner = alive(redis_db, Runner("r1", 1))
     for _ in range(5):  # Redis failed mid-job (JobBusy) or a claim was NotReplicated: the
-        # lease lapses, the same delivery comes back to a live runner and claims again
+        # lease lapses, the same delivery comes back to its live runner and claims again
         claimed = lifecycle.claim(job_id, job_id, runner, "w", 3, 60)
         assert claimed.outcome is Outcome.OK and claimed.job.deliveries == 0
         redis_db.delete(KEYS.lease(job_id))
+    # ... or to another process while r1 lives: not known dead yet, then known alive
+    other = alive(redis_db, Runner("r0", 9))
+    assert lifecycle.claim(job_id, job_id, other, "w", 3, 60).outcome is Outcome.BUSY
+    claimed = lifecycle.claim(job_id, job_id, other, "w", 3, 60, runner_ttl_s=0)
+    assert claimed.outcome is Outcome.OK and claimed.job.deliveries == 0
 
-    redis_db.delete(KEYS.runner("r1"))  # now its worker process really dies ...
+    redis_db.delete(KEYS.runner("r0"))  # now its worker process really dies ...
     second = alive(redis_db, Runner("r2", 2))
     assert lifecycle.claim(job_id, job_id, second, "w", 3, 60).job.deliveries == 1
-    redis_db.delete(KEYS.runner("r2"), KEYS.lease(job_id))  # ... and again: the sweep
-    recovered = lifecycle.recover(job_id, job_id, "recovered")
-    assert recovered is not None and recovered.deliveries == 2
+    redis_db.delete(KEYS.lease(job_id))  # ... and again, found by the sweep before its
+    recovered = lifecycle.recover(job_id, job_id, "recovered")  # heartbeat lapsed
     third = alive(redis_db, Runner("r3", 3))
+    assert recovered is not None and recovered.deliveries == 1
+    assert lifecycle.claim(job_id, "recovered", third, "w", 3, 60).outcome is Outcome.BUSY
+    redis_db.delete(KEYS.runner("r2"))  # its heartbeat lapses: it had died
     assert lifecycle.claim(job_id, "recovered", third, "w", 3, 60).job.deliveries == 2
     redis_db.delete(KEYS.runner("r3"))  # a third death: given up
     gave_up = lifecycle.claim(job_id, "recovered", alive(redis_db, Runner("r4", 4)), "w", 3, 60)
