@@ -38,6 +38,13 @@ local function verdict(claim, now)
   return 'unsure'
 end
 
+local allowed = false
+for _, status in ipairs(move.from) do
+  if job.status == status then allowed = true end
+end
+if not allowed then return {'skip', flat} end
+if given(move.delivery) and job.celery_id ~= move.delivery then return {'skip', flat} end
+if given(move.runner) and job.runner ~= move.runner then return {'skip', flat} end
 if job.status == 'processing' and (given(move.claim) or move.dead_only) then
   local holder = redis.call('GET', lkey(id))
   if holder and redis.call('EXISTS', P .. 'runner:' .. holder) == 1 then

@@ -13,7 +13,8 @@ import pytest
 import redis
 
 from asr_service import create_app
-from asr_service.jobs import Keys
+from asr_service.jobs import Job, Keys, Status
+from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from tests import samples
 from tests.harness import eventually
 from tests.integration.conftest import LONG_S, RedisServer, report
@@ -102,7 +103,11 @@ def test_a_full_redis_keeps_its_workers_and_loses_no_accepted_job(lane, own_redi
     # A queued job waits three times RESULT_RETENTION_S, and is still there, with no TTL.
     eventually(lambda: time.monotonic() - full_at > 3 * made.settings.result_retention_s, 30)
     assert all(raw.ttl(KEYS.job(i)) == -1 and raw.ttl(KEYS.audio(i)) == -1 for i in waiting)
-    assert worker.proc.poll() is None
+    late = made.worker(start=False)  # a worker started while Redis is full waits for it
+    late.start(wait=False)
+    eventually(lambda: "maxmemory" in late.log_path.read_text(errors="replace"), 60,
+               message="the late worker never met the full Redis")
+    assert worker.proc.poll() is None and late.proc.poll() is None
 
     raw.config_set("maxmemory", 0)
     freed_at = time.monotonic()
@@ -116,11 +121,32 @@ def test_a_full_redis_keeps_its_workers_and_loses_no_accepted_job(lane, own_redi
     failed = [e for e in made.events() if e["event"] in ("job.failed", "job.cancelled")]
 
     assert failed == []
+    late.wait_ready()
     assert worker.proc.poll() is None
     assert {k.decode(): int(v) for k, v in
             raw.hgetall(f"{KEYS.prefix}recordings:bytes").items()}["active"] == 0
     assert raw.zcard(KEYS.status("queued")) + raw.zcard(KEYS.status("processing")) == 0
     assert not raw.exists(f"{KEYS.prefix}active:costs", f"{KEYS.prefix}active:owner:")
     report("redis-full", accepted=len(accepted), refused=codes[503] + codes[429],
-           workers_exited=0, lost=0, oom_s=round(freed_at - full_at, 1),
+           workers=2, workers_exited=0, lost=0, oom_s=round(freed_at - full_at, 1),
            recovery_s=round(recovery_s, 1))
+
+
+def test_a_claim_under_a_full_redis_writes_nothing_and_works_once_memory_is_back(own_redis):
+    raw = redis.Redis.from_url(own_redis.url)
+    lifecycle = Lifecycle(raw, retention_s=60, max_recordings=10)
+    now = time.time()
+    job = Job(id="j1", status=Status.QUEUED, celery_id="j1", filename="a.wav",
+              content_type="audio/wav", size_bytes=3, duration_s=1.0, created_at=now,
+              queued_at=now)
+    lifecycle.create(job, b"abc")
+    raw.set(KEYS.runner("r1"), "host:1")
+    raw.config_set("maxmemory", 1)
+
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        lifecycle.claim("j1", "j1", Runner("r1", 1), "w", 3, 60)
+    assert raw.hget(KEYS.job("j1"), "status") == b'"queued"'
+    assert raw.hget(KEYS.job("j1"), "attempts") == b"0" and not raw.exists(KEYS.lease("j1"))
+
+    raw.config_set("maxmemory", 0)
+    assert lifecycle.claim("j1", "j1", Runner("r1", 1), "w", 3, 60).outcome is Outcome.OK
