@@ -22,14 +22,8 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from asr_service.errors import (
-    AsrError,
-    JobConflict,
-    OwnerQueueFull,
-    QueueFull,
-    RecordingGone,
-    StorageFull,
-)
+from asr_service.capacity import Caps
+from asr_service.errors import JobConflict, RecordingGone
 from asr_service.figures import lua_constants
 from asr_service.jobs import (
     ACTIVE,
@@ -42,7 +36,6 @@ from asr_service.jobs import (
     not_found,
 )
 from asr_service.logs import log_event
-from asr_service.settings import JOB_OVERHEAD_BYTES
 
 log = logging.getLogger(__name__)
 LUA = Path(__file__).with_name("lua")
@@ -113,37 +106,6 @@ class NotReplicated(redis.ConnectionError):
     """The master applied a state change but too few replicas acknowledged it in time, so it
     may not survive a failover: it is not reported as done (the API answers 503; a worker
     retries it)."""
-
-
-@dataclass(frozen=True)
-class Caps:
-    """What active (queued or running) jobs may hold at once; 0: no cap. Each costs its
-    recording's bytes + JOB_OVERHEAD_BYTES of the stored-audio budget."""
-
-    max_stored_bytes: int = 0
-    max_active: int = 0
-    max_active_per_owner: int = 0
-
-    def lua(self) -> dict[str, int]:
-        """The limits as the scripts read them (common.lua refusal())."""
-        return {"job_overhead": JOB_OVERHEAD_BYTES, "max_active": self.max_active,
-                "max_active_per_owner": self.max_active_per_owner}
-
-    def error(self, outcome: str) -> AsrError:
-        """Why a submit or retry was refused ('full', 'queue-full' or 'owner-full')."""
-        if outcome == "queue-full":
-            return QueueFull(f"{self.max_active} tasks are queued or running, the most this "
-                             "server takes at once (MAX_QUEUED_JOBS); nothing was stored, try "
-                             "again once some finish")
-        if outcome == "owner-full":
-            return OwnerQueueFull(f"you have {self.max_active_per_owner} tasks queued or "
-                                  "running, the most one client may have at once "
-                                  "(MAX_QUEUED_JOBS_PER_KEY); nothing was stored, try again "
-                                  "once some finish")
-        return StorageFull(
-            "the recordings of queued and running jobs fill the audio storage budget "
-            f"(MAX_STORED_AUDIO_MB={self.max_stored_bytes // 2**20}); nothing was stored, "
-            "try again once jobs finish")
 
 
 class Lifecycle:
