@@ -61,7 +61,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     lifecycle = Lifecycle(client, settings.result_retention_s, settings.max_recordings,
                           listeners=[log_event_line],
                           max_stored_bytes=settings.max_stored_audio_bytes,
-                          min_replicas=settings.redis_min_replicas)
+                          min_replicas=settings.redis_min_replicas,
+                          max_active=settings.max_queued_jobs,
+                          max_active_per_owner=settings.max_queued_jobs_per_key)
     celery = create_celery(settings)
     # The long-poll subscription gets its own connection: it blocks, and it pings to notice a
     # dead link instead of waiting forever on it.

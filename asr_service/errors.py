@@ -71,6 +71,22 @@ class StorageFull(AsrError):
     retry_after_s = 30
 
 
+class QueueFull(AsrError):
+    """MAX_QUEUED_JOBS jobs are queued or running: the server takes no more for now."""
+
+    title = "Queue full"
+    slug = "queue-full"
+    retry_after_s = 30
+
+
+class OwnerQueueFull(AsrError):
+    """One client has MAX_QUEUED_JOBS_PER_KEY jobs queued or running."""
+
+    title = "Too many queued tasks"
+    slug = "too-many-queued-tasks"
+    retry_after_s = 30
+
+
 class QueueUnavailable(AsrError):
     """Redis (broker, result backend and job store) cannot be reached."""
 

@@ -296,9 +296,12 @@ class JobStore:
                 expired.append(job_id)
         if expired and prune:  # an index entry outlived its record (TTL backstop): drop it
             # The record (and so its owner) is gone: a tenant's own indexes are pruned when
-            # that tenant's page meets the id.
+            # that tenant's page meets the id. Not from `finished` and `recordings:done`:
+            # through them the retention sweep and the pruning give back the bytes it counts.
             pipe = self.redis.pipeline(transaction=False)
             for index in self.keys.indexes(owner):
+                if index in (self.keys.finished, self.keys.done_audio):
+                    continue
                 pipe.zrem(index, *expired)
             pipe.execute()
         return jobs

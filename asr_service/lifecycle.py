@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import redis
 from redis.commands.core import Script
 
+from asr_service.capacity import Caps
 from asr_service.errors import JobConflict, RecordingGone
 from asr_service.figures import lua_constants
 from asr_service.jobs import (
@@ -59,6 +60,9 @@ class Outcome(StrEnum):
     BUSY = "busy"  # a live runner holds it
     GONE = "gone"  # its recording was removed
     MISSING = "missing"  # no record (never existed, deleted or expired)
+    FULL = "full"  # a retry: the stored-audio budget is taken by active jobs
+    QUEUE_FULL = "queue-full"  # a retry: MAX_QUEUED_JOBS jobs are active
+    OWNER_FULL = "owner-full"  # a retry: its tenant has MAX_QUEUED_JOBS_PER_KEY active jobs
 
 
 @dataclass(frozen=True)
@@ -121,12 +125,14 @@ class Lifecycle:
 
     def __init__(self, client: redis.Redis, retention_s: int, max_recordings: int,
                  keys: Keys | None = None, listeners: Iterable[Listener] = (),
-                 max_stored_bytes: int = 0, min_replicas: int = 0) -> None:
+                 max_stored_bytes: int = 0, min_replicas: int = 0,
+                 max_active: int = 0, max_active_per_owner: int = 0) -> None:
         self.redis = client
         self.min_replicas = min_replicas
         self.retention_s = retention_s
         self.max_recordings = max_recordings
         self.max_stored_bytes = max_stored_bytes
+        self.caps = Caps(max_stored_bytes, max_active, max_active_per_owner)
         self.keys = keys or Keys()
         self.listeners = list(listeners)
         self._create = client.register_script(_script("create"))
@@ -158,8 +164,8 @@ class Lifecycle:
 
     def create(self, job: Job, audio: bytes, idempotency: Idempotency | None = None,
                **details: Any) -> tuple[str, str]:
-        """Store a queued job and its recording; ('created' | 'replayed' | 'conflict' | 'full',
-        id). 'full': the stored-audio budget is taken by active jobs; nothing was stored.
+        """Store a queued job and its recording; ('created' | 'replayed' | 'conflict' | 'full'
+        | 'queue-full' | 'owner-full', id). The last three store nothing (see Caps.error).
 
         With an Idempotency-Key the key is bound in the same step: a key whose job still
         exists replays it (or is a conflict when the request differs); a key whose job is gone
@@ -169,7 +175,8 @@ class Lifecycle:
         idem = idempotency or Idempotency("", "", 1)
         answer, lagging = self._applied(self._create, [
             self.keys.prefix, job.id, job.created_at, self.retention_s, self.max_recordings,
-            self.max_stored_bytes, idem.key, idem.fingerprint, idem.ttl_s, audio, *record])
+            self.max_stored_bytes, idem.key, idem.fingerprint, idem.ttl_s, audio, *record,
+            json.dumps(self.caps.lua())])
         outcome, job_id = answer[0].decode(), answer[1].decode()
         if outcome == "created":
             self._emit(Event("job.submitted", job, details=details))
@@ -196,7 +203,7 @@ class Lifecycle:
               **move: Any) -> Moved:
         spec = {"to": to, "from": list(allowed), "event": event, "reason": reason,
                 "retention_s": self.retention_s, "max_recordings": self.max_recordings,
-                "max_stored_bytes": self.max_stored_bytes, **move}
+                "max_stored_bytes": self.max_stored_bytes, **self.caps.lua(), **move}
         answer, lagging = self._applied(self._transition,
                                         [self.keys.prefix, job_id, time.time(), json.dumps(spec)])
         outcome = Outcome(answer[0].decode())
@@ -207,12 +214,15 @@ class Lifecycle:
         return _unless_lagging(lagging, Moved(outcome, job))
 
     def claim(self, job_id: str, delivery: str, runner: Runner, worker: str,
-              max_deliveries: int, lease_s: float) -> Moved:
-        """Run this delivery in `worker`: take the lease unless a live runner holds the job."""
+              max_deliveries: int, lease_s: float, runner_ttl_s: float = 6) -> Moved:
+        """Run this delivery in `worker`: take the lease unless a live runner holds the job.
+        `max_deliveries` counts only runs whose runner died (a dead runner's heartbeat lapses
+        within runner_ttl_s, runs.RUNNER_TTL_S); BUSY while that is not known yet."""
         return self._move(job_id, Status.PROCESSING, allowed=ACTIVE, event="job.started",
                           delivery=delivery, claim={
                               "token": runner.token, "worker": worker, "pid": runner.pid,
-                              "lease_ms": int(lease_s * 1000), "max_deliveries": max_deliveries})
+                              "lease_ms": int(lease_s * 1000), "max_deliveries": max_deliveries,
+                              "runner_ttl_s": runner_ttl_s})
 
     def renew(self, job_id: str, token: str, lease_s: float) -> str:
         """Extend the lease if this runner still owns the job: 'held', 'reacquired', 'lost'
@@ -255,6 +265,8 @@ class Lifecycle:
             raise not_found(job_id)
         if moved.outcome is Outcome.GONE:
             raise RecordingGone(f"the recording of task {job_id} was removed; submit it again")
+        if moved.outcome in (Outcome.FULL, Outcome.QUEUE_FULL, Outcome.OWNER_FULL):
+            raise self.caps.error(moved.outcome)
         if moved.outcome is not Outcome.OK or moved.job is None:
             status = moved.job.status if moved.job else "gone"
             what = "already succeeded" if status == Status.SUCCEEDED else f"is {status}"

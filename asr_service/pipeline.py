@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 OUTAGE_RETRY_S = 0.5
 """Pause between tries to reach Redis again while a claimed job waits out an outage."""
+FULL_RETRY_S = 5
+"""When a delivery refused by a full Redis comes back."""
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
@@ -58,8 +60,17 @@ class Delivery:
 def run_job(lifecycle: Lifecycle, store: JobStore, engine: Engine | None, settings: Settings,
             delivery: Delivery) -> None:
     """Run the current delivery of a job; the lifecycle records how it ended."""
-    claimed = lifecycle.claim(delivery.job_id, delivery.delivery, delivery.runner,
-                              delivery.worker, settings.max_deliveries, settings.job_lease_s)
+    try:
+        claimed = lifecycle.claim(delivery.job_id, delivery.delivery, delivery.runner,
+                                  delivery.worker, settings.max_deliveries, settings.job_lease_s,
+                                  RUNNER_TTL_S)
+    except redis.exceptions.OutOfMemoryError as exc:
+        # Redis is full (maxmemory): the claim wrote nothing and the job stays queued. This
+        # delivery comes back later; if Redis refuses that message too, the stranded-job sweep
+        # sends the job again once memory is back.
+        log.warning("redis is full; the job stays queued: %s", exc,
+                    extra={"job_id": delivery.job_id})
+        raise JobBusy(FULL_RETRY_S) from exc
     if claimed.outcome is Outcome.BUSY:
         raise JobBusy(RUNNER_TTL_S + 1)
     if claimed.outcome is not Outcome.OK or claimed.job is None:

@@ -25,7 +25,6 @@ from asr_service.errors import (
     AudioTooLong,
     IdempotencyMismatch,
     ModelNotFound,
-    StorageFull,
     UrlRefused,
 )
 from asr_service.jobs import ACTIVE, Job, JobStore, Status
@@ -162,7 +161,8 @@ class JobService:
     def submit(self, upload: Upload, idempotency_key: str | None = None,
                owner: str = "") -> Submitted:
         """Store and queue a recording for a tenant (owner); 422 when it is not audio, too long,
-        or reuses an Idempotency-Key with a different request."""
+        or reuses an Idempotency-Key with a different request; 503/429 when the caps on active
+        jobs are reached (Caps.error)."""
         if upload.callback_url:
             self._check_callback(upload.callback_url)
         idem = None
@@ -182,11 +182,8 @@ class JobService:
                                                         format=info.format, codec=info.codec)
             except NotReplicated as lagging:  # the master holds it: not a failure to hide
                 (outcome, job_id), replication = lagging.result, "pending"
-        if outcome == "full":
-            raise StorageFull(
-                "the recordings of queued and running jobs fill the audio storage budget "
-                f"(MAX_STORED_AUDIO_MB={self.settings.max_stored_audio_mb}); nothing was stored, "
-                "try again once jobs finish")
+        if outcome in ("full", "queue-full", "owner-full"):
+            raise self.lifecycle.caps.error(outcome)
         if outcome != "created":
             assert idem is not None
             replayed = self._replay(job_id, idem.fingerprint if outcome == "replayed" else "",

@@ -9,6 +9,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+JOB_OVERHEAD_BYTES = 3 * 1024
+"""What one active job costs Redis besides its recording (record, indexes, Celery message):
+measured ~2.7 KB (tests/integration/test_redis_full.py reports it); counted against
+MAX_STORED_AUDIO_MB with each recording."""
+
 
 class SettingsError(ValueError):
     """One or more environment variables are invalid; the message lists all of them."""
@@ -47,7 +52,13 @@ class Settings:
     """Recordings kept in Redis; older ones are removed (never a queued or running job's)."""
     max_stored_audio_mb: int = 2048
     """Budget for all recordings held in Redis (0: none). Finished jobs' recordings are removed
-    first, oldest first; a submit that queued recordings alone would push over it gets 503."""
+    first, oldest first; a submit (or retry) that active jobs alone, each counted as its
+    recording + JOB_OVERHEAD_BYTES, would push over it gets 503."""
+    max_queued_jobs: int = 50000
+    """Jobs queued or running at once, all clients together (0: no cap); beyond, 503."""
+    max_queued_jobs_per_key: int = 5000
+    """Jobs queued or running at once per API key (one tenant without API_KEYS; 0: no cap);
+    beyond, 429."""
     worker_count: int = 1
     """Worker processes `make worker` starts on this host (Celery concurrency)."""
     max_upload_mb: int = 100
@@ -254,20 +265,31 @@ class Settings:
             values["redis_url"] = _redis_url(env)
         except ValueError as exc:
             errors.append(str(exc))
-        errors += _cross_checks(values)
+        errors += _combination_errors(cls(**values))
         if errors:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
         return cls(**values)
 
 
-def _cross_checks(values: dict[str, Any]) -> list[str]:
-    """Errors between variables: an upload that could never fit the in-flight budget."""
-    upload = values.get("max_upload_mb", Settings.max_upload_mb)
-    inflight = values.get("max_inflight_upload_mb", Settings.max_inflight_upload_mb)
-    if inflight < upload:
-        return [f"MAX_INFLIGHT_UPLOAD_MB={inflight} is below MAX_UPLOAD_MB={upload}: an upload "
-                "of the largest accepted size could never be taken"]
-    return []
+def _combination_errors(s: Settings) -> list[str]:
+    """Variables that are each valid but cannot work together."""
+    errors = []
+    if s.max_stored_audio_mb and \
+            s.max_stored_audio_bytes < s.max_upload_bytes + JOB_OVERHEAD_BYTES:
+        errors.append(
+            f"MAX_STORED_AUDIO_MB={s.max_stored_audio_mb} is below MAX_UPLOAD_MB="
+            f"{s.max_upload_mb} (+ {JOB_OVERHEAD_BYTES} bytes per job): an upload between the "
+            "two would get a 503 'try again' that can never succeed; raise MAX_STORED_AUDIO_MB "
+            f"to at least {s.max_upload_mb + 1}, lower MAX_UPLOAD_MB, or set it to 0 (no budget)")
+    if 0 < s.max_queued_jobs < s.max_queued_jobs_per_key:
+        errors.append(
+            f"MAX_QUEUED_JOBS_PER_KEY={s.max_queued_jobs_per_key} is above MAX_QUEUED_JOBS="
+            f"{s.max_queued_jobs}: one client could take the whole queue; lower it")
+    if s.max_inflight_upload_mb < s.max_upload_mb:
+        errors.append(
+            f"MAX_INFLIGHT_UPLOAD_MB={s.max_inflight_upload_mb} is below MAX_UPLOAD_MB="
+            f"{s.max_upload_mb}: an upload of the largest accepted size could never be taken")
+    return errors
 
 
 def model_id(reference: str) -> str:
@@ -444,6 +466,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "worker_max_tasks_per_child": _non_negative_int,
     "worker_max_memory_mb": _non_negative_int,
     "max_stored_audio_mb": _non_negative_int,
+    "max_queued_jobs": _non_negative_int,
+    "max_queued_jobs_per_key": _non_negative_int,
     # Empty is meaningful for these two: it turns the model off.
     "asr_vad_model": _optional_text,
     "asr_punc_model": _optional_text,

@@ -112,6 +112,11 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "worker_concurrency": s.worker_count,
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
+        # A full Redis refuses kombu's writes (ZADD unacked, SADD at queue_declare) with a
+        # ResponseError, a "channel" error: retried like a lost connection instead of ending
+        # the worker. A message popped, then refused, is gone from the broker; its job stays
+        # queued and the stranded-job sweep sends it again once memory is back.
+        "broker_channel_error_retry": True,
         # An unacked message is redelivered after this: it must outlast a job that waited in a
         # worker's prefetch slot behind another one that ran to the hard limit.
         "broker_transport_options": {

@@ -32,6 +32,8 @@ STATUS_BY_ERROR: dict[type[errors.AsrError], int] = {
     errors.StorageFull: 503,
     errors.OutcomeUnknown: 503,
     errors.UploadsBusy: 503,
+    errors.QueueFull: 503,
+    errors.OwnerQueueFull: 429,
 }
 # Redis answers these while it cannot take writes for now (no replicas for
 # min-replicas-to-write, a long script, a failover, a load, a cluster change): retry later.

@@ -5,6 +5,10 @@ local P = ARGV[1]
 local HISTORY, FINISHED, DONE_AUDIO = P .. 'history', P .. 'finished', P .. 'recordings:done'
 local FIGURES, RECENT, EVENTS = P .. 'figures', P .. 'figures:recent', P .. 'events'
 local BYTES = P .. 'recordings:bytes'  -- hash: 'stored' (all recordings), 'active' (of active jobs)
+-- Per job, what each total holds of it, so that taking a job out subtracts what was added, even
+-- once its keys expired by TTL (never the current STRLEN): a counter cannot drift.
+local SIZES = P .. 'recordings:sizes'  -- hash: id -> bytes of its stored recording
+local COSTS = P .. 'active:costs'  -- hash: id -> bytes an active job holds of the budget
 local STATUSES = {'queued', 'processing', 'succeeded', 'failed', 'cancelled'}
 local TERMINAL = {succeeded = true, failed = true, cancelled = true}
 local RECENT_SAMPLES, EVENTS_KEPT, SLOT_S, SLOT_TTL_S = 1000, 10000, 10, 900
@@ -14,6 +18,8 @@ local function akey(id) return P .. 'audio:' .. id end
 local function rkey(id) return P .. 'result:' .. id end
 local function lkey(id) return P .. 'lease:' .. id end
 local function skey(status) return P .. 'status:' .. status end
+-- zset: the active (queued or running) jobs of one tenant ('' the anonymous one), by created_at
+local function active_okey(owner) return P .. 'active:owner:' .. (owner or '') end
 
 -- A tenant's own history and status indexes (jobs.Keys.owner_*), kept in the same step as the
 -- global ones so a key's history page is O(page). The anonymous tenant ('' or no owner field:
@@ -143,6 +149,62 @@ local function add_bytes(field, delta)
   if delta ~= 0 then redis.call('HINCRBY', BYTES, field, delta) end
 end
 
+local function store_recording(id, audio)
+  redis.call('SET', akey(id), audio)
+  redis.call('HSET', SIZES, id, string.len(audio))
+  add_bytes('stored', string.len(audio))
+end
+
+-- The size stored with the recording (its STRLEN for one stored before sizes were kept).
+local function recording_size(id)
+  return tonumber(redis.call('HGET', SIZES, id) or redis.call('STRLEN', akey(id)))
+end
+
+local function drop_recording(id)
+  add_bytes('stored', -recording_size(id))
+  redis.call('HDEL', SIZES, id)
+  redis.call('DEL', akey(id))
+end
+
+-- What a new or re-queued job may not exceed (limits: job_overhead, max_active,
+-- max_active_per_owner, budget; 0 = no cap): nil when it fits, else why not
+-- ('queue-full' | 'owner-full' | 'full').
+local function refusal(owner, cost, limits)
+  if limits.max_active > 0 and
+      redis.call('ZCARD', skey('queued')) + redis.call('ZCARD', skey('processing'))
+      >= limits.max_active then
+    return 'queue-full'
+  end
+  if limits.max_active_per_owner > 0 and
+      redis.call('ZCARD', active_okey(owner)) >= limits.max_active_per_owner then
+    return 'owner-full'
+  end
+  if limits.budget > 0 and bytes('active') + cost > limits.budget then return 'full' end
+  return nil
+end
+
+-- A job becomes active (queued, or queued again by a retry): it holds `cost` bytes of the
+-- budget and a place among its tenant's active jobs. Active jobs never expire (PERSIST): only
+-- a terminal status gives them a TTL.
+local function activate(id, job, cost)
+  if redis.call('HSETNX', COSTS, id, cost) == 1 then add_bytes('active', cost) end
+  redis.call('ZADD', active_okey(job.owner), job.created_at or 0, id)
+  redis.call('PERSIST', jkey(id))
+  redis.call('PERSIST', akey(id))
+end
+
+-- A job stops being active (finished or deleted): it gives back what activate() took.
+local function deactivate(id, job)
+  local cost = redis.call('HGET', COSTS, id)
+  if cost then
+    redis.call('HDEL', COSTS, id)
+    add_bytes('active', -tonumber(cost))
+  else  -- queued before costs were kept per job: it held its recording's size
+    add_bytes('active', -redis.call('STRLEN', akey(id)))
+  end
+  redis.call('ZREM', active_okey(job.owner), id)
+end
+
 -- Recordings beyond max_recordings, or beyond budget bytes (0: no budget), go, oldest finished
 -- first; an active job's never does. Costs O(recordings removed): they have their own index.
 local function prune(max_recordings, budget, now, limit)
@@ -155,8 +217,7 @@ local function prune(max_recordings, budget, now, limit)
       break
     end
     local id = redis.call('ZRANGE', DONE_AUDIO, 0, 0)[1]
-    add_bytes('stored', -redis.call('STRLEN', akey(id)))
-    redis.call('DEL', akey(id))
+    drop_recording(id)
     redis.call('ZREM', DONE_AUDIO, id)
     if redis.call('EXISTS', jkey(id)) == 1 then
       redis.call('HSET', jkey(id), 'audio_removed_at', cjson.encode(now))
@@ -169,12 +230,11 @@ end
 -- Everything of one job goes, from every index; the figures forget a succeeded one.
 local function remove(id)
   local job, flat = load(id)
-  local size = redis.call('STRLEN', akey(id))
-  add_bytes('stored', -size)
   if job and (job.status == 'queued' or job.status == 'processing') then
-    add_bytes('active', -size)
+    deactivate(id, job)
   end
-  redis.call('DEL', jkey(id), akey(id), rkey(id), lkey(id))
+  drop_recording(id)
+  redis.call('DEL', jkey(id), rkey(id), lkey(id))
   redis.call('ZREM', HISTORY, id)
   redis.call('ZREM', FINISHED, id)
   redis.call('ZREM', DONE_AUDIO, id)

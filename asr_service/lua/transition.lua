@@ -5,13 +5,18 @@
 --   runner        fence: the record's runner token must be this one
 --   owner         fence: the record's owner (tenant) must be this one, else 'missing'
 --   set           fields to write (plain values, encoded here)
---   claim         {token, lease_ms, max_deliveries, worker, pid}: take the lease and run it,
---                 'busy' while the current runner lives, 'gave-up' after max_deliveries
+--   claim         {token, lease_ms, max_deliveries, worker, pid, runner_ttl_s}: take the lease
+--                 and run it, 'busy' while the current runner lives (or may: verdict()),
+--                 'gave-up' once its runners died max_deliveries times
 --   dead_only     only when the current runner is gone (recovering an orphan)
 --   needs_audio   'gone' when the recording was removed
 --   result        JSON transcript, stored with a succeeded job
 --   retention_s, max_recordings, max_stored_bytes, event, reason
--- Answers {outcome, record as a flat list}: ok | gave-up | skip | busy | gone | missing.
+--   job_overhead, max_active, max_active_per_owner: a retry (terminal -> queued) goes through
+--                 the same caps and budget as a submit (common.lua refusal())
+-- Answers {outcome, record as a flat list}: ok | gave-up | skip | busy | gone | missing, or
+-- for a retry full | queue-full | owner-full (nothing changed).
+-- An active job has no TTL (activate() PERSISTs it); only a terminal one gets one.
 local id, now = ARGV[2], tonumber(ARGV[3])
 local move = cjson.decode(ARGV[4])
 local function given(v) return v ~= nil and v ~= cjson.null end
@@ -20,6 +25,22 @@ local job, flat = load(id)
 if not job then return {'missing'} end
 -- Another tenant's job is answered as no job at all (and its record is not returned).
 if given(move.owner) and (job.owner or '') ~= move.owner then return {'missing'} end
+
+-- Did the run a claim takes over end with its worker process dead? Only such a takeover counts
+-- as a delivery that killed its worker (job.deliveries): a re-claim after a Redis blip, a
+-- NotReplicated claim or a JobBusy retry finds its runner alive. The run is the one still
+-- `processing`, or the one `recover` took the job from (lost_runner). A runner's heartbeat key
+-- outlives its process by up to runner_ttl_s, so a runner whose lease lapsed while its key lives
+-- is 'unsure' until runner_ttl_s after that was first seen (unsure_since): then it is alive.
+local function verdict(claim, now)
+  local token = job.runner
+  if job.status ~= 'processing' then token = job.lost_runner end
+  if token == nil or token == claim.token then return 'alive' end
+  if redis.call('EXISTS', P .. 'runner:' .. token) == 0 then return 'died' end
+  if job.unsure_since and now - job.unsure_since >= claim.runner_ttl_s then return 'alive' end
+  return 'unsure'
+end
+
 local allowed = false
 for _, status in ipairs(move.from) do
   if job.status == status then allowed = true end
@@ -39,17 +60,35 @@ local to, set, outcome, event = move.to, move.set, 'ok', move.event
 if not given(set) or next(set) == nil then set = {} end
 if given(move.claim) then
   local claim = move.claim
-  if (job.deliveries or 0) >= claim.max_deliveries then
+  local seen = verdict(claim, now)
+  if seen == 'unsure' then  -- ask again once a dead runner's heartbeat would have lapsed
+    if not job.unsure_since then redis.call('HSET', jkey(id), 'unsure_since', now) end
+    return {'busy', flat}
+  end
+  local deaths = (job.deliveries or 0) + (seen == 'died' and 1 or 0)
+  set.lost_runner, set.unsure_since = cjson.null, cjson.null
+  if deaths >= claim.max_deliveries then
     to, outcome, event = 'failed', 'gave-up', 'job.finished'
-    set.error = {type = 'worker-lost', detail = 'the worker process died ' .. job.deliveries ..
+    set.deliveries = deaths
+    set.error = {type = 'worker-lost', detail = 'the worker process died ' .. deaths ..
       ' times while transcribing this recording; it is not tried again automatically ' ..
       '(POST /api/v1/asr/retry/{task_id} to try once more)'}
   else
+    -- Under a full Redis this SET is refused before anything is written: the job stays queued
+    -- and the worker retries the claim later (pipeline.py).
+    redis.call('SET', lkey(id), claim.token, 'PX', claim.lease_ms)
     set.started_at, set.worker, set.worker_pid, set.runner = now, claim.worker, claim.pid,
       claim.token
-    set.attempts, set.deliveries = (job.attempts or 0) + 1, (job.deliveries or 0) + 1
-    redis.call('SET', lkey(id), claim.token, 'PX', claim.lease_ms)
+    set.attempts, set.deliveries = (job.attempts or 0) + 1, deaths
   end
+elseif move.dead_only then  -- an orphan re-queued: its next claim judges the lost run
+  set.lost_runner, set.unsure_since = job.runner, cjson.null
+end
+if to == 'queued' and TERMINAL[job.status] then  -- a retry: the same caps as a submit
+  local refused = refusal(job.owner, recording_size(id) + move.job_overhead, {
+    job_overhead = move.job_overhead, max_active = move.max_active,
+    max_active_per_owner = move.max_active_per_owner, budget = move.max_stored_bytes})
+  if refused then return {refused, flat} end
 end
 
 local retention = move.retention_s
@@ -59,7 +98,7 @@ if TERMINAL[to] then
     set.processing_s = job.started_at and (now - job.started_at) or cjson.null
   end
   redis.call('DEL', lkey(id))
-  add_bytes('active', -redis.call('STRLEN', akey(id)))
+  deactivate(id, job)
   redis.call('ZADD', FINISHED, now, id)
   if not job.audio_removed_at then redis.call('ZADD', DONE_AUDIO, now, id) end
   -- Redis TTLs are a backstop: the retention sweep removes finished jobs on time.
@@ -70,14 +109,17 @@ if TERMINAL[to] then
   end
 elseif to == 'queued' then
   if TERMINAL[job.status] then
-    add_bytes('active', redis.call('STRLEN', akey(id)))
+    activate(id, job, recording_size(id) + move.job_overhead)
+    set.lost_runner, set.unsure_since = cjson.null, cjson.null
   end
   redis.call('DEL', lkey(id))
   redis.call('ZREM', FINISHED, id)
   redis.call('ZREM', DONE_AUDIO, id)
   redis.call('DEL', rkey(id))
-  redis.call('EXPIRE', jkey(id), retention)
-  redis.call('EXPIRE', akey(id), retention)
+end
+if not TERMINAL[to] then  -- also a job queued by an older version, which set a TTL then
+  redis.call('PERSIST', jkey(id))
+  redis.call('PERSIST', akey(id))
 end
 
 local from = job.status

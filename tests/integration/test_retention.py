@@ -11,6 +11,7 @@ import redis
 from asr_service.figures import Figures
 from asr_service.jobs import ErrorType, Job, JobStore, Status
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
+from asr_service.settings import JOB_OVERHEAD_BYTES
 from tests import samples
 from tests.integration.flow import submit, wait_for
 
@@ -36,12 +37,14 @@ def lifecycle(redis_db) -> Lifecycle:
 RUNNER = Runner(token="runner-1", pid=1)
 
 
-def add(lifecycle: Lifecycle, status: Status, age: float) -> str:
+def add(lifecycle: Lifecycle, status: Status, age: float, audio: bytes = b"abc") -> str:
     job_id = str(uuid.uuid4())
     now = time.time() - age
-    lifecycle.create(Job(id=job_id, status=Status.QUEUED, celery_id=job_id, filename="a.wav",
-                         content_type="audio/wav", size_bytes=3, duration_s=1.0,
-                         created_at=now, queued_at=now), b"abc")
+    assert lifecycle.create(Job(id=job_id, status=Status.QUEUED, celery_id=job_id,
+                                filename="a.wav", content_type="audio/wav",
+                                size_bytes=len(audio), duration_s=1.0, created_at=now,
+                                queued_at=now), audio)[0] == "created"
+
     if status != Status.QUEUED:
         assert lifecycle.claim(job_id, job_id, RUNNER, "w", 3, 60).outcome is Outcome.OK
     if status == Status.SUCCEEDED:
@@ -136,23 +139,24 @@ def test_history_pages_skip_expired_records(store, lifecycle):
 
 
 def test_the_audio_budget_removes_finished_recordings_first_and_refuses_when_full(redis_db):
-    budgeted = Lifecycle(redis_db, retention_s=3600, max_recordings=100, max_stored_bytes=10)
+    clip = b"x" * 20_000  # each active job holds 20,000 + JOB_OVERHEAD_BYTES of the budget
+    budget = 3 * (len(clip) + JOB_OVERHEAD_BYTES) + 10  # three active jobs fit, not four
+    budgeted = Lifecycle(redis_db, retention_s=3600, max_recordings=100, max_stored_bytes=budget)
     store = JobStore(redis_db, max_recordings=100)
-    done = add(budgeted, Status.SUCCEEDED, age=30)  # 3 bytes each
-    queued = [add(budgeted, Status.QUEUED, age=20), add(budgeted, Status.QUEUED, age=10)]
-    assert store.audio(done) == b"abc"  # 9 <= 10
-    third = add(budgeted, Status.QUEUED, age=5)  # 12 > 10: the finished one goes
+    done = add(budgeted, Status.SUCCEEDED, age=30, audio=clip)
+    queued = [add(budgeted, Status.QUEUED, age=20, audio=clip),
+              add(budgeted, Status.QUEUED, age=10, audio=clip)]
+    assert store.audio(done) == clip  # 60,000 recording bytes <= budget
+    third = add(budgeted, Status.QUEUED, age=5, audio=clip)  # 80,000 > budget: the finished one
     assert store.get(done).audio_available is False
-    assert all(store.audio(i) == b"abc" for i in [*queued, third])
+    assert all(store.audio(i) == clip for i in [*queued, third])
 
     job_id = str(uuid.uuid4())
-    refused = budgeted.create(Job(id=job_id, status=Status.QUEUED, celery_id=job_id,
-                                  filename="a.wav", content_type="audio/wav", size_bytes=3,
-                                  duration_s=1.0, created_at=time.time()), b"abc")
-    assert refused == ("full", job_id)  # active recordings alone would be 12 > 10
+    job = Job(id=job_id, status=Status.QUEUED, celery_id=job_id, filename="a.wav",
+              content_type="audio/wav", size_bytes=len(clip), duration_s=1.0,
+              created_at=time.time())
+    assert budgeted.create(job, clip) == ("full", job_id)  # four active jobs would not fit
     assert not store.exists(job_id) and not redis_db.exists(store.keys.audio(job_id))
     assert Figures(redis_db).snapshot(0)["counts"][Status.QUEUED] == 3
     budgeted.delete(queued[0])  # room again
-    assert budgeted.create(Job(id=job_id, status=Status.QUEUED, celery_id=job_id,
-                               filename="a.wav", content_type="audio/wav", size_bytes=3,
-                               duration_s=1.0, created_at=time.time()), b"abc")[0] == "created"
+    assert budgeted.create(job, clip)[0] == "created"

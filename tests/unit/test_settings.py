@@ -302,3 +302,24 @@ def test_min_replicas_may_be_zero_but_not_negative() -> None:
     assert Settings.from_env({"REDIS_MIN_REPLICAS": "0"}).redis_min_replicas == 0
     (line,) = error_lines({"REDIS_MIN_REPLICAS": "-1"})
     assert line.startswith("REDIS_MIN_REPLICAS=")
+
+
+def test_a_stored_audio_budget_below_the_upload_limit_is_refused_with_the_other_errors() -> None:
+    lines = error_lines({"MAX_STORED_AUDIO_MB": "50", "MAX_UPLOAD_MB": "100",
+                         "MAX_QUEUED_JOBS": "10", "MAX_QUEUED_JOBS_PER_KEY": "20",
+                         "API_PORT": "x"})
+
+    assert lines[0].startswith("API_PORT=")
+    assert lines[1].startswith("MAX_STORED_AUDIO_MB=50 is below MAX_UPLOAD_MB=100")
+    assert "at least 101" in lines[1]
+    assert lines[2].startswith("MAX_QUEUED_JOBS_PER_KEY=20 is above MAX_QUEUED_JOBS=10")
+    assert len(lines) == 3
+
+
+@pytest.mark.parametrize("environ", [
+    {"MAX_STORED_AUDIO_MB": "101", "MAX_UPLOAD_MB": "100"},
+    {"MAX_STORED_AUDIO_MB": "0", "MAX_UPLOAD_MB": "100"},  # no budget at all
+    {"MAX_QUEUED_JOBS": "0", "MAX_QUEUED_JOBS_PER_KEY": "20"},  # no total cap
+])
+def test_budgets_that_can_work_are_accepted(environ: dict[str, str]) -> None:
+    Settings.from_env(environ)
