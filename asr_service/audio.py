@@ -13,7 +13,7 @@ import soundfile as sf
 import soxr
 
 from asr_service import offhub
-from asr_service.errors import AudioInvalid, AudioTooLong
+from asr_service.errors import AudioInvalid, AudioTooLong, ProbeBusy
 
 TARGET_RATE = 16_000
 MAX_SAMPLE_RATE = 384_000
@@ -69,11 +69,15 @@ def probe(data: bytes) -> AudioInfo:
 
 def probe_off_hub(data: bytes, timeout_s: float = PROBE_TIMEOUT_S) -> AudioInfo:
     """probe(), in an OS thread when gevent runs the process (a C call would stall every
-    greenlet), refused with NOT_AUDIO when it has not answered within timeout_s."""
+    greenlet). Past timeout_s a 503 to try again: with the demuxer and protocol allow-lists
+    nothing hostile can make FFmpeg wait, so an overrun means an overloaded process, not a bad
+    file (a valid upload must never hear that it is not audio)."""
     try:
         return offhub.call(probe, data, timeout_s=timeout_s)
     except TimeoutError:
-        raise AudioInvalid(NOT_AUDIO) from None
+        raise ProbeBusy(f"the upload was not read within {timeout_s:g} s: this API process is "
+                        "overloaded; nothing was stored, try again after Retry-After "
+                        "seconds") from None
 
 
 def decode(data: bytes, max_seconds: float) -> np.ndarray:

@@ -107,6 +107,14 @@ class OutcomeUnknown(AsrError):
         self.task_id = task_id
 
 
+class ProbeBusy(AsrError):
+    """The audio probe did not answer in time (the API process is overloaded)."""
+
+    title = "Too busy to read the upload"
+    slug = "probe-busy"
+    retry_after_s = 5
+
+
 class UploadsBusy(AsrError):
     """This API process already holds MAX_INFLIGHT_UPLOAD_MB of request bodies."""
 

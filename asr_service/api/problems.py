@@ -32,6 +32,7 @@ STATUS_BY_ERROR: dict[type[errors.AsrError], int] = {
     errors.StorageFull: 503,
     errors.OutcomeUnknown: 503,
     errors.UploadsBusy: 503,
+    errors.ProbeBusy: 503,
     errors.QueueFull: 503,
     errors.OwnerQueueFull: 429,
 }
