@@ -26,7 +26,7 @@ test: venv models system-packages ## set up and run the whole test suite
 	$(VENV)/bin/pytest
 
 bench-slow: venv redis-server ## /health latency while 32 uploads trickle in at 1 KB/s (prints a table)
-	PYTHONPATH=. $(VENV)/bin/python scripts/bench_slow_clients.py
+	$(VENV)/bin/python scripts/bench_slow_clients.py
 
 bench-api: venv redis-server ## submit rate with 5,000 queued jobs, read p50/p99 with 100,000 retained (prints a table)
 	$(VENV)/bin/python scripts/bench_api.py
@@ -35,7 +35,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 models: venv ## the tiny Paraformer (built in code) and the real FSMN-VAD weights under models/; BIG=1: also the large-dims one
-	$(VENV)/bin/python -m asr_service.engine.assets models $(if $(BIG),--big)
+	$(VENV)/bin/python scripts/assets.py models $(if $(BIG),--big)
 
 # funasr-server (the benchmark's peer) ships with funasr but needs these web packages, which the
 # service itself does not; installed only for `make bench`. Without them the peer reads "n/a".
@@ -51,10 +51,13 @@ $(VENV)/.bench-peer: $(STAMP)
 venv: $(STAMP)
 
 # torch is pinned and installed first: it is a CPU wheel here, and pip must not pick a CUDA build.
-$(STAMP): requirements.txt requirements-api.txt requirements-dev.txt
+# Then the package itself, editable and without resolving again what the pins installed, so
+# `asr_service` imports from any directory (no PYTHONPATH).
+$(STAMP): requirements.txt requirements-api.txt requirements-engine.txt requirements-dev.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q "$$(grep -E '^torch==' requirements.txt)"
+	$(VENV)/bin/pip install --disable-pip-version-check -q "$$(grep -E '^torch==' requirements-engine.txt)"
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt
+	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
 # Debian packages, as command:package pairs, installed only when the command is missing:

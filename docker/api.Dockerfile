@@ -6,7 +6,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends libsndfile1 \
     && rm -rf /var/lib/apt/lists/*
 COPY requirements-api.txt .
 RUN pip install --no-cache-dir -r requirements-api.txt
-COPY asr_service ./asr_service
+# The package, installed (its dependencies are the pins above); /app keeps only entry points.
+COPY pyproject.toml requirements-api.txt requirements-engine.txt /src/
+COPY asr_service /src/asr_service
+RUN pip install --no-cache-dir --no-deps /src && rm -rf /src
 COPY config ./config
 COPY wsgi.py celery_app.py ./
 RUN useradd --create-home asr && mkdir -p /app/logs && chown asr /app/logs

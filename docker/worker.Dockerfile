@@ -8,10 +8,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
-COPY requirements.txt requirements-api.txt ./
+COPY requirements.txt requirements-api.txt requirements-engine.txt ./
 # From PyPI (not this repo's CPU wheel) torch==2.13.0 is the CUDA build.
 RUN pip install --no-cache-dir -r requirements.txt
-COPY asr_service ./asr_service
+# The package, installed (its dependencies are the pins above); /app keeps only entry points.
+COPY pyproject.toml requirements-api.txt requirements-engine.txt /src/
+COPY asr_service /src/asr_service
+RUN pip install --no-cache-dir --no-deps /src && rm -rf /src
 COPY config ./config
 COPY celery_app.py ./
 RUN useradd --create-home asr && mkdir -p /app/logs /models && chown asr /app/logs /models

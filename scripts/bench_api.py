@@ -35,14 +35,13 @@ import redis
 import requests
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from asr_service.jobs import Job, Status
+from asr_service.lifecycle import Lifecycle, Runner
+from asr_service.service import Dispatcher
+from asr_service.settings import Settings
+from asr_service.worker import create_celery
 
-from asr_service.jobs import Job, Status  # noqa: E402
-from asr_service.lifecycle import Lifecycle, Runner  # noqa: E402
-from asr_service.service import Dispatcher  # noqa: E402
-from asr_service.settings import Settings  # noqa: E402
-from asr_service.worker import create_celery  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OUT = ROOT / "bench"
 # ROUNDS pairs of runs (empty queue, then BACKLOG queued), Redis emptied before each pair: other
@@ -115,7 +114,7 @@ def stack(tmp: Path) -> Iterator[tuple[str, str]]:
         wait_until(lambda: redis.Redis.from_url(url).ping(), procs[0], 20)
         env = {**os.environ, "REDIS_URL": url, "API_PORT": str(api_port), "API_HOST": "127.0.0.1",
                "LOG_DIR": str(tmp / "logs"), "MAX_RECORDINGS": str(MAX_RECORDINGS),
-               "ASR_MODEL": "models/tiny-paraformer", "PYTHONPATH": str(ROOT)}
+               "ASR_MODEL": "models/tiny-paraformer"}
         with (tmp / "gunicorn.log").open("wb") as log:
             procs.append(subprocess.Popen(
                 [str(Path(sys.executable).parent / "gunicorn"), "-c", "config/gunicorn.conf.py",

@@ -1,6 +1,6 @@
 """Small checks the run scripts need: does Redis answer, is it local, on which port.
 
-`PYTHONPATH=. python scripts/devtools.py redis-port` from the repo root (scripts/run.sh does).
+`python scripts/devtools.py redis-port` (scripts/run.sh and scripts/redis.sh do).
 """
 
 from __future__ import annotations

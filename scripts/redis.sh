@@ -14,7 +14,7 @@ for address in $bind; do
        fi ;;
   esac
 done
-port=$(PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python scripts/devtools.py redis-port)
+port=$(.venv/bin/python scripts/devtools.py redis-port)
 mkdir -p run/redis
 # maxmemory bounds Redis whatever happens; noeviction makes a full Redis refuse writes (the API
 # answers 503) instead of silently dropping queued jobs. Size it above MAX_STORED_AUDIO_MB.

@@ -3,8 +3,7 @@
 # deliverer); Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# devtools.py reads asr_service.settings: the repo root goes on the path.
-devtools() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python scripts/devtools.py "$@"; }
+devtools() { .venv/bin/python scripts/devtools.py "$@"; }
 procs="api worker flower webhooks"
 if ! devtools redis-answers; then
   if ! devtools redis-is-local; then

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_service.engine.assets import ensure_assets
+from scripts.assets import ensure_assets
 
 
 @pytest.fixture(scope="session")

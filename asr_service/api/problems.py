@@ -159,7 +159,7 @@ def handle_redis_full(error: Exception) -> Response:
     log.error("redis out of memory: %s", error)
     return problem(503, errors.StorageFull.title,
                    "Redis is out of memory (maxmemory); nothing was stored. Try again later, and "
-                   "see the README on sizing MAX_STORED_AUDIO_MB against Redis maxmemory.",
+                   "see docs/security.md on sizing MAX_STORED_AUDIO_MB against Redis maxmemory.",
                    slug=errors.StorageFull.slug,
                    headers={"Retry-After": str(errors.StorageFull.retry_after_s)})
 

