@@ -14,12 +14,13 @@ from asr_service.api import jobs as jobs_api
 from asr_service.api import metrics as metrics_api
 from asr_service.api import openai as openai_api
 from asr_service.api import system as system_api
-from asr_service.api.problems import Api
+from asr_service.api.problems import Api, register_error_handlers
 from asr_service.cluster import Cluster
 from asr_service.figures import Figures
 from asr_service.jobs import JobStore, Keys
 from asr_service.lifecycle import Lifecycle, log_event_line
 from asr_service.logs import setup_logging
+from asr_service.readmodel import ReadModel
 from asr_service.service import Dispatcher, JobService
 from asr_service.settings import Settings
 from asr_service.waiters import Waiters
@@ -71,17 +72,21 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings, socket_timeout=10, socket_connect_timeout=2, socket_keepalive=True,
         health_check_interval=15), Keys().job_finished)
     cluster = Cluster(client, settings.queue_name)
+    jobs = JobService(settings, store, lifecycle, Dispatcher(celery), waiters, cluster)
+    figures = Figures(client)
     app.extensions["asr"] = Services(
         settings=settings,
         store=store,
-        jobs=JobService(settings, store, lifecycle, Dispatcher(celery), waiters, cluster),
+        jobs=jobs,
         cluster=cluster,
-        figures=Figures(client),
+        figures=figures,
         celery=celery,
+        readmodel=ReadModel(settings, store, cluster, figures, jobs),
     )
     access.init_app(app, settings)
     inflight.init_app(app, settings.max_inflight_upload_bytes, settings.max_upload_bytes)
     api = Api(app)
+    register_error_handlers(app)
     api.register_blueprint(jobs_api.blp)
     api.register_blueprint(system_api.blp)
     api.register_blueprint(dashboard_api.blp)

@@ -7,6 +7,7 @@ The scripts that move a job (lua/common.lua) update, in the same atomic step as 
 - the timings of the latest RECENT_SAMPLES succeeded jobs (percentiles come from these);
 - per-10-second slots of finished jobs and audio seconds (throughput over a window).
 Counts by status are the sizes of the status indexes. Nothing here reads a job record.
+The API keeps one figure itself: the latency of accepted submissions (SubmitLatency).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from typing import Any
 import numpy as np
 import redis
 
-from asr_service.jobs import STATUSES, Keys, Status
+from asr_service.jobs import PREFIX, STATUSES, Keys, Status
 
 END_TO_END_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 SLOT_S = 10  # must match lua/common.lua
 STATS_WINDOW_S = 300
+SUBMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RECENT_SUBMITS = 2000
 
 
 def lua_constants() -> str:
@@ -46,12 +49,53 @@ def percentiles(values: Iterable[float]) -> dict[str, float | None]:
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3)}
 
 
+class SubmitLatency:
+    """Accepted submissions' latency in Redis: histogram counters and the latest samples,
+    shared by every API process."""
+
+    counters = f"{PREFIX}metrics:submit_latency"
+    samples = f"{PREFIX}metrics:submit_latency:recent"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def observe(self, seconds: float, now: float | None = None) -> None:
+        """Count one submission that took `seconds` to answer."""
+        bucket = next((str(b) for b in SUBMIT_BUCKETS if seconds <= b), "+Inf")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(self.counters, bucket, 1)
+        pipe.hincrbyfloat(self.counters, "sum", seconds)
+        pipe.lpush(self.samples, f"{time.time() if now is None else now:.3f}:{seconds:.6f}")
+        pipe.ltrim(self.samples, 0, RECENT_SUBMITS - 1)
+        pipe.execute()
+
+    def histogram(self) -> tuple[list[tuple[str, float]], float]:
+        """Cumulative (le, count) buckets ending with +Inf, and the sum of seconds."""
+        raw = {k.decode(): float(v) for k, v in self.redis.hgetall(self.counters).items()}
+        buckets, total = [], 0.0
+        for le in [*map(str, SUBMIT_BUCKETS), "+Inf"]:
+            total += raw.get(le, 0.0)
+            buckets.append((le, total))
+        return buckets, raw.get("sum", 0.0)
+
+    def since(self, start: float) -> list[float]:
+        """Latencies of the submissions answered after `start` (newest RECENT_SUBMITS)."""
+        found = []
+        for entry in self.redis.lrange(self.samples, 0, -1):
+            ts, _, seconds = entry.decode().partition(":")
+            if float(ts) < start:
+                break  # newest first
+            found.append(float(seconds))
+        return found
+
+
 class Figures:
     """Reads the kept figures; every method costs a fixed number of Redis reads."""
 
     def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
         self.redis = client
         self.keys = keys or Keys()
+        self.submit_latency = SubmitLatency(client)
 
     def snapshot(self, window_s: int, now: float | None = None,
                  with_recent: bool = True) -> dict[str, Any]:

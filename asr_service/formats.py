@@ -15,7 +15,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import srt
@@ -48,6 +48,11 @@ class Cue:
     start: float
     end: float
     lines: list[str]
+
+
+def iso_time(ts: float | None) -> str | None:
+    """A Unix time as an ISO 8601 UTC date-time (None stays None): every API and webhook time."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def render(result: dict[str, Any], fmt: str) -> tuple[str, str]:

@@ -33,6 +33,7 @@ from standardwebhooks.webhooks import Webhook
 
 from asr_service import redis_conn, urlguard
 from asr_service.errors import UrlRefused
+from asr_service.formats import iso_time
 from asr_service.jobs import Keys
 from asr_service.logs import setup_logging
 from asr_service.settings import Settings
@@ -78,20 +79,16 @@ def retry_delay(settings: Settings, attempts: int, rng: Callable[[], float] = ra
     return settings.webhook_retry_base_s * 2 ** (attempts - 1) * (0.9 + 0.2 * rng())
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
-
-
 def event_body(delivery: dict[str, str], settings: Settings, transcript: str | None) -> str:
     """The JSON event of a delivery: type, timestamp and data (task, status, error, links)."""
     data = json.loads(delivery["data"])
     task_id = data["task_id"]
     base = settings.public_url.rstrip("/")
     result_url = f"{base}/api/v1/asr/result/{task_id}"
-    body = {"type": delivery["type"], "timestamp": _iso(float(delivery["created_at"])),
+    body = {"type": delivery["type"], "timestamp": iso_time(float(delivery["created_at"])),
             "data": {"task_id": task_id, "status": data["status"], "error": data.get("error"),
-                     "created_at": _iso(data.get("created_at")),
-                     "finished_at": _iso(data.get("finished_at")),
+                     "created_at": iso_time(data.get("created_at")),
+                     "finished_at": iso_time(data.get("finished_at")),
                      "duration_s": data.get("duration_s"),
                      "links": {"result": result_url, "srt": f"{result_url}?format=srt",
                                "vtt": f"{result_url}?format=vtt",

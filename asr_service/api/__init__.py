@@ -8,16 +8,19 @@ from typing import Any
 
 from flask import current_app
 from flask_smorest import Blueprint
+from marshmallow import Schema
 
 from asr_service.api.problems import PROBLEM_JSON, ProblemSchema
 from asr_service.cluster import Cluster
 from asr_service.figures import Figures
 from asr_service.jobs import JobStore
+from asr_service.readmodel import ReadModel
 from asr_service.service import JobService
 from asr_service.settings import Settings
 from asr_service.worker import AsrCelery
 
-_ERROR_DESCRIPTIONS = {
+ERROR_DESCRIPTIONS = {
+    400: "Invalid field or audio (OpenAI's clients expect a 400 where /api/v1 answers 422)",
     401: "Missing or wrong API key",
     404: "Unknown task id (never submitted, deleted or expired, or another API key's)",
     409: "The task is in a state that does not allow this",
@@ -26,7 +29,9 @@ _ERROR_DESCRIPTIONS = {
     422: "Invalid field, not decodable / too long audio, or an Idempotency-Key reused with "
          "a different request",
     429: "Rate limit exceeded (RATE_LIMIT); see Retry-After",
+    500: "The transcription failed",
     503: "Redis unreachable",
+    504: "Not finished within SYNC_TIMEOUT_S; `task_id` says where to fetch it later",
 }
 
 
@@ -40,6 +45,7 @@ class Services:
     cluster: Cluster
     figures: Figures
     celery: AsrCelery
+    readmodel: ReadModel
 
 
 def services() -> Services:
@@ -47,13 +53,17 @@ def services() -> Services:
     return current_app.extensions["asr"]
 
 
-def problems(blp: Blueprint, *codes: int) -> Callable[[Any], Any]:
-    """Document the problem+json error responses a view can give."""
+def problems(blp: Blueprint, *codes: int, schema: type[Schema] = ProblemSchema,
+             content_type: str = PROBLEM_JSON,
+             described: dict[int, str] | None = None) -> Callable[[Any], Any]:
+    """Document the error responses a view can give: problem+json unless another schema
+    (OpenAI's) is named; `described` overrides ERROR_DESCRIPTIONS for this view."""
+    descriptions = {**ERROR_DESCRIPTIONS, **(described or {})}
 
     def decorate(view: Any) -> Any:
         for code in codes:
-            view = blp.alt_response(code, schema=ProblemSchema, content_type=PROBLEM_JSON,
-                                    description=_ERROR_DESCRIPTIONS[code])(view)
+            view = blp.alt_response(code, schema=schema, content_type=content_type,
+                                    description=descriptions[code])(view)
         return view
 
     return decorate

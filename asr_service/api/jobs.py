@@ -11,45 +11,26 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from flask import Request, Response, make_response, send_file, url_for
+from flask import Response, make_response, send_file, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
-from marshmallow import Schema
-from webargs.flaskparser import FlaskParser
-from webargs.multidictproxy import MultiDictProxy
-from werkzeug.datastructures import CombinedMultiDict, FileStorage
+from werkzeug.datastructures import FileStorage
 
 from asr_service import formats
 from asr_service.api import idempotency, inflight, problems, services
 from asr_service.api.access import owner_id, scope
+from asr_service.api.multipart import MultipartBlueprint
 from asr_service.api.schemas import (
     HistoryArgsSchema,
     HistorySchema,
+    JobAnswer,
     JobResultSchema,
     ResultArgsSchema,
     RetriedSchema,
     SubmitResponseSchema,
     SubmitSchema,
-    job_view,
 )
 from asr_service.errors import JobConflict
 from asr_service.service import Upload
-
-
-class _MultipartParser(FlaskParser):
-    """Reads form fields together with files, so one schema documents the multipart body.
-
-    flask-smorest documents each location separately, and a `form` location becomes an
-    OpenAPI 2 `formData` parameter that OpenAPI 3 does not allow.
-    """
-
-    def load_files(self, req: Request, schema: Schema) -> MultiDictProxy:
-        return MultiDictProxy(CombinedMultiDict([req.files, req.form]), schema)
-
-
-class _Blueprint(Blueprint):
-    ARGUMENTS_PARSER = _MultipartParser()
-
 
 SUBMIT_HEADERS = {
     "Location": {"schema": {"type": "string"}, "description": "Where to poll the result"},
@@ -61,7 +42,8 @@ DELETE_HEADERS = {
                     "description": "pending: the master deleted it but fewer than "
                                    "REDIS_MIN_REPLICAS replicas acknowledged it in time"},
 }
-blp = _Blueprint("asr", __name__, url_prefix="/api/v1/asr", description="Transcription jobs")
+blp = MultipartBlueprint("asr", __name__, url_prefix="/api/v1/asr",
+                         description="Transcription jobs")
 
 
 @blp.route("/submit")
@@ -98,11 +80,8 @@ class Submit(MethodView):
         headers = {"Location": location}
         if submitted.replayed:
             headers["Idempotent-Replayed"] = "true"
-        body = {"task_id": submitted.job.id, "status": submitted.job.status,
-                "status_url": location}
-        if submitted.replication:
-            body["replication"] = submitted.replication
-        return body, 202, headers
+        return (JobAnswer(submitted.job, replication=submitted.replication,
+                          status_url=location), 202, headers)
 
 
 @blp.route("/result/<uuid:task_id>")
@@ -123,7 +102,7 @@ class Result(MethodView):
         job, result = (jobs.wait(str(task_id), args["wait"], owner) if args["wait"]
                        else jobs.result(str(task_id), owner))
         if args["format"] == "json":
-            return job_view(job, result)
+            return JobAnswer(job, result)
         if result is None:
             raise JobConflict(f"task {job.id} is {job.status}; its transcript exists once it "
                               "succeeded")
@@ -147,8 +126,7 @@ class History(MethodView):
         """A page of jobs (an API key's own; all for an admin key); filter by status."""
         total, jobs = services().store.history(args["limit"], args["offset"], args.get("status"),
                                                owner=scope())
-        return {"total": total, "limit": args["limit"], "offset": args["offset"],
-                "items": [job_view(j) for j in jobs]}
+        return {"total": total, "limit": args["limit"], "offset": args["offset"], "items": jobs}
 
 
 @blp.route("/audio/<uuid:task_id>")
@@ -175,10 +153,10 @@ class Retry(MethodView):
 
     @blp.response(202, RetriedSchema)
     @problems(blp, 404, 409, 410, 503)
-    def post(self, task_id: uuid.UUID) -> dict[str, Any]:
+    def post(self, task_id: uuid.UUID) -> JobAnswer:
         """Re-enqueue; 409 while the job is queued, processing or already succeeded."""
         job, replication = services().jobs.retry(str(task_id), scope())
-        return {**job_view(job), **({"replication": replication} if replication else {})}
+        return JobAnswer(job, replication=replication)
 
 
 @blp.route("/task/<uuid:task_id>")

@@ -7,7 +7,7 @@ figure is kept in Redis where it happens and read here at a fixed cost (no recor
 - jobs by status: the sizes of the lifecycle's status indexes;
 - end-to-end latency and RTF: cumulative histograms the lifecycle scripts update in the same
   atomic step as a job's success (figures.py); audio seconds of the retained succeeded jobs;
-- submit latency: observed by the API (HINCRBY per bucket), shared by all API processes;
+- submit latency: observed by the API (figures.SubmitLatency), shared by all API processes;
 - queue depth and workers: the broker's list length and the workers' heartbeat hash.
 """
 
@@ -25,53 +25,11 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from asr_service.api import services
 from asr_service.cluster import Cluster
 from asr_service.figures import END_TO_END_BUCKETS, RTF_BUCKETS, Figures, histogram
-from asr_service.jobs import PREFIX
 
 log = logging.getLogger(__name__)
 blp = Blueprint("metrics", __name__)
 
-SUBMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-RECENT_SUBMITS = 2000
 SUBMIT_ENDPOINT = "asr.Submit"
-
-
-class SubmitLatency:
-    """Accepted submissions' latency in Redis: histogram counters and the latest samples."""
-
-    counters = f"{PREFIX}metrics:submit_latency"
-    samples = f"{PREFIX}metrics:submit_latency:recent"
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.redis = client
-
-    def observe(self, seconds: float, now: float | None = None) -> None:
-        """Count one submission that took `seconds` to answer."""
-        bucket = next((str(b) for b in SUBMIT_BUCKETS if seconds <= b), "+Inf")
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hincrby(self.counters, bucket, 1)
-        pipe.hincrbyfloat(self.counters, "sum", seconds)
-        pipe.lpush(self.samples, f"{time.time() if now is None else now:.3f}:{seconds:.6f}")
-        pipe.ltrim(self.samples, 0, RECENT_SUBMITS - 1)
-        pipe.execute()
-
-    def histogram(self) -> tuple[list[tuple[str, float]], float]:
-        """Cumulative (le, count) buckets ending with +Inf, and the sum of seconds."""
-        raw = {k.decode(): float(v) for k, v in self.redis.hgetall(self.counters).items()}
-        buckets, total = [], 0.0
-        for le in [*map(str, SUBMIT_BUCKETS), "+Inf"]:
-            total += raw.get(le, 0.0)
-            buckets.append((le, total))
-        return buckets, raw.get("sum", 0.0)
-
-    def since(self, start: float) -> list[float]:
-        """Latencies of the submissions answered after `start` (newest RECENT_SUBMITS)."""
-        found = []
-        for entry in self.redis.lrange(self.samples, 0, -1):
-            ts, _, seconds = entry.decode().partition(":")
-            if float(ts) < start:
-                break  # newest first
-            found.append(float(seconds))
-        return found
 
 
 class ClusterCollector:
@@ -115,7 +73,7 @@ class ClusterCollector:
             yield HistogramMetricFamily(metric, doc, buckets=buckets, sum_value=total)
         yield GaugeMetricFamily("asr_audio_seconds", "Audio seconds of succeeded retained jobs",
                                 value=max(0.0, kept.get("retained_audio_s", 0.0)))
-        buckets, total = SubmitLatency(self.figures.redis).histogram()
+        buckets, total = self.figures.submit_latency.histogram()
         yield HistogramMetricFamily("asr_submit_latency_seconds",
                                     "Time the API took to accept a submission (202)",
                                     buckets=buckets, sum_value=total)
@@ -160,8 +118,7 @@ def _start_timer() -> None:
 def _observe_submit(response: Response) -> Response:
     if request.endpoint == SUBMIT_ENDPOINT and response.status_code == 202:
         try:
-            SubmitLatency(services().store.redis).observe(
-                time.perf_counter() - g.request_started)
+            services().figures.submit_latency.observe(time.perf_counter() - g.request_started)
         except redis.RedisError as exc:  # the job is queued: never fail the request for this
             log.warning("submit latency not recorded: %s", exc)
     return response

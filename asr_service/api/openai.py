@@ -7,21 +7,19 @@ SYNC_TIMEOUT_S answers 504 with its task id; it runs on and its result stays fet
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from flask import Response, jsonify, make_response, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from werkzeug.datastructures import FileStorage
 
 from asr_service import formats
-from asr_service.api import idempotency, services
+from asr_service.api import idempotency, problems, services
 from asr_service.api.access import owner_id, scope
-from asr_service.api.jobs import _MultipartParser
+from asr_service.api.multipart import FileUpload, MultipartBlueprint
 from asr_service.api.problems import OpenAIErrorSchema, openai_error
-from asr_service.api.schemas import MAX_HOTWORDS, FileUpload, language_field
+from asr_service.api.schemas import MAX_HOTWORDS, Hotwords, language_field
 from asr_service.jobs import ACTIVE, Job, Status
 from asr_service.service import Upload
 
@@ -30,12 +28,8 @@ RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 _CLIENT_ERRORS = {"audio-invalid", "audio-too-long"}
 
 
-class _Blueprint(Blueprint):
-    ARGUMENTS_PARSER = _MultipartParser()
-
-
-blp = _Blueprint("openai", __name__, url_prefix="/v1",
-                 description="OpenAI-compatible transcription (same queue and workers)")
+blp = MultipartBlueprint("openai", __name__, url_prefix="/v1",
+                        description="OpenAI-compatible transcription (same queue and workers)")
 
 
 class TranscriptionFormSchema(Schema):
@@ -45,8 +39,8 @@ class TranscriptionFormSchema(Schema):
     model = fields.String(required=True, metadata={
         "description": f"A served model (GET /v1/models); {DEFAULT_ALIAS} means the default"})
     language = language_field()
-    prompt = fields.String(load_default="", validate=validate.Length(max=2000), metadata={
-        "description": "Words to favour (used as hotwords)"})
+    prompt = Hotwords(f"Words to favour (used as hotwords, split as submit splits them; more "
+                      f"than {MAX_HOTWORDS} words is a 400)")
     response_format = fields.String(load_default="json",
                                     validate=validate.OneOf(RESPONSE_FORMATS))
     temperature = fields.Float(load_default=0.0, validate=validate.Range(0, 1), metadata={
@@ -97,32 +91,21 @@ def _model(requested: str) -> str | None:
     return requested
 
 
-def _documented(view: Any) -> Any:
-    for code, why in ((400, "Invalid field or audio"), (401, "Missing or wrong API key"),
-                      (404, "Unknown model"), (413, "Upload larger than MAX_UPLOAD_MB"),
-                      (429, "Rate limit exceeded"), (500, "The transcription failed"),
-                      (503, "Redis unreachable"),
-                      (504, "Not finished within SYNC_TIMEOUT_S; `task_id` says where to "
-                            "fetch it later")):
-        view = blp.alt_response(code, schema=OpenAIErrorSchema, description=why)(view)
-    return view
-
-
 @blp.route("/audio/transcriptions")
 class Transcriptions(MethodView):
     """Transcribe a recording and answer with the transcript."""
 
     @blp.arguments(TranscriptionFormSchema, location="files")
     @blp.response(200, TranscriptionSchema)
-    @_documented
+    @problems(blp, 400, 401, 404, 413, 429, 500, 503, 504, schema=OpenAIErrorSchema,
+              content_type="application/json", described={404: "Unknown model"})
     def post(self, form: dict[str, Any]) -> Any:
         """OpenAI's transcription call: json, text, srt, vtt or verbose_json."""
         model = _model(form["model"])
         upload: FileStorage = form["file"]
-        hotwords = [w for w in re.split(r"[\s,，、]+", form["prompt"]) if w][:MAX_HOTWORDS]
         jobs = services().jobs
         submitted = jobs.submit(Upload(upload.read(), upload.filename, form["language"],
-                                       hotwords, form.get("callback_url"), model),
+                                       form["prompt"], form.get("callback_url"), model),
                                 idempotency.requested_key(), owner=owner_id())
         job, result = jobs.wait(submitted.job.id, services().settings.sync_timeout_s, scope())
         if result is None:

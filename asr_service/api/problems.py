@@ -8,7 +8,7 @@ from typing import Any
 
 import flask_smorest
 import redis
-from flask import Response, json, request
+from flask import Flask, Response, json, request
 from kombu.exceptions import OperationalError
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError
@@ -114,18 +114,6 @@ class Api(flask_smorest.Api):
 
     ERROR_SCHEMA = ProblemSchema
 
-    def _register_error_handlers(self) -> None:
-        super()._register_error_handlers()
-        self._app.register_error_handler(errors.AsrError, handle_asr_error)
-        # Unreachable, timing out, loading or read-only (failover) Redis is a 503; any other
-        # Redis error is a bug of ours and stays a 500.
-        for unavailable in (redis.ConnectionError, redis.TimeoutError,
-                            redis.exceptions.ReadOnlyError):
-            self._app.register_error_handler(unavailable, handle_redis_error)
-        self._app.register_error_handler(OperationalError, handle_redis_error)
-        self._app.register_error_handler(redis.exceptions.OutOfMemoryError, handle_redis_full)
-        self._app.register_error_handler(redis.exceptions.ResponseError, handle_redis_reply)
-
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         """Every HTTP error (abort, 404 routes, 413, 422 validation, 500) as problem+json."""
         if isinstance(error, InternalServerError):
@@ -143,6 +131,18 @@ class Api(flask_smorest.Api):
             detail = f"rate limit exceeded ({detail}); try again after Retry-After seconds"
         return problem(code, error.name, detail, slug=error.name.lower().replace(" ", "-"),
                        headers=data.get("headers"), **extra)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer domain and Redis errors as problems too (HTTP errors are the Api's)."""
+    app.register_error_handler(errors.AsrError, handle_asr_error)
+    # Unreachable, timing out, loading or read-only (failover) Redis is a 503; any other
+    # Redis error is a bug of ours and stays a 500.
+    for unavailable in (redis.ConnectionError, redis.TimeoutError,
+                        redis.exceptions.ReadOnlyError, OperationalError):
+        app.register_error_handler(unavailable, handle_redis_error)
+    app.register_error_handler(redis.exceptions.OutOfMemoryError, handle_redis_full)
+    app.register_error_handler(redis.exceptions.ResponseError, handle_redis_reply)
 
 
 def handle_asr_error(error: errors.AsrError) -> Response:

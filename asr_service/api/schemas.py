@@ -1,21 +1,25 @@
-"""Marshmallow schemas: request arguments and the documented shape of every response."""
+"""Marshmallow schemas of the jobs: request arguments, and the documented shape of a job.
+
+JobSchema dumps a jobs.Job as it is; JobAnswer adds what one answer shows next to the job.
+The service's own state (health, queue, models, stats, dashboard) is in system_schemas.py.
+"""
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
-from flask_smorest.fields import Upload
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
-from werkzeug.datastructures import FileStorage
+from marshmallow import Schema, ValidationError, fields, post_dump, validate, validates_schema
 
-from asr_service.api.problems import ProblemSchema
-from asr_service.formats import FORMATS
+from asr_service.api.multipart import FileUpload
+from asr_service.formats import FORMATS, iso_time
 from asr_service.jobs import STATUSES, Job
 
 _LANGUAGE = re.compile(r"^(auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})?)$")
+_HOTWORD_SEPARATORS = re.compile(r"[\s,，、]+")
 MAX_HOTWORDS = 100
+MAX_HOTWORDS_CHARS = 2000
 
 
 def language_field() -> fields.String:
@@ -27,36 +31,36 @@ def language_field() -> fields.String:
     )
 
 
+def split_hotwords(text: str) -> list[str]:
+    """The words of a hotwords string; a ValidationError beyond MAX_HOTWORDS of them."""
+    words = [w for w in _HOTWORD_SEPARATORS.split(text) if w]
+    if len(words) > MAX_HOTWORDS:
+        raise ValidationError(f"at most {MAX_HOTWORDS} hotwords")
+    return words
+
+
+class Hotwords(fields.String):
+    """Words to favour, one string on the wire, a list once loaded (submit's `hotwords`,
+    OpenAI's `prompt`): too long or too many words is a 422 on the field."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(load_default=list, metadata={
+            "description": description, "default": "", "maxLength": MAX_HOTWORDS_CHARS})
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        validate.Length(max=MAX_HOTWORDS_CHARS)(text)
+        return split_hotwords(text)
+
+
 class SubmitFormSchema(Schema):
     """Optional form fields sent next to the audio file."""
 
     language = language_field()
     model = fields.String(validate=validate.Length(min=1, max=200), metadata={
         "description": "A served model's id (GET /api/v1/models); default: the default model"})
-    hotwords = fields.String(
-        load_default="",
-        validate=validate.Length(max=2000),
-        metadata={"description": "Words to favour, separated by spaces, newlines or commas "
-                                 "(also ， and 、)"},
-    )
-
-    @post_load
-    def split_hotwords(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-        """Turn the hotwords string into a list."""
-        words = [w for w in re.split(r"[\s,，、]+", data["hotwords"]) if w]
-        if len(words) > MAX_HOTWORDS:
-            raise ValidationError(f"at most {MAX_HOTWORDS} hotwords", "hotwords")
-        data["hotwords"] = words
-        return data
-
-
-class FileUpload(Upload):
-    """An uploaded file; a plain form field of the same name is a 422, not a crash."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if not isinstance(value, FileStorage):
-            raise ValidationError("must be a file (multipart file part), not a text field")
-        return value
+    hotwords = Hotwords("Words to favour, separated by spaces, newlines or commas "
+                        "(also ， and 、)")
 
 
 MAX_WAIT_S = 60
@@ -103,8 +107,11 @@ class HistoryArgsSchema(Schema):
     status = fields.String(validate=validate.OneOf([str(s) for s in STATUSES]))
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+class UnixTime(fields.DateTime):
+    """A Unix time (a float in Job), dumped as an ISO 8601 UTC date-time."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return iso_time(value)
 
 
 class SegmentSchema(Schema):
@@ -156,6 +163,23 @@ class WebhookStateSchema(Schema):
     next_attempt_at = fields.Float(allow_none=True)
 
 
+@dataclass(frozen=True)
+class JobAnswer:
+    """A job with what one answer adds to it: the transcript (result), the replication
+    warning of a submit or retry, where to poll (submit). Reads the job's own attributes
+    through, so the job schemas dump it as they dump a Job."""
+
+    job: Job
+    result: dict[str, Any] | None = None
+    replication: str | None = None
+    status_url: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "job":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.job, name)
+
+
 def replication_field() -> fields.String:
     """Present only in the answer to a submit or retry that replicas did not acknowledge."""
     return fields.String(validate=validate.OneOf(["pending"]), metadata={
@@ -165,10 +189,21 @@ def replication_field() -> fields.String:
                        "replicas catch up could lose it."})
 
 
+class _ReplicationOnlyWhenPending(Schema):
+    """Leaves `replication` out of the answer unless the replicas lag (None)."""
+
+    @post_dump
+    def omit_acknowledged(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        """Drop a null replication."""
+        if data.get("replication") is None:
+            data.pop("replication", None)
+        return data
+
+
 class JobSchema(Schema):
     """A job: its state, timings, and the error once failed."""
 
-    task_id = fields.String()
+    task_id = fields.String(attribute="id")
     status = fields.String(validate=validate.OneOf([str(s) for s in STATUSES]))
     filename = fields.String()
     content_type = fields.String()
@@ -177,9 +212,9 @@ class JobSchema(Schema):
     language = fields.String()
     hotwords = fields.List(fields.String())
     model = fields.String()
-    created_at = fields.String(metadata={"format": "date-time"})
-    started_at = fields.String(allow_none=True, metadata={"format": "date-time"})
-    finished_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    created_at = UnixTime()
+    started_at = UnixTime(allow_none=True)
+    finished_at = UnixTime(allow_none=True)
     queue_wait_s = fields.Float(allow_none=True)
     processing_s = fields.Float(allow_none=True)
     rtf = fields.Float(allow_none=True)
@@ -190,7 +225,7 @@ class JobSchema(Schema):
     webhook = fields.Nested(WebhookStateSchema, allow_none=True)
 
 
-class RetriedSchema(JobSchema):
+class RetriedSchema(JobSchema, _ReplicationOnlyWhenPending):
     """A job queued again by a retry."""
 
     replication = replication_field()
@@ -202,10 +237,10 @@ class JobResultSchema(JobSchema):
     result = fields.Nested(TranscriptSchema, allow_none=True)
 
 
-class SubmitResponseSchema(Schema):
+class SubmitResponseSchema(_ReplicationOnlyWhenPending):
     """Where to find the job just queued."""
 
-    task_id = fields.String()
+    task_id = fields.String(attribute="id")
     status = fields.String()
     status_url = fields.String()
     replication = replication_field()
@@ -220,144 +255,3 @@ class HistorySchema(Schema):
     items = fields.List(fields.Nested(JobSchema))
 
 
-class WorkerSchema(Schema):
-    """A worker as its last heartbeat described it."""
-
-    hostname = fields.String()
-    pid = fields.Integer()
-    concurrency = fields.Integer()
-    active = fields.Integer()
-    model = fields.String()
-    device = fields.String()
-    last_seen = fields.Float(metadata={"description": "Unix time of the last heartbeat"})
-    cpu_percent = fields.Float(allow_none=True, metadata={
-        "description": "CPU of the worker's processes, 100 = one core"})
-    memory_rss_bytes = fields.Integer(allow_none=True, metadata={
-        "description": "Resident memory of the worker's processes"})
-    gpu_memory_bytes = fields.Integer(allow_none=True, metadata={
-        "description": "GPU memory of the worker's processes; null without a GPU"})
-    engines_ready = fields.Integer(metadata={
-        "description": "Processes with the model loaded; 0 while the worker starts"})
-
-
-class ModelSchema(Schema):
-    """A served model."""
-
-    id = fields.String(metadata={"example": "whisper-tiny-en"})
-    queue = fields.String(metadata={"description": "The queue its worker group consumes"})
-    workers = fields.Integer(metadata={"description": "Live workers with it loaded"})
-    default = fields.Boolean(metadata={"description": "Used when a submit names no model"})
-
-
-class ModelListSchema(Schema):
-    """The models workers serve now, and the default."""
-
-    default = fields.String()
-    items = fields.List(fields.Nested(ModelSchema))
-
-
-class HealthArgsSchema(Schema):
-    """What health should require."""
-
-    ready = fields.String(validate=validate.OneOf(["workers"]), metadata={
-        "description": "`workers`: 503 unless a worker has its model loaded (deploy scripts)"})
-
-
-class HealthSchema(Schema):
-    """Whether the service can take work (200), and whether workers can finish it."""
-
-    status = fields.String(validate=validate.OneOf(["ok", "degraded"]), metadata={
-        "description": "degraded: jobs are accepted but no worker has its model loaded"})
-    redis = fields.Boolean()
-    workers_online = fields.Integer(metadata={"description": "Workers with the model loaded"})
-    reasons = fields.List(fields.String())
-
-
-class HealthProblemSchema(ProblemSchema):
-    """Health as a problem document when the service cannot work."""
-
-    redis = fields.Boolean()
-    workers_online = fields.Integer()
-    reasons = fields.List(fields.String())
-
-
-class QueueStatusSchema(Schema):
-    """What the queue and the workers are doing now."""
-
-    queue = fields.String()
-    depth = fields.Integer(metadata={"description": "Jobs waiting for a worker"})
-    active = fields.List(fields.String(), metadata={"description": "Task ids being transcribed"})
-    reserved = fields.List(fields.String(), metadata={"description": "Task ids taken, not started"})
-    workers = fields.List(fields.Nested(WorkerSchema))
-
-
-class PercentilesSchema(Schema):
-    """Latency percentiles in seconds."""
-
-    p50 = fields.Float(allow_none=True)
-    p95 = fields.Float(allow_none=True)
-
-
-class StatsSchema(Schema):
-    """Totals and rates over the retained jobs."""
-
-    jobs_total = fields.Integer()
-    by_status = fields.Dict(keys=fields.String(), values=fields.Integer())
-    audio_seconds_total = fields.Float(metadata={"description": "Succeeded retained jobs"})
-    average_rtf = fields.Float(allow_none=True, metadata={
-        "description": "Succeeded retained jobs"})
-    queue_wait_s = fields.Nested(PercentilesSchema, metadata={
-        "description": "Latest 1000 succeeded jobs"})
-    processing_s = fields.Nested(PercentilesSchema, metadata={
-        "description": "Latest 1000 succeeded jobs"})
-    end_to_end_s = fields.Nested(PercentilesSchema, metadata={
-        "description": "Latest 1000 succeeded jobs"})
-    jobs_per_minute = fields.Float(metadata={"description": "Finished jobs, last 5 minutes"})
-    audio_seconds_per_second = fields.Float(metadata={"description": "Last 5 minutes"})
-
-
-def job_view(job: Job, result: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The public view of a job (JobSchema; JobResultSchema also shows the result)."""
-    return {
-        "task_id": job.id, "status": job.status, "filename": job.filename,
-        "content_type": job.content_type, "size_bytes": job.size_bytes,
-        "duration_s": job.duration_s, "language": job.language, "hotwords": job.hotwords,
-        "model": job.model,
-        "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at), "queue_wait_s": job.queue_wait_s,
-        "processing_s": job.processing_s, "rtf": job.rtf, "attempts": job.attempts,
-        "worker": job.worker, "audio_available": job.audio_available, "error": job.error,
-        "webhook": job.webhook, "result": result,
-    }
-
-
-class ApiUsageSchema(Schema):
-    """CPU and memory of the API host and of the API's processes."""
-
-    hostname = fields.String()
-    host_cpu_percent = fields.Float(metadata={"description": "Whole host, 100 = all cores"})
-    host_memory_percent = fields.Float()
-    host_memory_total_bytes = fields.Integer()
-    process_cpu_percent = fields.Float(metadata={"description": "API processes, 100 = one core"})
-    process_memory_rss_bytes = fields.Integer()
-    processes = fields.Integer(metadata={"description": "gunicorn master and workers counted"})
-
-
-class DashboardSchema(Schema):
-    """One snapshot of the service's load, as the dashboard charts it."""
-
-    ts = fields.Float(metadata={"description": "Unix time of the snapshot"})
-    window_s = fields.Integer(metadata={"description": "Window of the latency and rate figures"})
-    api = fields.Nested(ApiUsageSchema)
-    workers = fields.List(fields.Nested(WorkerSchema))
-    workers_online = fields.Integer()
-    active_tasks = fields.Integer(metadata={"description": "Jobs the workers are running"})
-    queue_depth = fields.Integer(metadata={"description": "Jobs waiting for a worker"})
-    submit_latency_s = fields.Nested(PercentilesSchema,
-                                     metadata={"description": "Accepted submissions, window"})
-    end_to_end_s = fields.Nested(PercentilesSchema,
-                                 metadata={"description": "Queued to succeeded, window"})
-    jobs_per_minute = fields.Float(metadata={"description": "Succeeded jobs, window"})
-    audio_seconds_per_second = fields.Float(metadata={"description": "Window"})
-    stats = fields.Nested(StatsSchema, metadata={"description": "What /api/v1/stats says"})
-    latest_jobs = fields.List(fields.Nested(JobSchema))

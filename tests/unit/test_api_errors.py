@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from asr_service.api.schemas import MAX_HOTWORDS
 from asr_service.app import create_app
 from asr_service.settings import Settings
 from tests.samples import encode
@@ -263,6 +264,28 @@ def test_openai_paths_answer_errors_in_openai_shape(client: FlaskClient) -> None
 
     down = client.get("/v1/models")  # Redis is down in this module
     assert down.status_code == 503 and down.get_json()["error"]["type"] == "server_error"
+
+
+def test_openai_prompt_of_too_many_words_is_a_400_naming_prompt_not_truncated(
+        client: FlaskClient) -> None:
+    # The same splitter and limit as submit's hotwords (a 422 there), in OpenAI's shape.
+    def transcribe(words: int) -> TestResponse:
+        return client.post("/v1/audio/transcriptions", data={
+            "model": "whisper-1", "file": (io.BytesIO(encode("wav")), "a.wav"),
+            "prompt": "，".join(f"w{i}" for i in range(words))},
+            content_type="multipart/form-data")
+
+    too_many = transcribe(MAX_HOTWORDS + 1)
+    assert too_many.status_code == 400 and too_many.content_type == "application/json"
+    error = too_many.get_json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "prompt")
+    assert f"at most {MAX_HOTWORDS} hotwords" in error["message"]
+    # The limit itself passes validation: the (3 s) recording is what is refused next.
+    assert transcribe(MAX_HOTWORDS).get_json()["error"]["code"] == "audio_too_long"
+
+    hotwords = " ".join(f"w{i}" for i in range(MAX_HOTWORDS + 1))
+    refused = assert_problem(submit(client, encode("wav"), hotwords=hotwords), 422)
+    assert refused["errors"] == {"hotwords": [f"at most {MAX_HOTWORDS} hotwords"]}
 
 
 def test_result_rejects_unknown_formats_and_long_waits(client: FlaskClient) -> None:

@@ -1,4 +1,4 @@
-"""Request schemas (submit form, history query) and the public job view."""
+"""Request schemas (submit form, history query) and the public view of a job (JobSchema)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from marshmallow import ValidationError
 from asr_service.api.schemas import (
     MAX_HOTWORDS,
     HistoryArgsSchema,
+    JobAnswer,
     JobResultSchema,
+    JobSchema,
+    RetriedSchema,
     SubmitFormSchema,
-    job_view,
+    SubmitResponseSchema,
 )
 from asr_service.jobs import Job
 
@@ -114,7 +117,7 @@ def finished_job() -> Job:
 
 
 def test_job_view_shows_timestamps_as_utc_iso_and_derived_timings() -> None:
-    view = job_view(finished_job())
+    view = JobResultSchema().dump(JobAnswer(finished_job()))
 
     assert view["task_id"] == "7d3c5f1e-7a52-4c39-9d0e-0d5c0a0b8a11"
     assert view["created_at"] == "2023-11-14T22:13:20+00:00"
@@ -132,7 +135,7 @@ def test_job_view_of_a_queued_job_has_no_start_finish_or_timings() -> None:
               content_type="audio/wav", size_bytes=10, duration_s=0.0, created_at=1.0,
               queued_at=1.0)
 
-    view = job_view(job)
+    view = JobSchema().dump(job)
 
     assert (view["started_at"], view["finished_at"]) == (None, None)
     assert (view["queue_wait_s"], view["processing_s"], view["rtf"]) == (None, None, None)
@@ -145,7 +148,7 @@ def test_job_view_reports_a_removed_recording_and_the_error() -> None:
               error={"type": "transcription-failed", "detail": "boom"},
               audio_removed_at=5.0)
 
-    view = job_view(job)
+    view = JobSchema().dump(job)
 
     assert view["audio_available"] is False
     assert view["error"] == {"type": "transcription-failed", "detail": "boom"}
@@ -156,13 +159,30 @@ def test_job_view_with_result_dumps_through_the_documented_schema() -> None:
               "language": "zh", "model": "paraformer-zh", "duration_s": 20.0,
               "processing_s": 5.0, "rtf": 0.25}
 
-    view = job_view(finished_job(), result)
-    dumped = JobResultSchema().dump(view)
+    dumped = JobResultSchema().dump(JobAnswer(finished_job(), result))
 
-    assert set(view) == set(JobResultSchema().fields)
+    assert set(dumped) == set(JobResultSchema().fields)
     assert dumped["result"] == result
     assert dumped["hotwords"] == ["达摩院"]
     assert dumped["filename"] == "call.m4a"
+
+
+def test_job_schema_dumps_a_job_as_it_is_with_every_documented_field() -> None:
+    dumped = JobSchema().dump(finished_job())
+
+    assert set(dumped) == set(JobSchema().fields)
+    assert dumped["task_id"] == finished_job().id
+    assert dumped["status"] == "succeeded"
+
+
+def test_replication_is_shown_only_when_the_replicas_lag() -> None:
+    job = finished_job()
+
+    assert "replication" not in RetriedSchema().dump(JobAnswer(job))
+    assert RetriedSchema().dump(JobAnswer(job, replication="pending"))["replication"] == "pending"
+    submitted = SubmitResponseSchema().dump(JobAnswer(job, status_url="/api/v1/asr/result/x"))
+    assert submitted == {"task_id": job.id, "status": "succeeded",
+                         "status_url": "/api/v1/asr/result/x"}
 
 
 def test_history_offset_is_bounded_before_it_reaches_redis() -> None:
