@@ -28,7 +28,8 @@ ERROR_DESCRIPTIONS = {
     413: "Upload larger than MAX_UPLOAD_MB",
     422: "Invalid field, not decodable / too long audio, or an Idempotency-Key reused with "
          "a different request",
-    429: "Rate limit exceeded (RATE_LIMIT); see Retry-After",
+    429: "Rate limit exceeded (RATE_LIMIT), or this key's MAX_QUEUED_JOBS_PER_KEY jobs are "
+         "queued or running; see Retry-After",
     500: "The transcription failed",
     503: "Redis unreachable",
     504: "Not finished within SYNC_TIMEOUT_S; `task_id` says where to fetch it later",

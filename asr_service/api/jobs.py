@@ -52,7 +52,8 @@ class Submit(MethodView):
 
     @blp.arguments(SubmitSchema, location="files")
     @blp.response(202, SubmitResponseSchema, headers=SUBMIT_HEADERS)
-    @problems(blp, 401, 413, 422, 429, 503)
+    @problems(blp, 401, 404, 413, 422, 429, 503,
+              described={404: "`model` names a model no worker serves"})
     def post(self, form: dict[str, Any]) -> Any:
         """Upload audio (multipart field `audio`, or `audio_url`); answers 202 with the task
         id at once.
@@ -152,7 +153,7 @@ class Retry(MethodView):
     """Run a failed or cancelled job again."""
 
     @blp.response(202, RetriedSchema)
-    @problems(blp, 404, 409, 410, 503)
+    @problems(blp, 404, 409, 410, 429, 503)
     def post(self, task_id: uuid.UUID) -> JobAnswer:
         """Re-enqueue; 409 while the job is queued, processing or already succeeded."""
         job, replication = services().jobs.retry(str(task_id), scope())
