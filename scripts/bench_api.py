@@ -38,11 +38,11 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from asr_service.celery_config import create_celery  # noqa: E402
+from asr_service.dispatch import Dispatcher  # noqa: E402
 from asr_service.jobs import Job, Status  # noqa: E402
 from asr_service.lifecycle import Lifecycle, Runner  # noqa: E402
-from asr_service.service import Dispatcher  # noqa: E402
 from asr_service.settings import Settings  # noqa: E402
-from asr_service.worker import create_celery  # noqa: E402
 
 OUT = ROOT / "bench"
 # ROUNDS pairs of runs (empty queue, then BACKLOG queued), Redis emptied before each pair: other

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from celery import Celery
 from flask import current_app
 from flask_smorest import Blueprint
 
@@ -15,7 +16,6 @@ from asr_service.figures import Figures
 from asr_service.jobs import JobStore
 from asr_service.service import JobService
 from asr_service.settings import Settings
-from asr_service.worker import AsrCelery
 
 _ERROR_DESCRIPTIONS = {
     401: "Missing or wrong API key",
@@ -39,7 +39,7 @@ class Services:
     jobs: JobService
     cluster: Cluster
     figures: Figures
-    celery: AsrCelery
+    celery: Celery
 
 
 def services() -> Services:

@@ -15,8 +15,8 @@ from asr_service.api import problems, services
 from asr_service.api.access import scope
 from asr_service.api.metrics import SubmitLatency
 from asr_service.api.schemas import DashboardSchema, job_view
-from asr_service.cluster import tree_usage
 from asr_service.figures import STATS_WINDOW_S, percentiles, summarize, throughput
+from asr_service.resources import tree_usage
 
 page = FlaskBlueprint("dashboard_page", __name__)
 blp = Blueprint("dashboard", __name__, url_prefix="/api/v1",
