@@ -15,16 +15,18 @@ from asr_service.api import metrics as metrics_api
 from asr_service.api import openai as openai_api
 from asr_service.api import system as system_api
 from asr_service.api.problems import Api, register_error_handlers
+from asr_service.celery_config import create_celery
 from asr_service.cluster import Cluster
+from asr_service.dispatch import Dispatcher
+from asr_service.events import log_event_line
 from asr_service.figures import Figures
 from asr_service.jobs import JobStore, Keys
-from asr_service.lifecycle import Lifecycle, log_event_line
+from asr_service.lifecycle import Lifecycle
 from asr_service.logs import setup_logging
 from asr_service.readmodel import ReadModel
-from asr_service.service import Dispatcher, JobService
+from asr_service.service import JobService
 from asr_service.settings import Settings
 from asr_service.waiters import Waiters
-from asr_service.worker import create_celery
 
 SWAGGER_ASSETS = "/docs/assets/"
 REDIS_POOL_SIZE = 50  # Redis connections per API process

@@ -5,8 +5,9 @@ to ASR_BATCH_WAIT_MS for jobs the worker has already started, and for no others.
 A batching worker runs Celery's threads pool: each job keeps its own thread, message, lease,
 result, failure and late ack, exactly as in a prefork child; only the engine call is shared.
 Threads cannot be killed, so the model does not live in them: it lives in one spawned engine
-process (EngineHost) that the Batcher feeds over a pipe. That process is what a hard time limit,
-a crash or the memory limit kills and replaces, as Celery replaces a prefork child:
+process (EngineHost, engine/host.py) that the Batcher feeds over a pipe. That process is what
+a hard time limit, a crash or the memory limit kills and replaces, as Celery replaces a prefork
+child:
 - a batch that dies or passes TASK_TIME_LIMIT_S is run again one job at a time in a fresh
   engine process, so only the recording that caused it fails (its neighbours finish);
 - a worker killed mid-batch takes its engine process with it (it reads end-of-file and exits);
@@ -16,153 +17,25 @@ a crash or the memory limit kills and replaces, as Celery replaces a prefork chi
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 from celery.concurrency.thread import TaskPool
 
-from asr_service.engine.base import (
-    SAMPLE_RATE,
-    TranscribeOptions,
-    Transcript,
-    transcribe_each,
-)
-from asr_service.errors import EngineError, EngineTimeLimit, ModelLoadError
+from asr_service.engine.base import SAMPLE_RATE, TranscribeOptions, Transcript, transcribe_each
+from asr_service.engine.host import BatchResult, EngineHost, Host, HostFailed, Item
+from asr_service.errors import EngineError, EngineTimeLimit
 from asr_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Item = tuple[np.ndarray, TranscribeOptions]
 POLL_S = 0.002
 """How often a batch being gathered looks whether the jobs it waits for are still coming."""
-Outcome = Transcript | Exception
-
-
-class HostFailed(Exception):
-    """The engine process died or passed the time limit during a batch."""
-
-    def __init__(self, message: str, timed_out: bool) -> None:
-        super().__init__(message)
-        self.timed_out = timed_out
-
-
-class Host(Protocol):
-    """Runs batches on a loaded model (EngineHost; unit tests use an in-process stand-in)."""
-
-    name: str
-    device: str
-    pid: int
-
-    def run(self, items: list[Item], timeout_s: float | None) -> list[Outcome]:
-        """One outcome per item, in order, or HostFailed."""
-        ...
-
-    def rss_bytes(self) -> int:
-        """Resident memory of the engine process."""
-        ...
-
-    def close(self) -> None:
-        """Stop the engine process."""
-        ...
-
-
-class EngineHost:
-    """The configured engine, loaded in a spawned process of its own."""
-
-    def __init__(self, settings: Settings) -> None:
-        # spawn, not fork: the worker's main process has threads (Celery's, the batcher's).
-        # The child imports this package from the parent's sys.path, which lacks the project
-        # root when Celery's `-A` found it in the working directory only while importing.
-        if (root := str(Path(__file__).resolve().parents[1])) not in sys.path:
-            sys.path.append(root)
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=serve, args=(settings, child), name="asr-engine")
-        self._process.start()
-        child.close()
-        self.pid = self._process.pid or 0
-        try:
-            reply = self._receive(settings.model_load_timeout_s)
-        except HostFailed as exc:
-            self.close()
-            raise ModelLoadError(f"the engine process did not start: {exc}") from None
-        if reply[0] != "ready":
-            self.close()
-            raise ModelLoadError(reply[1])
-        self.name, self.device = reply[1], reply[2]
-
-    def run(self, items: list[Item], timeout_s: float | None) -> list[Outcome]:
-        try:
-            self._conn.send(items)
-        except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
-            raise HostFailed(f"the engine process is gone ({exc})", timed_out=False) from None
-        return self._receive(timeout_s)
-
-    def _receive(self, timeout_s: float | None) -> Any:
-        if not self._conn.poll(timeout_s):
-            raise HostFailed(f"no answer within {timeout_s} s", timed_out=True)
-        try:
-            return self._conn.recv()
-        except (EOFError, ConnectionResetError):
-            self._process.join(timeout=5)
-            raise HostFailed(f"the engine process died (exit code {self._process.exitcode})",
-                             timed_out=False) from None
-
-    def rss_bytes(self) -> int:
-        import psutil
-
-        try:
-            return int(psutil.Process(self.pid).memory_info().rss)
-        except psutil.Error:
-            return 0
-
-    def close(self) -> None:
-        self._conn.close()
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join(timeout=10)
-
-
-def serve(settings: Settings, conn: Connection) -> None:
-    """The engine process: load the model, then answer batches until the pipe closes."""
-    from asr_service.engine import build_engine
-    from asr_service.logs import setup_logging
-
-    setup_logging("engine", settings)
-    try:
-        engine = build_engine(settings)
-        engine.warm_up()
-    except Exception as exc:
-        conn.send(("error", f"{exc}"))
-        return
-    conn.send(("ready", engine.name, engine.device))
-    while True:
-        try:
-            items = conn.recv()
-        except (EOFError, OSError):
-            return  # the worker is gone: so is its engine
-        outcomes = engine.transcribe_batch(items)
-        try:
-            conn.send([_portable(o) for o in outcomes])
-        except (BrokenPipeError, OSError):
-            return
-
-
-def _portable(outcome: Outcome) -> Outcome:
-    """What crosses the pipe: a transcript, or an EngineError carrying the failure's text."""
-    if isinstance(outcome, Exception) and not isinstance(outcome, EngineError):
-        return EngineError(f"{type(outcome).__name__}: {outcome}")
-    return outcome
 
 
 class JobThreads(TaskPool):
@@ -178,13 +51,13 @@ class JobThreads(TaskPool):
 class _Pending:
     item: Item
     done: threading.Event = field(default_factory=threading.Event)
-    outcome: Outcome | None = None
+    outcome: BatchResult | None = None
 
     @property
     def seconds(self) -> float:
         return self.item[0].size / SAMPLE_RATE
 
-    def settle(self, outcome: Outcome) -> None:
+    def settle(self, outcome: BatchResult) -> None:
         self.outcome = outcome
         self.done.set()
 
@@ -258,7 +131,7 @@ class Batcher:
         assert pending.outcome is not None
         return pending.outcome
 
-    def transcribe_batch(self, items: list[Item]) -> list[Outcome]:
+    def transcribe_batch(self, items: list[Item]) -> list[BatchResult]:
         """Each item in the next batches (the Engine interface; jobs call transcribe)."""
         return transcribe_each(self, items)
 

@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from redis.commands.core import Script
 
 from asr_service.capacity import Caps
+from asr_service.committed import NotReplicated, applied, unless_lagging
 from asr_service.errors import JobConflict, RecordingGone
 from asr_service.figures import lua_constants
 from asr_service.jobs import (
@@ -35,11 +36,9 @@ from asr_service.jobs import (
     encode_fields,
     not_found,
 )
-from asr_service.logs import log_event
 
 log = logging.getLogger(__name__)
 LUA = Path(__file__).with_name("lua")
-T = TypeVar("T")
 
 
 def _script(name: str) -> str:
@@ -104,22 +103,6 @@ class Idempotency:
 Listener = Callable[[Event], None]
 
 
-WAIT_TIMEOUT_MS = 1000
-"""How long a state change may wait for REDIS_MIN_REPLICAS replicas to acknowledge it."""
-
-
-class NotReplicated(redis.ConnectionError):
-    """The master applied a state change but too few replicas acknowledged it in time, so it
-    may not survive a failover (a worker retries it; the API answers it done with
-    `replication: pending`, since the master holds it). `answer`: the script's reply;
-    `result`: what the API-facing call (create, retry, delete) would have returned."""
-
-    def __init__(self, message: str, answer: Any = None) -> None:
-        super().__init__(message)
-        self.answer = answer
-        self.result: Any = None
-
-
 class Lifecycle:
     """Creates, moves and removes jobs; the only writer of their status."""
 
@@ -139,21 +122,6 @@ class Lifecycle:
         self._transition = client.register_script(_script("transition"))
         self._remove = client.register_script(_script("remove"))
         self._renew = client.register_script(_script("renew"))
-
-    def _run(self, script: Script, args: list[Any]) -> Any:
-        """Run one state-changing script; with min_replicas, only return once that many
-        replicas hold its writes (WAIT on the same connection, hence the pipeline)."""
-        if not self.min_replicas:
-            return script(args=args)
-        pipe = self.redis.pipeline(transaction=False)
-        script(args=args, client=pipe)
-        pipe.wait(self.min_replicas, WAIT_TIMEOUT_MS)
-        answer, acknowledged = pipe.execute()
-        if acknowledged < self.min_replicas:
-            raise NotReplicated(f"{acknowledged} of the {self.min_replicas} replicas "
-                                f"(REDIS_MIN_REPLICAS) acknowledged within {WAIT_TIMEOUT_MS} ms",
-                                answer)
-        return answer
 
     def _emit(self, event: Event) -> None:
         for listener in self.listeners:
@@ -180,15 +148,10 @@ class Lifecycle:
         outcome, job_id = answer[0].decode(), answer[1].decode()
         if outcome == "created":
             self._emit(Event("job.submitted", job, details=details))
-        return _unless_lagging(lagging, (outcome, job_id))
+        return unless_lagging(lagging, (outcome, job_id))
 
     def _applied(self, script: Script, args: list[Any]) -> tuple[Any, NotReplicated | None]:
-        """_run(), but a change the master applied is returned even when replicas lag, with
-        the NotReplicated to raise once its event went out (it did happen on the master)."""
-        try:
-            return self._run(script, args), None
-        except NotReplicated as lagging:
-            return lagging.answer, lagging
+        return applied(script, args, self.redis, self.min_replicas)
 
     def held_by(self, idempotency_key: str) -> tuple[str, str] | None:
         """(job id, fingerprint) bound to an Idempotency-Key whose job still exists."""
@@ -211,7 +174,7 @@ class Lifecycle:
         if outcome in (Outcome.OK, Outcome.GAVE_UP) and job is not None:
             kind = "job.finished" if outcome is Outcome.GAVE_UP else event
             self._emit(Event(kind, job, reason, details or {}))
-        return _unless_lagging(lagging, Moved(outcome, job))
+        return unless_lagging(lagging, Moved(outcome, job))
 
     def claim(self, job_id: str, delivery: str, runner: Runner, worker: str,
               max_deliveries: int, lease_s: float, runner_ttl_s: float = 6) -> Moved:
@@ -303,7 +266,7 @@ class Lifecycle:
             raise not_found(job_id)
         job = decode_job(answer[1])
         self._emit(Event("job.deleted", job))
-        return _unless_lagging(lagging, job)
+        return unless_lagging(lagging, job)
 
     def expire(self, now: float | None = None, limit: int = 500) -> int:
         """Remove up to `limit` jobs that finished more than the retention period ago."""
@@ -311,44 +274,7 @@ class Lifecycle:
         return int(self._remove(args=[self.keys.prefix, "expire", cutoff, limit]))
 
 
-def _unless_lagging(lagging: NotReplicated | None, result: T) -> T:
-    """The result, or the NotReplicated carrying it when replicas did not acknowledge it."""
-    if lagging is not None:
-        lagging.result = result
-        raise lagging
-    return result
-
-
 def _fresh_run(delivery: str, **more: Any) -> dict[str, Any]:
     return {"celery_id": delivery, "queued_at": time.time(), "started_at": None,
             "finished_at": None, "processing_s": None, "worker": None, "worker_pid": None,
             "runner": None, "error": None, **more}
-
-
-def log_event_line(event: Event) -> None:
-    """Listener: one events.jsonl line per transition (job.succeeded/failed/cancelled for the
-    end of a job, job.retried when it is queued again)."""
-    job = event.job
-    timings = {"worker": job.worker, "attempt": job.attempts, "audio_s": job.duration_s,
-               "queue_wait_s": _round(job.queue_wait_s)}
-    if event.kind == "job.submitted":
-        log_event("job.submitted", job.id, audio_s=job.duration_s, size_bytes=job.size_bytes,
-                  **event.details)
-    elif event.kind == "job.started":
-        log_event("job.started", job.id, worker=job.worker, attempt=job.attempts,
-                  delivery=job.deliveries, queue_wait_s=_round(job.queue_wait_s))
-    elif event.kind == "job.finished" and job.status == Status.SUCCEEDED:
-        log_event("job.succeeded", job.id, **{**timings, **event.details},
-                  processing_s=_round(job.processing_s), rtf=_round(job.rtf))
-    elif event.kind == "job.finished":
-        error = job.error or {}
-        log_event(f"job.{job.status}", job.id, **timings, error=error.get("type"),
-                  detail=error.get("detail"), processing_s=_round(job.processing_s))
-    elif event.kind == "job.requeued":
-        log_event("job.retried", job.id, reason=event.reason, attempt=job.attempts + 1)
-    elif event.kind == "job.deleted":
-        log_event("job.deleted", job.id, status=job.status)
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)

@@ -81,7 +81,7 @@ def run_job(lifecycle: Lifecycle, store: JobStore, engine: Engine | None, settin
         # A batching worker's job thread cannot be stopped; its result is refused instead.
         with holding_lease(lifecycle, delivery.job_id, delivery.runner.token,
                            settings.job_lease_s,
-                           on_lost=_let_it_finish if settings.batching else _stop_this_job):
+                           on_lost=None if settings.batching else _stop_this_job):
             _transcribe(lifecycle, store, engine, settings, claimed.job, delivery)
     except redis.RedisError as exc:
         # Redis went away mid-job: that is no fault of the job. Its lease lapses; this same
@@ -94,10 +94,6 @@ def run_job(lifecycle: Lifecycle, store: JobStore, engine: Engine | None, settin
 def _stop_this_job() -> None:
     # Celery's prefork children turn SIGUSR1 into SoftTimeLimitExceeded in the task.
     os.kill(os.getpid(), signal.SIGUSR1)
-
-
-def _let_it_finish() -> None:
-    pass
 
 
 def _transcribe(lifecycle: Lifecycle, store: JobStore, engine: Engine | None,

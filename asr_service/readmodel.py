@@ -16,9 +16,10 @@ import psutil
 import redis
 
 from asr_service import webhooks
-from asr_service.cluster import Cluster, WorkerInfo, tree_usage
+from asr_service.cluster import Cluster, WorkerInfo
 from asr_service.figures import STATS_WINDOW_S, Figures, percentiles, summarize, throughput
 from asr_service.jobs import JobStore, Status
+from asr_service.resources import tree_usage
 from asr_service.service import JobService
 from asr_service.settings import Settings
 

@@ -34,7 +34,7 @@ from asr_service.lifecycle import Lifecycle, Runner
 
 log = logging.getLogger(__name__)
 RUNNER_TTL_S = 6  # a runner whose process died is known dead after this
-RUNNER_BEAT_S = 2
+RUNNER_HEARTBEAT_S = 2
 STRANDED_AFTER_S = 15  # a queued job younger than this may have its message in flight
 
 Dispatch = Callable[[Job], None]
@@ -45,7 +45,7 @@ def new_delivery(job_id: str, why: str) -> str:
     return f"{job_id}.{why}.{uuid.uuid4().hex[:8]}"
 
 
-class RunnerBeat:
+class RunnerHeartbeat:
     """This worker process's runner token, kept alive by a daemon thread."""
 
     def __init__(self, client: redis.Redis, store: JobStore) -> None:
@@ -54,10 +54,10 @@ class RunnerBeat:
         self.key = store.keys.runner(self.runner.token)
         self._stop = threading.Event()
 
-    def start(self) -> RunnerBeat:
+    def start(self) -> RunnerHeartbeat:
         """Publish the heartbeat now and keep it fresh."""
         self._beat()
-        threading.Thread(target=self._run, name="runner-beat", daemon=True).start()
+        threading.Thread(target=self._run, name="runner-heartbeat", daemon=True).start()
         return self
 
     def _beat(self) -> None:
@@ -67,7 +67,7 @@ class RunnerBeat:
             log.warning("runner heartbeat not published: %s", exc)
 
     def _run(self) -> None:
-        while not self._stop.wait(RUNNER_BEAT_S):
+        while not self._stop.wait(RUNNER_HEARTBEAT_S):
             self._beat()
 
     def stop(self) -> None:
@@ -81,10 +81,12 @@ class RunnerBeat:
 
 @contextmanager
 def holding_lease(lifecycle: Lifecycle, job_id: str, token: str, lease_s: float,
-                  on_lost: Callable[[], None]) -> Iterator[None]:
+                  on_lost: Callable[[], None] | None) -> Iterator[None]:
     """Renew the job's lease from a thread while the body runs; on_lost() once another
     runner or delivery owns the job, or the job was deleted (the body should stop: its result
     would be refused). This is how a DELETE stops a running job: no signal is sent to a pid.
+    With on_lost=None the body runs on (a thread that cannot be stopped), and its result is
+    refused when it ends.
 
     on_lost() is never called once the body has left: the lock orders it with the exit.
     """
@@ -106,7 +108,8 @@ def holding_lease(lifecycle: Lifecycle, job_id: str, token: str, lease_s: float,
                     if stopping and not stop.is_set():
                         log.warning("lease %s: the job is owned elsewhere or deleted now; "
                                     "stopping", state, extra={"job_id": job_id})
-                        on_lost()
+                        if on_lost is not None:
+                            on_lost()
                 return
 
     thread = threading.Thread(target=renew, name=f"lease-{job_id[:8]}", daemon=True)

@@ -1,8 +1,6 @@
 """What the API does with jobs: submit, result, retry, delete. Views only adapt HTTP to these.
 
-The task name and the dispatch to Celery live here (the workers' sweeps use the same
-Dispatcher). A dispatch that fails after the job was stored is not undone: the job is complete
-in the store, and the stranded-job sweep sends it within a minute (stranded.py).
+Jobs reach Celery through dispatch.Dispatcher (the workers' sweeps use the same one).
 """
 
 from __future__ import annotations
@@ -15,12 +13,11 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from celery import Celery
-
 from asr_service import urlguard
 from asr_service.audio import AudioInfo, probe_off_hub
 from asr_service.cluster import Cluster
-from asr_service.committed import outcome_of
+from asr_service.committed import NotReplicated, outcome_of
+from asr_service.dispatch import Dispatcher
 from asr_service.errors import (
     AudioTooLong,
     IdempotencyMismatch,
@@ -28,34 +25,12 @@ from asr_service.errors import (
     UrlRefused,
 )
 from asr_service.jobs import ACTIVE, Job, JobStore, Status
-from asr_service.lifecycle import Idempotency, Lifecycle, NotReplicated
+from asr_service.lifecycle import Idempotency, Lifecycle
 from asr_service.runs import new_delivery
 from asr_service.settings import Settings
 from asr_service.waiters import Waiters
 
-TASK_NAME = "asr.transcribe"
 log = logging.getLogger(__name__)
-
-
-class Dispatcher:
-    """Sends a job's current delivery to its queue, and revokes one."""
-
-    def __init__(self, celery: Celery) -> None:
-        self.celery = celery
-
-    def send(self, job: Job) -> None:
-        """Publish the Celery message of the job's current delivery."""
-        self.celery.send_task(TASK_NAME, args=[job.id], task_id=job.celery_id, queue=job.queue)
-
-    def try_send(self, job: Job) -> bool:
-        """send(), but a broker failure leaves the job to the stranded-job sweep."""
-        try:
-            self.send(job)
-            return True
-        except Exception as exc:  # kombu raises several types when the broker is unreachable
-            log.warning("dispatch failed; the sweep sends it later: %s", exc,
-                        extra={"job_id": job.id})
-            return False
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ Reading whole queues to find a lost message costs O(backlog) (review M4). Instea
 - kombu's `unacked` (messages workers took, keyed by delivery tag) is O(in flight): its
   index is read whole, and only the entries not seen before are decoded.
 Host death (review L7): a message a worker took and that no live worker says it holds
-(workers publish their reserved task ids with each heartbeat, publish_held) for TAKEN_GRACE_S
+(workers publish their reserved task ids with each heartbeat, broker.publish_held) for TAKEN_GRACE_S
 belonged to a host that died; its still-queued job is sent again under a new delivery.
 Kombu would restore that message only after the visibility timeout (hours); when it comes,
 its stale delivery id is skipped. Every resend is fenced by the delivery id, so a wrong
@@ -21,14 +21,12 @@ guess costs a wasted message and a place in line, never a second run.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
-import redis
-
-from asr_service.cluster import HEARTBEAT_TTL_S, STALE_WORKER_S, Cluster
-from asr_service.jobs import Job, JobStore, Keys, Status
+from asr_service.broker import Broker
+from asr_service.cluster import HEARTBEAT_TTL_S, STALE_WORKER_S
+from asr_service.jobs import Job, JobStore, Status
 from asr_service.lifecycle import Lifecycle
 from asr_service.runs import STRANDED_AFTER_S, Dispatch, new_delivery
 
@@ -37,83 +35,17 @@ LIST_LAG_S = 30  # bounds publish delays and clock skew between the hosts that s
 TAKEN_GRACE_S = 30  # a taken message no live worker reports for this long is orphaned
 PAGE = 200
 
-def publish_held(client: redis.Redis, node: str, deliveries: list[str]) -> None:
-    """A worker's heartbeat: the task ids of every message it has taken and not finished."""
-    client.hset(held_key(), node, json.dumps({"at": time.time(), "ids": deliveries}))
-
-
-def withdraw_held(client: redis.Redis, node: str) -> None:
-    """A worker that stops holds nothing (kombu hands its messages back to the queue)."""
-    client.hdel(held_key(), node)
-
-
-def held_key() -> str:
-    """Hash: worker node token -> {"at": time, "ids": [task ids it holds]}."""
-    return f"{Cluster.workers_key}:held"
-
-
-class Broker:
-    """What the broker holds, read without reading whole queues."""
-
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        self.redis = client
-        self.keys = keys
-        self._tags: dict[bytes, str | None] = {}  # delivery tag -> task id (tags never reused)
-
-    def taken(self) -> dict[str, float]:
-        """Task id -> when a worker took it, for every message taken and not acknowledged."""
-        index = dict(self.redis.zrange(f"{Cluster.unacked_key}_index", 0, -1, withscores=True))
-        self._tags = {t: self._tags[t] for t in index if t in self._tags}
-        new = [t for t in index if t not in self._tags]
-        if new:
-            for tag, raw in zip(new, self.redis.hmget(Cluster.unacked_key, new), strict=True):
-                self._tags[tag] = _task_id(raw, wrapped=True) if raw else None
-        return {task: index[tag] for tag, task in self._tags.items() if task}
-
-    def held(self, now: float) -> set[str]:
-        """Task ids live workers say they hold; forgets the entries of long-gone workers."""
-        key, live, stale = held_key(), set(), []
-        for node, raw in self.redis.hgetall(key).items():
-            entry = json.loads(raw)
-            if entry["at"] >= now - HEARTBEAT_TTL_S:
-                live.update(entry["ids"])
-            elif entry["at"] < now - STALE_WORKER_S:
-                stale.append(node)
-        if stale:
-            self.redis.hdel(key, *stale)
-        return live
-
-    def oldest_sent(self, cluster: Cluster, queue: str) -> float | None:
-        """When the oldest message in the queue's lists was sent: None if they are empty,
-        -inf when that cannot be told (a stale or unknown message: then any may be there)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for key in cluster._queue_lists(queue):
-            pipe.lindex(key, -1)
-        tails = [t for t in pipe.execute() if t is not None]
-        if not tails:
-            return None
-        oldest = float("inf")
-        for raw in tails:
-            delivery = _task_id(raw) or ""
-            job_id = delivery.partition(".")[0]
-            current, queued_at = self.redis.hmget(self.keys.job(job_id), "celery_id",
-                                                  "queued_at")
-            if not current or json.loads(current) != delivery or queued_at is None:
-                return float("-inf")
-            oldest = min(oldest, float(json.loads(queued_at)))
-        return oldest
-
-
 class StrandedSweep:
     """One page of the stranded-job sweep per call; state between calls lives in Redis."""
 
-    def __init__(self, store: JobStore, lifecycle: Lifecycle, cluster: Cluster,
-                 dispatch: Dispatch, page: int = PAGE) -> None:
-        self.store, self.lifecycle, self.cluster = store, lifecycle, cluster
+    def __init__(self, store: JobStore, lifecycle: Lifecycle, dispatch: Dispatch,
+                 page: int = PAGE) -> None:
+        self.store, self.lifecycle = store, lifecycle
         self.redis = store.redis
         self.dispatch = dispatch
         self.page = page
-        self.broker = Broker(store.redis, store.keys)
+        self.broker = Broker(store.redis, store.keys, fresh_s=HEARTBEAT_TTL_S,
+                             stale_s=STALE_WORKER_S)
         prefix = store.keys.prefix
         self.cursor_key = f"{prefix}stranded:cursor"  # "score member" of the last job examined
         self.suspects_key = f"{prefix}stranded:suspected"  # zset "id delivery" -> first missed
@@ -130,7 +62,7 @@ class StrandedSweep:
             if job.status != Status.QUEUED or job.queued_at >= now - STRANDED_AFTER_S:
                 continue
             if job.queue not in floors:
-                floors[job.queue] = self.broker.oldest_sent(self.cluster, job.queue)
+                floors[job.queue] = self.broker.oldest_sent(job.queue)
             floor = floors[job.queue]
             if job.celery_id in taken or (floor is not None
                                           and job.queued_at + LIST_LAG_S >= floor):
@@ -197,14 +129,3 @@ class StrandedSweep:
         else:
             self.redis.set(self.cursor_key, f"{page[-1][1]!r} {page[-1][0]}")
         return [m for m, _ in page]
-
-
-def _task_id(raw: bytes, wrapped: bool = False) -> str | None:
-    """The Celery task id in a kombu message ([message, exchange, routing key] if wrapped)."""
-    try:
-        message = json.loads(raw)
-        if wrapped:
-            message = message[0]
-        return message["headers"]["id"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from celery import Task, shared_task
 
+from asr_service.dispatch import TASK_NAME
 from asr_service.pipeline import Delivery, JobBusy, run_job
-from asr_service.service import TASK_NAME
+
+if TYPE_CHECKING:
+    from asr_service.worker import WorkerRuntime
 
 
 # ignore_result: the transcript is stored by the lifecycle with the job's success, fenced by
@@ -13,11 +18,11 @@ from asr_service.service import TASK_NAME
 @shared_task(name=TASK_NAME, bind=True, ignore_result=True)
 def transcribe(self: Task, job_id: str) -> None:
     """Transcribe one stored recording; the job record says how it ended."""
-    app = self.app
+    runtime: WorkerRuntime = self.app.runtime  # worker.create_worker put it there
     try:
-        run_job(app.lifecycle, app.store, app.engine, app.settings,
+        run_job(runtime.lifecycle, runtime.store, runtime.engine, runtime.settings,
                 Delivery(job_id, self.request.id, self.request.hostname or "unknown",
-                         app.runner))
+                         runtime.runner))
     except JobBusy as busy:
         # Redelivered while the process that died with it may still hold the lease.
         raise self.retry(countdown=busy.retry_in_s, max_retries=None) from None

@@ -66,12 +66,6 @@ class Waiters:
                     if not events:
                         del self._waiting[job_id]
 
-    @property
-    def count(self) -> int:
-        """Requests waiting now (in this process)."""
-        with self._lock:
-            return sum(len(events) for events in self._waiting.values())
-
     def _listen(self) -> None:
         with self._lock:
             if self._pid != os.getpid():
@@ -110,7 +104,7 @@ class Waiters:
             pubsub.subscribe(self._channel)
             while True:
                 message = pubsub.get_message(timeout=min(5.0, self.IDLE_S))
-                if self._waiting:  # O(1), not `count`: this runs for every job that ends
+                if self._waiting:  # O(1): this runs for every job that ends
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since >= self.IDLE_S:
                     return

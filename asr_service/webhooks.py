@@ -129,13 +129,6 @@ class Deliverer:
         return [Claim(flat[i].decode(), flat[i + 1].decode(), lease_end)
                 for i in range(0, len(flat), 2)]
 
-    def deliver_due(self, limit: int = CONCURRENCY) -> int:
-        """Claim up to `limit` due deliveries and deliver them now; how many were claimed."""
-        claims = self._claim(limit)
-        for _ in self._pool.map(self._deliver_logged, claims):
-            pass
-        return len(claims)
-
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set; Redis outages are waited out, never fatal."""
         enabled = bool(self.settings.webhook_secret)

@@ -35,11 +35,11 @@ import redis
 import requests
 import soundfile as sf
 
+from asr_service.celery_config import create_celery
+from asr_service.dispatch import Dispatcher
 from asr_service.jobs import Job, Status
 from asr_service.lifecycle import Lifecycle, Runner
-from asr_service.service import Dispatcher
 from asr_service.settings import Settings
-from asr_service.worker import create_celery
 
 ROOT = Path(__file__).resolve().parents[1]
 

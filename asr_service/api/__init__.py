@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from celery import Celery
 from flask import current_app
 from flask_smorest import Blueprint
 from marshmallow import Schema
@@ -17,7 +18,6 @@ from asr_service.jobs import JobStore
 from asr_service.readmodel import ReadModel
 from asr_service.service import JobService
 from asr_service.settings import Settings
-from asr_service.worker import AsrCelery
 
 ERROR_DESCRIPTIONS = {
     400: "Invalid field or audio (OpenAI's clients expect a 400 where /api/v1 answers 422)",
@@ -45,7 +45,7 @@ class Services:
     jobs: JobService
     cluster: Cluster
     figures: Figures
-    celery: AsrCelery
+    celery: Celery
     readmodel: ReadModel
 
 

@@ -17,7 +17,8 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from asr_service import create_app, redis_conn
+from asr_service import redis_conn
+from asr_service.app import create_app
 from asr_service.cluster import Cluster
 from asr_service.settings import Settings
 from tests.harness import (

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import redis
 
-from asr_service import create_app
+from asr_service.app import create_app
 from tests import samples
 from tests.integration.conftest import RedisServer
 from tests.integration.flow import submit

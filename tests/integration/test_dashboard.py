@@ -18,7 +18,7 @@ import requests
 from websockets.sync.client import ClientConnection, connect
 from werkzeug.serving import make_server
 
-from asr_service import create_app
+from asr_service.app import create_app
 from scripts import loadtest
 from tests.harness import eventually, start_process, stop_process
 from tests.integration.conftest import ROOT

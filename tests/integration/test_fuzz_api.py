@@ -15,7 +15,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from asr_service import create_app
+from asr_service.app import create_app
 
 MAX_EXAMPLES = 30  # per operation: bounded so the suite stays quick
 # What the issue asks: no 5xx, and every response as documented. (Not "schema-valid data is

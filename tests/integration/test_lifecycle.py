@@ -20,9 +20,10 @@ import psutil
 import pytest
 import redis
 
-from asr_service import create_app
+from asr_service.app import create_app
+from asr_service.committed import WAIT_TIMEOUT_MS, NotReplicated
 from asr_service.jobs import ErrorType, Job, JobStore, Keys, Status
-from asr_service.lifecycle import WAIT_TIMEOUT_MS, Lifecycle, NotReplicated, Outcome, Runner
+from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from asr_service.runs import new_delivery
 from tests import samples
 from tests.harness import reap

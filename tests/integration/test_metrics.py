@@ -6,7 +6,7 @@ import os
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from asr_service.cluster import gpu_memory_bytes
+from asr_service.resources import gpu_memory_bytes
 from tests import samples
 from tests.integration.flow import submit, wait_for
 

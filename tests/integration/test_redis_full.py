@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import redis
 
-from asr_service import create_app
+from asr_service.app import create_app
 from asr_service.jobs import Job, Keys, Status
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from tests import samples

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from asr_service import create_app
+from asr_service.app import create_app
 from tests import samples
 from tests.harness import eventually
 from tests.integration.conftest import RedisServer, Worker

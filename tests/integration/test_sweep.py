@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from asr_service.cluster import Cluster
+from asr_service.broker import publish_held
 from asr_service.jobs import Job, JobStore, Status, encode_fields
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
-from asr_service.stranded import LIST_LAG_S, PAGE, TAKEN_GRACE_S, StrandedSweep, publish_held
+from asr_service.stranded import LIST_LAG_S, PAGE, TAKEN_GRACE_S, StrandedSweep
 from asr_service.sweep import SWEEP_LOCK, Sweep, Sweeper
 from tests.harness import eventually
 from tests.integration.conftest import RedisServer, report
@@ -91,7 +91,7 @@ def take(r: redis.Redis, delivery: str, at: float) -> None:
 def parts(r: redis.Redis, sent: Sent | None = None) -> tuple[Lifecycle, StrandedSweep, Sweep]:
     sent = Sent() if sent is None else sent
     store, lifecycle = JobStore(r, 10), Lifecycle(r, 3600, 10)
-    stranded = StrandedSweep(store, lifecycle, Cluster(r, QUEUE), sent)
+    stranded = StrandedSweep(store, lifecycle, sent)
     return lifecycle, stranded, Sweep(store, lifecycle, stranded, sent)
 
 
@@ -211,7 +211,7 @@ def test_a_full_redis_still_expires_finished_jobs_and_frees_memory(r):
         r.set(SWEEP_LOCK, "old-style lock", nx=True, ex=10)
 
     store, expiring = JobStore(r, 1000), Lifecycle(r, 0, 1000)  # everything is past retention
-    stranded = StrandedSweep(store, expiring, Cluster(r, QUEUE), Sent())
+    stranded = StrandedSweep(store, expiring, Sent())
     done = Sweeper(r, lambda held: Sweep(store, expiring, stranded, Sent(), held)).run_once()
     after = r.info("memory")["used_memory"]
     assert done is not None and done["expired"] == 200

@@ -132,7 +132,7 @@ def test_webhook_follows_a_real_transcription(settings, worker, local, tmp_path)
                               timeout=10, env=settings_env(hooked), cwd=ROOT,
                               log_path=tmp_path / "webhooks.out")
     try:
-        from asr_service import create_app
+        from asr_service.app import create_app
 
         api = create_app(hooked).test_client()
         task_id = submit(api, samples.encode("wav"), callback_url=local.url("/hook")

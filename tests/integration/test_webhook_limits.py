@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from asr_service import create_app
+from asr_service.app import create_app
 from asr_service.jobs import ErrorType, Job, JobStore, Keys, Status
 from asr_service.lifecycle import Lifecycle, Runner
 from asr_service.settings import Settings

@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from asr_service.batching import Batcher, HostFailed, Item, Outcome
+from asr_service.batching import Batcher
 from asr_service.engine.base import SAMPLE_RATE, TranscribeOptions, Transcript
+from asr_service.engine.host import BatchResult, HostFailed, Item
 from asr_service.errors import EngineError, EngineTimeLimit
 from tests.harness import eventually
 
@@ -40,7 +41,7 @@ class FakeHost:
         self.name, self.device, self.pid = "fake", "cpu", FakeHost.started
         self.log, self.delay_s, self.closed = log, delay_s, False
 
-    def run(self, items: list[Item], timeout_s: float | None) -> list[Outcome]:
+    def run(self, items: list[Item], timeout_s: float | None) -> list[BatchResult]:
         assert not self.closed
         tags = [float(a[0]) for a, _ in items]
         self.log.append(tags)

@@ -1,0 +1,38 @@
+"""The Celery task name and the dispatch of a job's delivery: shared by the API's submit and
+retry and the workers' sweeps, so neither side imports the other.
+
+A dispatch that fails after the job was stored is not undone: the job is complete in the
+store, and the stranded-job sweep sends it within a minute (stranded.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from asr_service.jobs import Job
+
+TASK_NAME = "asr.transcribe"
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Sends a job's current delivery to its queue."""
+
+    def __init__(self, celery: Celery) -> None:
+        self.celery = celery
+
+    def send(self, job: Job) -> None:
+        """Publish the Celery message of the job's current delivery."""
+        self.celery.send_task(TASK_NAME, args=[job.id], task_id=job.celery_id, queue=job.queue)
+
+    def try_send(self, job: Job) -> bool:
+        """send(), but a broker failure leaves the job to the stranded-job sweep."""
+        try:
+            self.send(job)
+            return True
+        except Exception as exc:  # kombu raises several types when the broker is unreachable
+            log.warning("dispatch failed; the sweep sends it later: %s", exc,
+                        extra={"job_id": job.id})
+            return False

@@ -1,0 +1,67 @@
+"""Imports run one way and stay light: each check imports a module in a fresh interpreter and
+looks at what came with it (a module cached by an earlier test cannot hide anything)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WEB = ("flask", "flask_smorest", "asr_service.api", "asr_service.app")
+WORKER = ("asr_service.worker", "asr_service.tasks", "asr_service.batching")
+PROBE = """
+import json, sys, time
+started = time.perf_counter()
+import {module}
+took = time.perf_counter() - started
+print(json.dumps({{"s": took, "modules": sorted(sys.modules)}}))
+"""
+
+
+def imported_with(module: str) -> tuple[float, set[str]]:
+    """(seconds the import took, every module loaded by then), in a fresh interpreter."""
+    run = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True)
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    return found["s"], set(found["modules"])
+
+
+def test_importing_the_settings_is_fast_and_loads_no_web_worker_or_audio_library() -> None:
+    took, modules = min(imported_with("asr_service.settings") for _ in range(3))
+
+    assert not {"flask", "celery", "av", "soundfile", "redis"} & modules
+    assert took < 0.1, f"import asr_service.settings took {took:.3f} s"
+
+
+def test_the_webhook_deliverer_imports_neither_flask_nor_the_api() -> None:
+    _, modules = imported_with("asr_service.webhooks")
+
+    assert not set(WEB) & modules
+    assert not {"celery", "av", "asr_service.service"} & modules
+
+
+def test_the_engine_process_entry_module_imports_neither_flask_nor_the_api_nor_celery() -> None:
+    from asr_service.batching import EngineHost
+    from asr_service.engine import host
+
+    assert EngineHost is host.EngineHost and host.serve.__module__ == "asr_service.engine.host"
+    _, modules = imported_with("asr_service.engine.host")
+    assert not {*WEB, "celery", "asr_service.service"} & modules
+
+
+def test_the_api_never_imports_the_worker_side() -> None:
+    _, modules = imported_with("asr_service.app")
+
+    assert not set(WORKER) & modules
+
+
+@pytest.mark.parametrize("module", ["asr_service.worker", "asr_service.tasks",
+                                    "asr_service.sweep", "asr_service.stranded"])
+def test_the_worker_side_never_imports_the_api_or_its_service(module: str) -> None:
+    _, modules = imported_with(module)
+
+    assert not {*WEB, "asr_service.service", "asr_service.waiters"} & modules
