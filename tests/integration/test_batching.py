@@ -43,6 +43,16 @@ def engine_process(worker: Worker) -> psutil.Process:
     return found[0]
 
 
+def into_the_batch(engine: psutil.Process, cpu_s: float = 0.3) -> None:
+    """Until the engine process spent `cpu_s` of CPU after the jobs started: it is mid-batch."""
+    def busy() -> float:
+        return sum(engine.cpu_times()[:2])
+
+    before = busy()
+    eventually(lambda: busy() - before >= cpu_s, timeout=30,
+               message="the engine process never worked on the batch")
+
+
 def submit_all(made: Lane, recordings: list[bytes]) -> list[str]:
     return [submit(made.client, data).get_json()["task_id"] for data in recordings]
 
@@ -80,7 +90,7 @@ def test_killing_the_engine_process_mid_batch_reruns_each_job_alone(lane):
     ids = submit_all(made, [samples.encode("wav", LONG_S) for _ in range(4)])
     all_processing(made, ids)
     victim = engine_process(worker)
-    time.sleep(0.5)  # into the batch
+    into_the_batch(victim)
     victim.kill()
     started = time.monotonic()
     succeeded_once(made, ids)
@@ -103,7 +113,7 @@ def test_a_batching_worker_killed_mid_batch_hands_every_job_back(lane):
     first = made.worker()
     ids = submit_all(made, [samples.encode("wav", LONG_S) for _ in range(4)])
     all_processing(made, ids)
-    time.sleep(0.5)
+    into_the_batch(engine_process(first))
     killed = first.kill()
     started = time.monotonic()
     made.worker()

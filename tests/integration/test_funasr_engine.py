@@ -6,12 +6,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jiwer
 import numpy as np
 import pytest
-import torch
-from funasr import AutoModel
 
 import asr_service.engine.funasr_hub as engine_pkg
 from asr_service.engine import build_engine
@@ -20,8 +19,19 @@ from asr_service.engine.funasr_engine import FunASREngine
 from asr_service.errors import EngineError, ModelLoadError
 from asr_service.settings import Settings
 
+if TYPE_CHECKING:
+    from funasr import AutoModel
+
 THREADS = 2
-no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
+
+
+@pytest.fixture
+def no_cuda() -> None:
+    """Skip on a host with CUDA; torch is imported only when such a test runs, not at collection."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a host without CUDA")
 
 
 def utterances(count: int = 3, speech_s: float = 1.5, pause_s: float = 2.0) -> np.ndarray:
@@ -47,6 +57,8 @@ def settings(asr: Path | str, vad: Path | str = "", use_gpu: str = "false") -> S
 
 def direct(model_assets: dict[str, Path], with_vad: bool) -> AutoModel:
     """FunASR's own AutoModel with the arguments the engine uses."""
+    from funasr import AutoModel
+
     vad = str(model_assets["vad"]) if with_vad else None
     return AutoModel(
         model=str(model_assets["asr"]), vad_model=vad, device="cpu", ncpu=THREADS,
@@ -206,13 +218,13 @@ def test_warm_up_runs(vad_engine: FunASREngine) -> None:
     vad_engine.warm_up()
 
 
-@no_cuda
+@pytest.mark.usefixtures("no_cuda")
 def test_gpu_required_without_cuda_refuses_to_start(model_assets: dict[str, Path]) -> None:
     with pytest.raises(ModelLoadError, match="ASR_USE_GPU=true but no CUDA device"):
         build_engine(settings(model_assets["asr"], use_gpu="true"))
 
 
-@no_cuda
+@pytest.mark.usefixtures("no_cuda")
 def test_silent_cpu_fallback_is_refused(model_assets: dict[str, Path]) -> None:
     # FunASR quietly loads on CPU when asked for CUDA it does not have; the engine must not.
     with pytest.raises(ModelLoadError, match="requested cuda"):
