@@ -24,10 +24,12 @@ from tests.integration.conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="chromium is not installed (`make test` installs the Debian package)",
-)
+pytestmark = [
+    pytest.mark.slow,  # headless chromium, gunicorn and a 12 s load run
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason="chromium is not installed (`make test` installs the Debian package)"),
+]
 
 CHART_STATE = """(() => {
   const d = window.asrDashboard, series = {};

@@ -19,6 +19,8 @@ from tests.integration.conftest import ROOT
 from tests.integration.flow import submit
 from tests.samples import wav_bytes
 
+pytestmark = pytest.mark.slow  # a 4-hour recording decoded in a fresh interpreter
+
 # Runs in a fresh interpreter, so the peak RSS (VmHWM) it reports belongs to this decode alone.
 CHILD = """
 import json, sys

@@ -17,6 +17,10 @@ from tests import samples
 from tests.integration.conftest import ROOT, ApiServer
 from tests.integration.flow import submit, wait_for
 
+# It checks that no upload lands in the repo root, where test_hostile_uploads puts a recording:
+# one xdist lane runs both (and test_listeners, whose `make run` writes run/ there).
+pytestmark = pytest.mark.xdist_group("repo-root")
+
 TRIED: Counter[str] = Counter()
 
 

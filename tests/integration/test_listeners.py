@@ -19,6 +19,9 @@ import yaml
 from tests.harness import wait_ready
 from tests.integration.conftest import ROOT, free_port, settings_env
 
+# `make run` keeps its Redis under run/ in the repo root: one xdist lane for what touches it.
+pytestmark = pytest.mark.xdist_group("repo-root")
+
 LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|\[::1\]|::1)$")
 
 

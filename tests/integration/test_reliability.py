@@ -6,10 +6,14 @@ import os
 import signal
 from collections import Counter
 
+import pytest
+
 from tests import samples
 from tests.harness import eventually
 from tests.integration.conftest import LONG_S, report
 from tests.integration.flow import submit, wait_for
+
+pytestmark = pytest.mark.slow  # fresh workers killed mid-job, 120 s recordings
 
 
 def test_killed_workers_lose_no_job_and_run_none_twice(lane, client, worker):
