@@ -141,8 +141,10 @@ def test_dashboard_charts_move_during_a_load_run(server, browser, worker, tmp_pa
     before = browser.evaluate(CHART_STATE)
 
     # A short run of the real load-test tool against the page's server, while the page polls.
+    # 10 s recordings keep the one worker busy most of the run, so the page's samples (every
+    # 2 s) see jobs running or queued (with 3 s ones a busy host could sample only idle gaps).
     load = threading.Thread(target=loadtest.main, args=(
-        ["3", "12", "--url", server, "--audio-seconds", "3", "--drain-timeout", "20",
+        ["3", "12", "--url", server, "--audio-seconds", "10", "--drain-timeout", "20",
          "--out-dir", str(tmp_path / "load")],))
     load.start()
     updates_at_start = browser.evaluate("window.asrDashboard.updates")
