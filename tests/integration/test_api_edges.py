@@ -74,6 +74,7 @@ def _rss(server: ApiServer) -> int:
     return total
 
 
+@pytest.mark.slow  # big uploads through gunicorn
 def test_concurrent_big_uploads_stay_within_the_in_flight_budget(gunicorn):
     """M8: 16 concurrent 60 MB uploads: every answer a 202 or a quick 503 (the body unread),
     and the API's memory grows by about its budget, not by 16 bodies."""

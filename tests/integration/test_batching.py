@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jiwer
 import psutil
+import pytest
 
 from asr_service import redis_conn
 from asr_service.cluster import Cluster
@@ -18,6 +19,8 @@ from tests.harness import eventually
 from tests.integration.conftest import LONG_S, Lane, Worker, report
 from tests.integration.flow import submit, wait_for
 from tests.integration.test_lifecycle import succeeded_once
+
+pytestmark = pytest.mark.slow  # batching workers with engine processes; engine and worker kills
 
 BATCHING = {"asr_batch_wait_ms": 300, "asr_batch_jobs": 8, "asr_batch_size": 2000,
             "job_lease_s": 3}

@@ -59,6 +59,7 @@ def queue_key(made: Lane) -> str:
     return made.settings.queue_name
 
 
+@pytest.mark.slow  # lane workers and 120 s recordings
 def test_jobs_whose_message_never_reached_or_left_the_broker_run_once(lane):
     stranded = lane()
     store = stranded.client.application.extensions["asr"].store
@@ -102,6 +103,7 @@ def _truncate_before_last_push(aof_dir: Path, queue: str) -> int:
     return len(data) - start
 
 
+@pytest.mark.slow  # a persistent Redis restarted under a worker
 def test_a_job_whose_message_an_aof_lost_runs_once(settings, tmp_path):
     server = RedisServer(tmp_path / "redis", persistent=True)
     server.workdir.mkdir()
@@ -158,6 +160,7 @@ def test_a_runner_that_lost_its_job_cannot_record_a_result(redis_server):
 REDIS_PAUSE_S = 8  # a deliberate fault window: longer than the 1 s lease and the heartbeat
 
 
+@pytest.mark.slow  # an 8 s fault window
 def test_redis_paused_longer_than_the_lease_completes_once(lane, redis_server):
     paused = lane(job_lease_s=1)
     paused.worker()
@@ -215,6 +218,7 @@ class NamespacedWorker(Worker):
                 WORKER_START_TIMEOUT_S, self.log_path, interval=0.2)
 
 
+@pytest.mark.slow  # two namespaced workers
 @pytest.mark.usefixtures("pid_namespaces")
 def test_workers_sharing_a_hostname_in_separate_pid_namespaces_lose_nothing(lane):
     shared = lane(job_lease_s=2)
@@ -231,6 +235,7 @@ def test_workers_sharing_a_hostname_in_separate_pid_namespaces_lose_nothing(lane
     report("pid-namespaces", workers=len(workers), jobs=len(ids), worker_lost=0)
 
 
+@pytest.mark.slow  # a lane worker per parameter
 @pytest.mark.parametrize("batch_wait_ms", [0, 50], ids=["prefork", "batching"])
 def test_deleting_a_running_job_is_final(lane, batch_wait_ms):
     cancel = lane(asr_batch_wait_ms=batch_wait_ms)
@@ -279,6 +284,7 @@ def test_idempotency_key_is_bound_with_the_job_and_checks_the_upload(make_client
     assert "Idempotent-Replayed" not in fresh.headers
 
 
+@pytest.mark.slow  # its own Redis and a worker started from cold
 def test_health_stays_200_degraded_while_no_worker_has_a_model(settings, tmp_path):
     server = RedisServer(tmp_path / "redis")
     server.workdir.mkdir()

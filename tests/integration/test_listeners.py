@@ -39,6 +39,7 @@ def listeners(pids: set[int]) -> list[tuple[str, str, str]]:
     return found
 
 
+@pytest.mark.slow  # `make run`'s whole stack
 @pytest.mark.skipif(not shutil.which("ss"), reason="ss (iproute2) is not installed")
 def test_make_run_listens_on_loopback_only(settings, tmp_path):
     redis_port, api_port, flower_port = free_port(), free_port(), free_port()

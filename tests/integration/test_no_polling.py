@@ -78,6 +78,7 @@ def test_long_poll_gives_up_after_wait_and_deleted_jobs_answer_404(lane):
     assert answers[0].status_code == 404 and time.monotonic() - asked < 3
 
 
+@pytest.mark.slow  # 1,000 sockets and measurement windows
 def test_thousand_waiters_cost_no_polling(lane, settings, tmp_path):
     idle = lane()
     server = ApiServer(idle.settings, tmp_path)

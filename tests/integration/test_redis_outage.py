@@ -16,6 +16,8 @@ from tests.harness import eventually
 from tests.integration.conftest import RedisServer, Worker
 from tests.integration.flow import submit, wait_for
 
+pytestmark = pytest.mark.slow  # Redis stopped and restarted under a worker
+
 
 @pytest.fixture
 def persistent_redis(tmp_path):

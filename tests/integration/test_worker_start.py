@@ -49,6 +49,7 @@ def test_missing_model_directory_refuses_to_start(settings, tmp_path):
     assert "no such model directory" in out.stdout + out.stderr
 
 
+@pytest.mark.slow  # a worker watched from start to model loaded
 def test_health_waits_for_the_model_not_just_the_worker_process(settings, make_client,
                                                                  tmp_path):
     from tests.integration.conftest import Worker
