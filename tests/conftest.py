@@ -33,3 +33,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    if hasattr(config, "workerinput"):  # an xdist lane: the files with slow tests first
+        slow = {_group(item) for item in items if item.get_closest_marker("slow")}
+        # The lanes take units in collection order: long ones first leaves the many short ones
+        # (unit tests) to even out the end. Sorting is stable: each file keeps its own order.
+        items[:] = sorted(items, key=lambda item: _group(item) not in slow)
+
+
+def _group(item: pytest.Item) -> str:
+    mark = item.get_closest_marker("xdist_group")
+    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
