@@ -193,6 +193,15 @@ class NamespacedWorker(Worker):
     def stop(self) -> None:
         """Stop the worker and everything in its namespace, whatever state it is in."""
         tree = psutil.Process(self.proc.pid).children(recursive=True) if self.proc else []
+        # unshare blocks SIGTERM while it waits for its child, so stopping it alone runs into
+        # stop_process's timeout: SIGTERM the worker's main process (the namespace's pid 1,
+        # seen from here by its own pid) and unshare ends with it.
+        if self.proc and self.proc.poll() is None:
+            try:
+                for main in psutil.Process(self.proc.pid).children():
+                    main.terminate()
+            except psutil.Error:
+                pass
         super().stop()
         reap(tree, timeout=30)
 
