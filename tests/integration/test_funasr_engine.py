@@ -171,6 +171,7 @@ def mixed_batch() -> list[tuple[np.ndarray, TranscribeOptions]]:
 PADDING_WER = 0.05  # measured: 0.036 and 0.008 on two of the seven
 
 
+@pytest.mark.slow  # each recording decoded alone and in a batch, with and without VAD
 @pytest.mark.parametrize("with_vad", [True, False])
 def test_a_batch_gives_each_recording_what_it_gets_alone(
     vad_engine: Engine, plain_engine: Engine, with_vad: bool
@@ -201,6 +202,7 @@ def test_a_batch_gives_each_recording_what_it_gets_alone(
     assert same >= 4
 
 
+@pytest.mark.slow  # the batch, then each recording alone again
 def test_a_batch_whose_shared_call_fails_runs_its_recordings_alone(
     vad_engine: FunASREngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
