@@ -12,6 +12,13 @@ from tests.harness import eventually
 from tests.integration.flow import submit, wait_for
 
 
+@pytest.fixture
+def client(make_client):
+    """An API app set up now: logging is per process, so the app set up last (a lane's, another
+    test's) decides where events.jsonl and api.log go; which ran before depends on the order."""
+    return make_client()
+
+
 def events_of(settings, job_id: str, until: str, timeout: float = 10) -> list[dict]:
     """The job's events, once `until` was written (the worker writes after the job is done)."""
     path = Path(settings.log_dir) / "events.jsonl"
