@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run api worker flower webhooks test lint models venv system-packages redis-server vendor clean \
+.PHONY: run api worker flower webhooks test test-fast lint models venv system-packages redis-server vendor clean \
 	bench-slow bench-api bench espeak-ng
 
 run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower, webhooks
@@ -22,8 +22,17 @@ flower: venv ## only Flower, on FLOWER_HOST:FLOWER_PORT (default 127.0.0.1:5555)
 webhooks: venv ## only the webhook deliverer (callback_url), e.g. next to the API; it holds no model
 	$(VENV)/bin/python -m asr_service.webhooks
 
-test: venv models system-packages ## set up and run the whole test suite
-	$(VENV)/bin/pytest
+# Parallel lanes (pytest-xdist): each lane is a process with its own redis-server and session
+# Celery worker; a test file runs whole on one lane, tests sharing something else name one
+# xdist_group (tests/conftest.py). TEST_WORKERS=0: one process, as plain `pytest` runs.
+TEST_WORKERS ?= 2
+PYTEST_LANES = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+
+test: venv models system-packages ## set up and run the whole test suite (every test, in 2 lanes)
+	$(VENV)/bin/pytest $(PYTEST_LANES)
+
+test-fast: venv models redis-server ## the edit loop: unit and fast integration tests, none marked slow (< 90 s)
+	$(VENV)/bin/pytest $(PYTEST_LANES) -m "not slow"
 
 bench-slow: venv redis-server ## /health latency while 32 uploads trickle in at 1 KB/s (prints a table)
 	$(VENV)/bin/python scripts/bench_slow_clients.py

@@ -53,14 +53,14 @@ def setup_logging(component: str, settings: Settings) -> None:
         str(log_dir / f"{component}.log"), maxBytes=20 * 1024 * 1024, backupCount=5
     )
     root = logging.getLogger()
-    root.handlers.clear()
+    _close_handlers(root)
     for handler in (stdout, rotating):
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(settings.log_level)
 
     events = logging.getLogger(EVENTS_LOGGER)
-    events.handlers.clear()
+    _close_handlers(events)
     events.propagate = False
     events.setLevel(logging.INFO)
     business = ConcurrentRotatingFileHandler(
@@ -68,6 +68,13 @@ def setup_logging(component: str, settings: Settings) -> None:
     )
     business.setFormatter(logging.Formatter("%(message)s"))
     events.addHandler(business)
+
+
+def _close_handlers(logger: logging.Logger) -> None:
+    """Remove and close a logger's handlers (a set-up-again process must not leak their files)."""
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def log_event(event: str, job_id: str, **fields: Any) -> None:

@@ -9,11 +9,10 @@ import uuid
 
 import pytest
 
+from asr_service.api.problems import PROBLEM_JSON
 from tests import samples
 from tests.integration.conftest import ROOT
 from tests.integration.flow import wait_for
-
-PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
@@ -30,7 +29,7 @@ def test_every_endpoint_but_health_needs_a_key(keyed):
     for method, path in calls:
         response = getattr(keyed, method)(path)
         assert response.status_code == 401, path
-        assert response.content_type == PROBLEM
+        assert response.content_type == PROBLEM_JSON
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert keyed.get("/api/v1/health").status_code in (200, 503)  # never 401
 
@@ -46,7 +45,7 @@ def test_a_valid_key_in_either_header_is_accepted(keyed, headers):
                                      {"Authorization": "Basic alpha-key"}])
 def test_a_wrong_key_is_401(keyed, headers):
     response = keyed.get("/api/v1/asr/history", headers=headers)
-    assert response.status_code == 401 and response.content_type == PROBLEM
+    assert response.status_code == 401 and response.content_type == PROBLEM_JSON
 
 
 def test_rate_limit_is_per_key_with_retry_after(make_client):
@@ -56,7 +55,7 @@ def test_rate_limit_is_per_key_with_retry_after(make_client):
                             "/api/v1/stats")]  # one budget for all endpoints
     assert answers == [200, 200, 200, 429]
     refused = limited.get("/api/v1/asr/history", headers={"X-API-Key": "one"})
-    assert refused.content_type == PROBLEM
+    assert refused.content_type == PROBLEM_JSON
     assert 0 < int(refused.headers["Retry-After"]) <= 60
     assert "3 per 1 minute" in refused.get_json()["detail"]
     assert limited.get("/api/v1/asr/history", headers={"X-API-Key": "two"}).status_code == 200
@@ -94,7 +93,7 @@ def test_idempotency_keys_of_different_clients_do_not_collide(make_client):
 
 def test_malformed_idempotency_key_is_422(client):
     response = submit_with(client, samples.encode("wav", 1.0), {"Idempotency-Key": "x" * 300})
-    assert response.status_code == 422 and response.content_type == PROBLEM
+    assert response.status_code == 422 and response.content_type == PROBLEM_JSON
     assert "Idempotency-Key" in response.get_json()["detail"]
 
 

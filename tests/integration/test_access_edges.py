@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import io
 
+from asr_service.api.problems import PROBLEM_JSON
 from tests import samples
 from tests.integration.flow import submit, wait_for
-
-PROBLEM = "application/problem+json"
 
 
 def test_random_keys_without_api_keys_share_one_rate_limit_bucket(make_client):
@@ -22,7 +21,7 @@ def test_a_non_ascii_or_malformed_key_is_401_not_500(make_client):
     for key in ("ключ", "k1\u0000", "\u202ek1"):
         response = keyed.get("/api/v1/asr/history", headers={"X-API-Key": key.encode()
                                                              .decode("latin-1")})
-        assert response.status_code == 401 and response.content_type == PROBLEM, key
+        assert response.status_code == 401 and response.content_type == PROBLEM_JSON, key
     bearer = keyed.get("/api/v1/asr/history", headers={"Authorization": "Bearer ünï"})
     assert bearer.status_code == 401
 
@@ -52,7 +51,7 @@ def test_control_characters_never_reach_the_stored_filename(client, worker):
 def test_audio_sent_as_a_text_field_is_422(client):
     response = client.post("/api/v1/asr/submit", content_type="multipart/form-data",
                            data={"audio": "not a file"})
-    assert response.status_code == 422 and response.content_type == PROBLEM
+    assert response.status_code == 422 and response.content_type == PROBLEM_JSON
     assert "must be a file" in response.get_json()["detail"]
 
 

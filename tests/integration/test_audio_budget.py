@@ -7,12 +7,11 @@ from dataclasses import replace
 import pytest
 import redis
 
+from asr_service.api.problems import PROBLEM_JSON
 from asr_service.app import create_app
 from tests import samples
 from tests.integration.conftest import RedisServer
 from tests.integration.flow import submit
-
-PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ def test_submit_over_the_audio_budget_is_503_and_stores_nothing(settings, own_re
 
     refused = submit(client, clip)
 
-    assert refused.status_code == 503 and refused.content_type == PROBLEM
+    assert refused.status_code == 503 and refused.content_type == PROBLEM_JSON
     assert refused.headers["Retry-After"].isdigit()
     assert "MAX_STORED_AUDIO_MB" in refused.get_json()["detail"]
     history = client.get("/api/v1/asr/history").get_json()
@@ -51,7 +50,7 @@ def test_a_redis_out_of_memory_is_503_with_retry_after(settings, own_redis, tmp_
 
     full = submit(client, samples.encode("wav", 1.0))
 
-    assert full.status_code == 503 and full.content_type == PROBLEM
+    assert full.status_code == 503 and full.content_type == PROBLEM_JSON
     assert full.headers["Retry-After"].isdigit()
     assert "out of memory" in full.get_json()["detail"]
     raw.config_set("maxmemory", 0)

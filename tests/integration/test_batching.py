@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jiwer
 import psutil
+import pytest
 
 from asr_service import redis_conn
 from asr_service.cluster import Cluster
@@ -18,6 +19,8 @@ from tests.harness import eventually
 from tests.integration.conftest import LONG_S, Lane, Worker, report
 from tests.integration.flow import submit, wait_for
 from tests.integration.test_lifecycle import succeeded_once
+
+pytestmark = pytest.mark.slow  # batching workers with engine processes; engine and worker kills
 
 BATCHING = {"asr_batch_wait_ms": 300, "asr_batch_jobs": 8, "asr_batch_size": 2000,
             "job_lease_s": 3}
@@ -41,6 +44,16 @@ def engine_process(worker: Worker) -> psutil.Process:
     found = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
     assert len(found) == 1, [c.cmdline() for c in children]
     return found[0]
+
+
+def into_the_batch(engine: psutil.Process, cpu_s: float = 0.3) -> None:
+    """Until the engine process spent `cpu_s` of CPU after the jobs started: it is mid-batch."""
+    def busy() -> float:
+        return sum(engine.cpu_times()[:2])
+
+    before = busy()
+    eventually(lambda: busy() - before >= cpu_s, timeout=30,
+               message="the engine process never worked on the batch")
 
 
 def submit_all(made: Lane, recordings: list[bytes]) -> list[str]:
@@ -80,7 +93,7 @@ def test_killing_the_engine_process_mid_batch_reruns_each_job_alone(lane):
     ids = submit_all(made, [samples.encode("wav", LONG_S) for _ in range(4)])
     all_processing(made, ids)
     victim = engine_process(worker)
-    time.sleep(0.5)  # into the batch
+    into_the_batch(victim)
     victim.kill()
     started = time.monotonic()
     succeeded_once(made, ids)
@@ -103,7 +116,7 @@ def test_a_batching_worker_killed_mid_batch_hands_every_job_back(lane):
     first = made.worker()
     ids = submit_all(made, [samples.encode("wav", LONG_S) for _ in range(4)])
     all_processing(made, ids)
-    time.sleep(0.5)
+    into_the_batch(engine_process(first))
     killed = first.kill()
     started = time.monotonic()
     made.worker()

@@ -13,12 +13,13 @@ import pytest
 import soundfile as sf
 from flask.testing import FlaskClient
 
+from asr_service.api.problems import PROBLEM_JSON
 from asr_service.audio import MAX_CHANNELS, MAX_SAMPLE_RATE, TARGET_RATE
 from tests.integration.conftest import ROOT
 from tests.integration.flow import submit
 from tests.samples import wav_bytes
 
-PROBLEM = "application/problem+json"
+pytestmark = pytest.mark.slow  # a 4-hour recording decoded in a fresh interpreter
 
 # Runs in a fresh interpreter, so the peak RSS (VmHWM) it reports belongs to this decode alone.
 CHILD = """
@@ -95,7 +96,7 @@ def test_absurd_rate_or_channels_upload_is_422(client: FlaskClient, rate: int, c
     response = submit(client, silent_wav(rate, channels), "absurd.wav")
 
     assert response.status_code == 422, response.get_json()
-    assert response.content_type == PROBLEM
+    assert response.content_type == PROBLEM_JSON
     body = response.get_json()
     assert body["type"] == "/problems/audio-invalid" and limit in body["detail"]
     assert client.get("/api/v1/asr/history").get_json()["total"] == before

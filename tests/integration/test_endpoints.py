@@ -8,11 +8,10 @@ import uuid
 
 import pytest
 
+from asr_service.api.problems import PROBLEM_JSON
 from tests import samples
 from tests.integration.conftest import ROOT, settings_env
 from tests.integration.flow import submit, wait_for
-
-PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
@@ -42,13 +41,13 @@ def test_unknown_task_is_404_problem_on_every_task_endpoint(client):
                          ("delete", "task")]:
         response = getattr(client, method)(f"/api/v1/asr/{path}/{unknown}")
         assert response.status_code == 404, path
-        assert response.content_type == PROBLEM
+        assert response.content_type == PROBLEM_JSON
         assert unknown in response.get_json()["detail"]
 
 
 def test_malformed_task_id_is_404(client):
     response = client.get("/api/v1/asr/result/..%2F..%2Fetc%2Fpasswd")
-    assert response.status_code == 404 and response.content_type == PROBLEM
+    assert response.status_code == 404 and response.content_type == PROBLEM_JSON
 
 
 def test_history_is_newest_first_paginated_and_filtered(client, worker):
@@ -69,7 +68,7 @@ def test_history_is_newest_first_paginated_and_filtered(client, worker):
 
 def test_history_rejects_unknown_status(client):
     response = client.get("/api/v1/asr/history?status=finished")
-    assert response.status_code == 422 and response.content_type == PROBLEM
+    assert response.status_code == 422 and response.content_type == PROBLEM_JSON
     assert "status" in response.get_json()["errors"]
     assert "status: Must be one of" in response.get_json()["detail"]
 
@@ -100,7 +99,7 @@ def test_corrupt_audio_fails_the_job_and_retry_runs_it_again(client, worker):
 
 def test_retry_of_succeeded_job_is_409(client, succeeded):
     response = client.post(f"/api/v1/asr/retry/{succeeded['task_id']}")
-    assert response.status_code == 409 and response.content_type == PROBLEM
+    assert response.status_code == 409 and response.content_type == PROBLEM_JSON
 
 
 def test_retry_of_queued_job_is_409_and_delete_cancels_it(idle_client):
@@ -151,7 +150,7 @@ def test_health_is_503_problem_when_redis_is_unreachable(make_client):
     from tests.integration.conftest import free_port
 
     response = make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0").get("/api/v1/health")
-    assert response.status_code == 503 and response.content_type == PROBLEM
+    assert response.status_code == 503 and response.content_type == PROBLEM_JSON
     assert response.get_json()["redis"] is False
     assert "redis unreachable" in response.get_json()["detail"]
 
@@ -174,7 +173,7 @@ def test_rejected_upload_queues_nothing(make_client, data, status, kind):
     before = short_limit.get("/api/v1/asr/queue/status").get_json()["depth"]
     total = short_limit.get("/api/v1/asr/history").get_json()["total"]
     response = submit(short_limit, data, "x.wav")
-    assert response.status_code == status and response.content_type == PROBLEM
+    assert response.status_code == status and response.content_type == PROBLEM_JSON
     assert response.get_json()["type"] == f"/problems/{kind}"
     assert short_limit.get("/api/v1/asr/queue/status").get_json()["depth"] == before
     assert short_limit.get("/api/v1/asr/history").get_json()["total"] == total

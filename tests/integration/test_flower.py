@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -59,7 +58,13 @@ def test_flower_api_lists_our_worker(flower, worker, settings):
 
 
 def test_flower_api_shows_a_finished_task(flower, client, worker):
-    time.sleep(1)  # Flower subscribes to task events once its web server is up
+    # Flower subscribes to task events after its web server is up; it has once it saw an event
+    # of our worker (a heartbeat), which its events-only status view lists.
+    eventually(lambda: any(
+        host.startswith(f"{worker.name}@") and alive for host, alive in requests.get(
+            f"{flower}/api/workers", params={"status": 1}, auth=LOGIN, timeout=10).json().items()),
+        30, interval=0.2, ignoring=requests.RequestException,
+        message="Flower never received an event of our worker")
     task_id = submit(client, samples.encode("wav", 1.0)).get_json()["task_id"]
     assert wait_for(client, task_id)["status"] == "succeeded"
 

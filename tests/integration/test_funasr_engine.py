@@ -6,12 +6,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jiwer
 import numpy as np
 import pytest
-import torch
-from funasr import AutoModel
 
 import asr_service.engine.funasr_hub as engine_pkg
 from asr_service.engine import build_engine
@@ -20,8 +19,19 @@ from asr_service.engine.funasr_engine import FunASREngine
 from asr_service.errors import EngineError, ModelLoadError
 from asr_service.settings import Settings
 
+if TYPE_CHECKING:
+    from funasr import AutoModel
+
 THREADS = 2
-no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
+
+
+@pytest.fixture
+def no_cuda() -> None:
+    """Skip on a host with CUDA; torch is imported only when such a test runs, not at collection."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a host without CUDA")
 
 
 def utterances(count: int = 3, speech_s: float = 1.5, pause_s: float = 2.0) -> np.ndarray:
@@ -47,6 +57,8 @@ def settings(asr: Path | str, vad: Path | str = "", use_gpu: str = "false") -> S
 
 def direct(model_assets: dict[str, Path], with_vad: bool) -> AutoModel:
     """FunASR's own AutoModel with the arguments the engine uses."""
+    from funasr import AutoModel
+
     vad = str(model_assets["vad"]) if with_vad else None
     return AutoModel(
         model=str(model_assets["asr"]), vad_model=vad, device="cpu", ncpu=THREADS,
@@ -159,6 +171,7 @@ def mixed_batch() -> list[tuple[np.ndarray, TranscribeOptions]]:
 PADDING_WER = 0.05  # measured: 0.036 and 0.008 on two of the seven
 
 
+@pytest.mark.slow  # each recording decoded alone and in a batch, with and without VAD
 @pytest.mark.parametrize("with_vad", [True, False])
 def test_a_batch_gives_each_recording_what_it_gets_alone(
     vad_engine: Engine, plain_engine: Engine, with_vad: bool
@@ -189,6 +202,7 @@ def test_a_batch_gives_each_recording_what_it_gets_alone(
     assert same >= 4
 
 
+@pytest.mark.slow  # the batch, then each recording alone again
 def test_a_batch_whose_shared_call_fails_runs_its_recordings_alone(
     vad_engine: FunASREngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,13 +220,13 @@ def test_warm_up_runs(vad_engine: FunASREngine) -> None:
     vad_engine.warm_up()
 
 
-@no_cuda
+@pytest.mark.usefixtures("no_cuda")
 def test_gpu_required_without_cuda_refuses_to_start(model_assets: dict[str, Path]) -> None:
     with pytest.raises(ModelLoadError, match="ASR_USE_GPU=true but no CUDA device"):
         build_engine(settings(model_assets["asr"], use_gpu="true"))
 
 
-@no_cuda
+@pytest.mark.usefixtures("no_cuda")
 def test_silent_cpu_fallback_is_refused(model_assets: dict[str, Path]) -> None:
     # FunASR quietly loads on CPU when asked for CUDA it does not have; the engine must not.
     with pytest.raises(ModelLoadError, match="requested cuda"):

@@ -21,6 +21,10 @@ from tests import samples
 from tests.harness import eventually
 from tests.integration.conftest import ROOT, ApiServer, report
 
+# It puts a recording in the repo root, which test_hostile_input checks stays free of uploads:
+# one xdist lane runs both.
+pytestmark = pytest.mark.xdist_group("repo-root")
+
 SDP_PORTS = (41234, 41240, 41250, 41260)
 FOUR_HOURS_S = 4 * 3600
 ROUNDS = 3

@@ -26,8 +26,15 @@ from asr_service.jobs import ErrorType, Job, JobStore, Keys, Status
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from asr_service.runs import new_delivery
 from tests import samples
-from tests.harness import reap
-from tests.integration.conftest import LONG_S, Lane, RedisServer, Worker, report
+from tests.harness import reap, wait_ready
+from tests.integration.conftest import (
+    LONG_S,
+    WORKER_START_TIMEOUT_S,
+    Lane,
+    RedisServer,
+    Worker,
+    report,
+)
 from tests.integration.flow import submit, wait_for
 
 STRANDED_DEADLINE_S = 60  # what the service promises for a job whose message was lost
@@ -53,6 +60,7 @@ def queue_key(made: Lane) -> str:
     return made.settings.queue_name
 
 
+@pytest.mark.slow  # lane workers and 120 s recordings
 def test_jobs_whose_message_never_reached_or_left_the_broker_run_once(lane):
     stranded = lane()
     store = stranded.client.application.extensions["asr"].store
@@ -96,6 +104,7 @@ def _truncate_before_last_push(aof_dir: Path, queue: str) -> int:
     return len(data) - start
 
 
+@pytest.mark.slow  # a persistent Redis restarted under a worker
 def test_a_job_whose_message_an_aof_lost_runs_once(settings, tmp_path):
     server = RedisServer(tmp_path / "redis", persistent=True)
     server.workdir.mkdir()
@@ -149,28 +158,34 @@ def test_a_runner_that_lost_its_job_cannot_record_a_result(redis_server):
     assert finished_events(client, job_id) == ["succeeded"]
 
 
+REDIS_PAUSE_S = 8  # a deliberate fault window: longer than the 1 s lease and the heartbeat
+
+
+@pytest.mark.slow  # an 8 s fault window
 def test_redis_paused_longer_than_the_lease_completes_once(lane, redis_server):
     paused = lane(job_lease_s=1)
     paused.worker()
     job_id = submit(paused.client, samples.encode("wav", 3 * LONG_S)).get_json()["task_id"]
     paused.wait_processing(job_id)
 
-    redis_server.proc.send_signal(signal.SIGSTOP)  # longer than the lease and the heartbeat
-    time.sleep(8)
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    time.sleep(REDIS_PAUSE_S)  # the fault window itself, not a wait for something
     redis_server.proc.send_signal(signal.SIGCONT)
 
     succeeded_once(paused, [job_id])
     started = sum(e["event"] == "job.started" and e["job_id"] == job_id
                   for e in paused.events())
-    report("redis-paused", pause_s=8, lease_s=1, runs_started=started, completed=1)
+    report("redis-paused", pause_s=REDIS_PAUSE_S, lease_s=1, runs_started=started, completed=1)
 
 
-def _unshare_works() -> bool:
-    if not shutil.which("unshare"):
-        return False
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
-                           capture_output=True)
-    return probe.returncode == 0
+@pytest.fixture
+def pid_namespaces() -> None:
+    """Skip where the kernel refuses pid namespaces; probed only when the test runs."""
+    works = shutil.which("unshare") and subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True
+    ).returncode == 0
+    if not works:
+        pytest.skip("this kernel refuses pid namespaces")
 
 
 class NamespacedWorker(Worker):
@@ -179,6 +194,15 @@ class NamespacedWorker(Worker):
     def stop(self) -> None:
         """Stop the worker and everything in its namespace, whatever state it is in."""
         tree = psutil.Process(self.proc.pid).children(recursive=True) if self.proc else []
+        # unshare blocks SIGTERM while it waits for its child, so stopping it alone runs into
+        # stop_process's timeout: SIGTERM the worker's main process (the namespace's pid 1,
+        # seen from here by its own pid) and unshare ends with it.
+        if self.proc and self.proc.poll() is None:
+            try:
+                for main in psutil.Process(self.proc.pid).children():
+                    main.terminate()
+            except psutil.Error:
+                pass
         super().stop()
         reap(tree, timeout=30)
 
@@ -197,16 +221,15 @@ class NamespacedWorker(Worker):
             stderr=subprocess.STDOUT)
         if wait:
             store = redis.Redis.from_url(self.settings.redis_url)
-            deadline = time.monotonic() + 180
-            while not any(json.loads(raw).get("engines_ready") for name, raw in
-                          store.hgetall("asr:workers").items()
-                          if name.decode().startswith(f"{self.name}@")):
-                assert self.proc.poll() is None and time.monotonic() < deadline, \
-                    self.log_tail()
-                time.sleep(0.2)
+            # Its pid is the namespace's, not ours: ready is any heartbeat of its name.
+            wait_ready(self.proc, lambda: any(
+                json.loads(raw).get("engines_ready") for name, raw in
+                store.hgetall("asr:workers").items() if name.decode().startswith(f"{self.name}@")),
+                WORKER_START_TIMEOUT_S, self.log_path, interval=0.2)
 
 
-@pytest.mark.skipif(not _unshare_works(), reason="this kernel refuses pid namespaces")
+@pytest.mark.slow  # two namespaced workers
+@pytest.mark.usefixtures("pid_namespaces")
 def test_workers_sharing_a_hostname_in_separate_pid_namespaces_lose_nothing(lane):
     shared = lane(job_lease_s=2)
     for n in range(2):
@@ -222,6 +245,7 @@ def test_workers_sharing_a_hostname_in_separate_pid_namespaces_lose_nothing(lane
     report("pid-namespaces", workers=len(workers), jobs=len(ids), worker_lost=0)
 
 
+@pytest.mark.slow  # a lane worker per parameter
 @pytest.mark.parametrize("batch_wait_ms", [0, 50], ids=["prefork", "batching"])
 def test_deleting_a_running_job_is_final(lane, batch_wait_ms):
     cancel = lane(asr_batch_wait_ms=batch_wait_ms)
@@ -270,6 +294,7 @@ def test_idempotency_key_is_bound_with_the_job_and_checks_the_upload(make_client
     assert "Idempotent-Replayed" not in fresh.headers
 
 
+@pytest.mark.slow  # its own Redis and a worker started from cold
 def test_health_stays_200_degraded_while_no_worker_has_a_model(settings, tmp_path):
     server = RedisServer(tmp_path / "redis")
     server.workdir.mkdir()

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -17,7 +16,11 @@ import pytest
 import requests
 import yaml
 
+from tests.harness import wait_ready
 from tests.integration.conftest import ROOT, free_port, settings_env
+
+# `make run` keeps its Redis under run/ in the repo root: one xdist lane for what touches it.
+pytestmark = pytest.mark.xdist_group("repo-root")
 
 LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|\[::1\]|::1)$")
 
@@ -36,28 +39,21 @@ def listeners(pids: set[int]) -> list[tuple[str, str, str]]:
     return found
 
 
+@pytest.mark.slow  # `make run`'s whole stack
 @pytest.mark.skipif(not shutil.which("ss"), reason="ss (iproute2) is not installed")
 def test_make_run_listens_on_loopback_only(settings, tmp_path):
     redis_port, api_port, flower_port = free_port(), free_port(), free_port()
     env = {**settings_env(settings), "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
            "API_PORT": str(api_port), "FLOWER_PORT": str(flower_port),
            "LOG_DIR": str(tmp_path / "logs"), "WORKER_COUNT": "1"}
-    log = (tmp_path / "run.out").open("wb")
-    stack = subprocess.Popen(["scripts/run.sh"], cwd=ROOT, env=env, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+    with (tmp_path / "run.out").open("wb") as log:
+        stack = subprocess.Popen(["scripts/run.sh"], cwd=ROOT, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert stack.poll() is None, (tmp_path / "run.out").read_text()[-3000:]
-            try:
-                if (requests.get(f"http://127.0.0.1:{api_port}/api/v1/health", timeout=2).ok
-                        and requests.get(f"http://127.0.0.1:{flower_port}/healthcheck",
-                                         timeout=2).ok):
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "run.out").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_ready(stack, lambda: (
+            requests.get(f"http://127.0.0.1:{api_port}/api/v1/health", timeout=2).ok
+            and requests.get(f"http://127.0.0.1:{flower_port}/healthcheck", timeout=2).ok),
+            120, tmp_path / "run.out", interval=0.5, ignoring=requests.RequestException)
         tree = {stack.pid, *(p.pid for p in psutil.Process(stack.pid).children(recursive=True))}
         found = listeners(tree)
 

@@ -15,6 +15,8 @@ import requests
 from tests.harness import free_port, start_process, stop_process
 from tests.integration.conftest import ROOT, settings_env
 
+pytestmark = pytest.mark.slow  # the load-test tool's runs
+
 SCRIPT = ROOT / "scripts" / "run_load_test.sh"
 
 

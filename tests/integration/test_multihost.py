@@ -35,6 +35,8 @@ from tests import netns, samples
 from tests.harness import eventually, start_process, wait_ready
 from tests.integration.conftest import LONG_S, ROOT, report, settings_env
 
+pytestmark = pytest.mark.slow  # three network-namespace hosts
+
 JOBS = 12
 LEASE_S = 2  # how long a dead worker's job stays claimed (the default, 15 s, is for production)
 REDIS_PORT, API_PORT = 6379, 8000

@@ -20,6 +20,7 @@ from tests.harness import eventually
 from tests.integration.conftest import LONG_S, RedisServer, report
 from tests.integration.flow import submit, wait_for
 
+pytestmark = pytest.mark.slow  # its own Redis filled to maxmemory under lane workers
 KEYS = Keys()
 
 

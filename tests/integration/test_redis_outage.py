@@ -9,13 +9,14 @@ from dataclasses import replace
 
 import pytest
 
+from asr_service.api.problems import PROBLEM_JSON
 from asr_service.app import create_app
 from tests import samples
 from tests.harness import eventually
 from tests.integration.conftest import RedisServer, Worker
 from tests.integration.flow import submit, wait_for
 
-PROBLEM = "application/problem+json"
+pytestmark = pytest.mark.slow  # Redis stopped and restarted under a worker
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_redis_restart_answers_503_then_recovers_and_keeps_queued_jobs(
         answers = every_endpoint(live, queued[0])
         for name, (response, seconds) in answers.items():
             assert response.status_code == 503, (name, response.get_json())
-            assert response.content_type == PROBLEM, name
+            assert response.content_type == PROBLEM_JSON, name
             assert seconds < 3, (name, seconds)
         assert "redis unreachable" in answers["health"][0].get_json()["detail"]
         slowest = max(seconds for _, seconds in answers.values())

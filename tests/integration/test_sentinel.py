@@ -37,6 +37,8 @@ from tests import samples
 from tests.harness import eventually, free_port, start_process, stop_process
 from tests.integration.conftest import ApiServer, Worker, report
 
+pytestmark = pytest.mark.slow  # 3 redis-servers, 3 sentinels, a failover under load
+
 MASTER = "asr"
 DOWN_AFTER_MS = 1000
 SETTLE_S = STRANDED_AFTER_S + 60  # time for every accepted job to end, from the kill

@@ -10,6 +10,8 @@ import pytest
 
 from tests.integration.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # 32 uploads trickling in at 1 KB/s
+
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_slow_clients as bench  # noqa: E402
 

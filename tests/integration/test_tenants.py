@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from asr_service.api.problems import PROBLEM_JSON
 from asr_service.errors import JobNotFound
 from asr_service.jobs import ErrorType
 from asr_service.lifecycle import Runner
 from tests import samples
 from tests.integration.conftest import report
 
-PROBLEM = "application/problem+json"
 QUEUE = "parked-tenants"  # no worker consumes it: jobs stay queued
 
 
@@ -78,7 +78,7 @@ def fail(tenants: Tenants, task_id: str) -> None:
 
 def assert_unknown(response: Any, task_id: str) -> None:
     """The very answer an id never submitted gets."""
-    assert response.status_code == 404 and response.content_type == PROBLEM
+    assert response.status_code == 404 and response.content_type == PROBLEM_JSON
     assert response.get_json()["detail"] == (
         f"no task with id {task_id} (never submitted, deleted or expired)")
 

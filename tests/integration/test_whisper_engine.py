@@ -20,6 +20,8 @@ from tests import samples
 from tests.integration.conftest import Worker, report
 from tests.integration.flow import submit, wait_for
 
+pytestmark = pytest.mark.slow  # faster-whisper workers and the bare engine on real speech
+
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Please send the quarterly report to the finance team by Friday.",

@@ -20,12 +20,15 @@ def start_worker(settings) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _has_cuda() -> bool:
+@pytest.fixture
+def no_cuda() -> None:
+    """Skip on a host with CUDA; probed (torch imported in a child) only when the test runs."""
     probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
-    return subprocess.run([sys.executable, "-c", probe]).returncode == 0
+    if subprocess.run([sys.executable, "-c", probe]).returncode == 0:
+        pytest.skip("this machine has CUDA")
 
 
-@pytest.mark.skipif(_has_cuda(), reason="this machine has CUDA")
+@pytest.mark.usefixtures("no_cuda")
 def test_gpu_required_without_cuda_refuses_to_start(settings):
     out = start_worker(replace(settings, asr_use_gpu="true"))
     assert out.returncode == 1
@@ -46,6 +49,7 @@ def test_missing_model_directory_refuses_to_start(settings, tmp_path):
     assert "no such model directory" in out.stdout + out.stderr
 
 
+@pytest.mark.slow  # a worker watched from start to model loaded
 def test_health_waits_for_the_model_not_just_the_worker_process(settings, make_client,
                                                                  tmp_path):
     from tests.integration.conftest import Worker

@@ -242,11 +242,12 @@ def test_docs_serve_swagger_ui_with_local_assets(client: FlaskClient) -> None:
     assert "//cdn" not in html and "https://" not in html
     assert '"/openapi.json"' in html
 
-    bundle = client.get("/docs/assets/swagger-ui-bundle.js")
-    assert bundle.status_code == 200
-    assert "javascript" in bundle.mimetype
-    assert b"SwaggerUIBundle" in bundle.data
-    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+    with client.get("/docs/assets/swagger-ui-bundle.js") as bundle:  # closes the sent file
+        assert bundle.status_code == 200
+        assert "javascript" in bundle.mimetype
+        assert b"SwaggerUIBundle" in bundle.data
+    with client.get("/docs/assets/swagger-ui.css") as css:
+        assert css.status_code == 200
 
 
 def test_openai_paths_answer_errors_in_openai_shape(client: FlaskClient) -> None:

@@ -107,7 +107,10 @@ def test_jobs_arriving_within_the_wait_share_one_call_up_to_max_jobs(batches):
     b = batcher(batches)
     outcomes = together(b, [audio(1, t) for t in range(1, 7)])
     assert [o.text for o in outcomes] == [f"tag {t}" for t in range(1, 7)]
-    assert batches == [[1, 2, 3, 4], [5, 6]]
+    # 10 ms apart, a busy machine can swap two arrivals: which job lands in which batch is the
+    # arrival order's; what the batcher decides is four in one call, then the other two.
+    assert [len(batch) for batch in batches] == [4, 2], batches
+    assert sorted(t for batch in batches for t in batch) == [1, 2, 3, 4, 5, 6]
     b.close()
 
 
