@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 
 .PHONY: run api worker flower webhooks test test-fast lint models venv system-packages redis-server vendor clean \
-	bench-slow bench-api bench espeak-ng
+	bench-slow bench-api bench espeak-ng settings-docs
 
 run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower, webhooks
 	./scripts/run.sh
@@ -42,6 +42,9 @@ bench-api: venv redis-server ## submit rate with 5,000 queued jobs, read p50/p99
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+settings-docs: venv ## regenerate config/.env.example and docs/configuration.md's table from asr_service/settings/
+	$(VENV)/bin/python -m asr_service.settings.docs
 
 models: venv ## the tiny Paraformer (built in code) and the real FSMN-VAD weights under models/; BIG=1: also the large-dims one
 	$(VENV)/bin/python scripts/assets.py models $(if $(BIG),--big)

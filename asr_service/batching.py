@@ -91,7 +91,7 @@ class Batcher:
         engine process has loaded the model (the first and every replacement)."""
         return cls(lambda: EngineHost(settings), on_ready=on_ready,
                    wait_s=settings.asr_batch_wait_ms / 1000, max_jobs=settings.asr_batch_jobs,
-                   max_audio_s=float(settings.asr_batch_size),
+                   max_audio_s=float(settings.asr_batch_audio_s),
                    time_limit_s=settings.task_time_limit_s,
                    max_rss_bytes=settings.worker_max_memory_mb * 1024 * 1024)
 

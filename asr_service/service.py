@@ -114,14 +114,14 @@ class JobService:
     def download(self, audio_url: str) -> urlguard.Fetched:
         """Fetch a recording for a submit: SSRF guard, MAX_UPLOAD_MB and a deadline apply."""
         return urlguard.fetch(audio_url, max_bytes=self.settings.max_upload_bytes,
-                              allow_private=self.settings.webhook_allow_private,
+                              allow_private=self.settings.allow_private_urls,
                               timeout_s=self.settings.audio_url_timeout_s)
 
     def _check_callback(self, url: str) -> None:
         if not self.settings.webhook_secret:
             raise UrlRefused("webhooks are off on this server: callback_url needs WEBHOOK_SECRET "
                              "to be set (every webhook is signed)")
-        urlguard.check_url(url, self.settings.webhook_allow_private)
+        urlguard.check_url(url, self.settings.allow_private_urls)
 
     def precheck(self, upload: Upload, idempotency_key: str | None = None) -> Submitted | None:
         """The cheap checks, before any audio is fetched: callback_url, model, and an

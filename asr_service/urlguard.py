@@ -21,7 +21,7 @@ WEBHOOK_USER_AGENT = "asr_service-webhooks/1"
 FETCH_USER_AGENT = "asr_service-audio-url/1"
 ANSWER_READ_LIMIT = 64 * 1024
 CHUNK_BYTES = 64 * 1024
-ALLOW_HINT = "set WEBHOOK_ALLOW_PRIVATE=true to allow private addresses"
+ALLOW_HINT = "set ALLOW_PRIVATE_URLS=true to allow private addresses"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 RESOLVE_TIMEOUT_S = 10.0  # a name lookup outside any request deadline (check_url at submit)
 

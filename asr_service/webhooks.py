@@ -191,7 +191,7 @@ class Deliverer:
             answer = urlguard.post(
                 delivery["url"], body.encode(),
                 signed_headers(self.settings.webhook_secret, webhook_id, body, self.now()),
-                allow_private=self.settings.webhook_allow_private, timeout_s=budget)
+                allow_private=self.settings.allow_private_urls, timeout_s=budget)
         except UrlRefused as exc:  # the name now points somewhere private: never retried
             outcome = Attempt("failed", attempts, f"refused: {exc.detail}")
         else:

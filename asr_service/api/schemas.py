@@ -74,7 +74,7 @@ class SubmitSchema(SubmitFormSchema):
     audio = FileUpload(metadata={"description": "wav, flac, ogg/opus, mp3, m4a, webm"})
     audio_url = fields.String(validate=_URL, metadata={
         "description": "Instead of `audio`: an http(s) URL the API downloads (public addresses "
-                       "only unless WEBHOOK_ALLOW_PRIVATE; MAX_UPLOAD_MB and "
+                       "only unless ALLOW_PRIVATE_URLS; MAX_UPLOAD_MB and "
                        "AUDIO_URL_TIMEOUT_S apply)"})
     callback_url = fields.String(validate=_URL, metadata={
         "description": "An http(s) URL that receives a signed POST (Standard Webhooks) when the "

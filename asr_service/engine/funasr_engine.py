@@ -47,7 +47,7 @@ def build(settings: Settings) -> FunASREngine:
         punc_model=settings.asr_punc_model or None,
         device=devices.choose(settings.asr_use_gpu, has_cuda, NO_CUDA_HINT),
         threads=settings.threads,
-        batch_size_s=settings.asr_batch_size,
+        batch_size_s=settings.asr_batch_audio_s,
     )
 
 # One 25 ms fbank frame. Below it FunASR raises (ZeroDivisionError with VAD, a kaldi

@@ -196,7 +196,7 @@ def test_audio_url_is_not_fetched_before_the_cheap_checks(make_client):
     download."""
     origin = _Counting(samples.encode("wav", 1.0))
     try:
-        api = make_client(webhook_allow_private=True)
+        api = make_client(allow_private_urls=True)
         form = {"audio_url": origin.url()}
         refused = api.post("/api/v1/asr/submit", data={**form, "callback_url": origin.url()},
                            content_type="multipart/form-data")

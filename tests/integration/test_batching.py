@@ -22,7 +22,7 @@ from tests.integration.test_lifecycle import succeeded_once
 
 pytestmark = pytest.mark.slow  # batching workers with engine processes; engine and worker kills
 
-BATCHING = {"asr_batch_wait_ms": 300, "asr_batch_jobs": 8, "asr_batch_size": 2000,
+BATCHING = {"asr_batch_wait_ms": 300, "asr_batch_jobs": 8, "asr_batch_audio_s": 2000,
             "job_lease_s": 3}
 # Padded to the batch's longest, a segment may decode a token differently on the tiny model's
 # random weights (as in FunASR's own batches; see test_funasr_engine.py). Measured: <= 0.052

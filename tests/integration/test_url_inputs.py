@@ -88,7 +88,7 @@ def test_private_and_non_http_urls_are_refused_at_submit(make_client, field, url
 
 
 def test_callback_url_needs_a_webhook_secret(make_client, local):
-    answer = submit(make_client(webhook_allow_private=True), samples.encode("wav"),
+    answer = submit(make_client(allow_private_urls=True), samples.encode("wav"),
                     callback_url=local.url("/hook"))
     assert answer.status_code == 422 and "WEBHOOK_SECRET" in answer.get_json()["detail"]
 
@@ -97,9 +97,9 @@ def test_audio_url_is_fetched_with_the_opt_in(make_client, worker, local):
     guarded = make_client()
     refused = guarded.post("/api/v1/asr/submit", data={"audio_url": local.url("/clip.wav")},
                            content_type="multipart/form-data")
-    assert refused.status_code == 422 and "WEBHOOK_ALLOW_PRIVATE" in refused.get_json()["detail"]
+    assert refused.status_code == 422 and "ALLOW_PRIVATE_URLS" in refused.get_json()["detail"]
 
-    api = make_client(webhook_allow_private=True)
+    api = make_client(allow_private_urls=True)
     fetched = api.post("/api/v1/asr/submit", data={"audio_url": local.url("/clip.wav")},
                        content_type="multipart/form-data")
     assert fetched.status_code == 202, fetched.get_json()
@@ -112,7 +112,7 @@ def test_audio_url_is_fetched_with_the_opt_in(make_client, worker, local):
     missing = api.post("/api/v1/asr/submit", data={"audio_url": local.url("/nope.wav")},
                        content_type="multipart/form-data")
     assert missing.status_code == 422 and "404" in missing.get_json()["detail"]
-    small = make_client(webhook_allow_private=True, max_upload_mb=1)
+    small = make_client(allow_private_urls=True, max_upload_mb=1)
     local.files["/big.wav"] = samples.encode("wav", seconds=40.0)  # 1.3 MB
     big = small.post("/api/v1/asr/submit", data={"audio_url": local.url("/big.wav")},
                      content_type="multipart/form-data")
@@ -125,7 +125,7 @@ def test_audio_url_is_fetched_with_the_opt_in(make_client, worker, local):
 
 
 def test_webhook_follows_a_real_transcription(settings, worker, local, tmp_path):
-    hooked = replace(settings, webhook_secret=SECRET, webhook_allow_private=True,
+    hooked = replace(settings, webhook_secret=SECRET, allow_private_urls=True,
                      webhook_include_result=True, public_url="https://asr.example.com",
                      log_dir=str(tmp_path))
     deliverer = start_process([sys.executable, "-m", "asr_service.webhooks"], ready=lambda: True,
@@ -166,7 +166,7 @@ def test_an_audio_url_with_a_non_ascii_digit_length_is_a_422_not_a_500(make_clie
 
     threading.Thread(target=answer, daemon=True).start()
     with odd:
-        got = make_client(webhook_allow_private=True).post(
+        got = make_client(allow_private_urls=True).post(
             "/api/v1/asr/submit", data={"audio_url": f"http://127.0.0.1:{odd.getsockname()[1]}/a"},
             content_type="multipart/form-data")
 

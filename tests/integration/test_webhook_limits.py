@@ -40,7 +40,7 @@ def own(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     server.workdir.mkdir()
     server.start()
     yield replace(settings, redis_url=server.url, webhook_secret=SECRET,
-                  webhook_allow_private=True, webhook_retry_base_s=0.2, webhook_timeout_s=2.0,
+                  allow_private_urls=True, webhook_retry_base_s=0.2, webhook_timeout_s=2.0,
                   result_retention_s=RETENTION_S, log_dir=str(tmp_path))
     server.stop()
 
@@ -220,12 +220,12 @@ class Blackhole:
 def test_a_receiver_that_never_answers_does_not_delay_the_others(
         settings, worker, make_client, tmp_path):
     blackhole, healthy = Blackhole(), Receiver(204)
-    hooked = replace(settings, webhook_secret=SECRET, webhook_allow_private=True,
+    hooked = replace(settings, webhook_secret=SECRET, allow_private_urls=True,
                      webhook_timeout_s=10.0, webhook_retry_base_s=10.0, log_dir=str(tmp_path))
     deliverer = start_process([sys.executable, "-m", "asr_service.webhooks"], ready=lambda: True,
                               timeout=10, env=settings_env(hooked), cwd=ROOT,
                               log_path=tmp_path / "webhooks.out")
-    api = make_client(webhook_secret=SECRET, webhook_allow_private=True)
+    api = make_client(webhook_secret=SECRET, allow_private_urls=True)
     jobs = []
     try:
         for _ in range(40):

@@ -74,7 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hooked(settings: Settings, tmp_path: Path) -> Settings:
-    return replace(settings, webhook_secret=SECRET, webhook_allow_private=True,
+    return replace(settings, webhook_secret=SECRET, allow_private_urls=True,
                    webhook_retry_base_s=0.2, webhook_timeout_s=2.0, log_dir=str(tmp_path))
 
 

@@ -94,7 +94,7 @@ def test_integer_settings_must_be_positive_whole_numbers(raw: str, message: str)
 
 @pytest.mark.parametrize(
     "name",
-    ["ASR_BATCH_SIZE", "MAX_RECORDINGS", "WORKER_COUNT", "MAX_AUDIO_SECONDS",
+    ["ASR_BATCH_AUDIO_S", "ASR_BATCH_SIZE", "MAX_RECORDINGS", "WORKER_COUNT", "MAX_AUDIO_SECONDS",
      "RESULT_RETENTION_S", "TASK_TIME_LIMIT_S", "MODEL_LOAD_TIMEOUT_S", "API_WORKERS"],
 )
 def test_zero_is_rejected_for_every_count_and_duration(name: str) -> None:
@@ -323,3 +323,21 @@ def test_a_stored_audio_budget_below_the_upload_limit_is_refused_with_the_other_
 ])
 def test_budgets_that_can_work_are_accepted(environ: dict[str, str]) -> None:
     Settings.from_env(environ)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "raw", "field", "value"),
+    [("ASR_BATCH_SIZE", "ASR_BATCH_AUDIO_S", "120", "asr_batch_audio_s", 120),
+     ("WEBHOOK_ALLOW_PRIVATE", "ALLOW_PRIVATE_URLS", "true", "allow_private_urls", True)],
+)
+def test_a_deprecated_name_still_sets_its_setting_and_the_new_name_wins(
+        old: str, new: str, raw: str, field: str, value: object) -> None:
+    assert getattr(Settings.from_env({old: raw}), field) == value
+    default = getattr(Settings(), field)
+    assert getattr(Settings.from_env({old: raw, new: str(default).lower()}), field) == default
+    assert getattr(Settings.from_env({old: "x", new: raw}), field) == value  # old: unread
+
+
+def test_a_bad_deprecated_name_is_reported_by_the_name_it_was_given() -> None:
+    assert error_lines({"WEBHOOK_ALLOW_PRIVATE": "maybe"}) == [
+        "WEBHOOK_ALLOW_PRIVATE='maybe': must be true or false"]

@@ -228,7 +228,7 @@ def test_non_public_addresses_are_refused_with_the_reason_and_the_way_out(
         check_url(url, allow_private=False)
 
     assert reason in info.value.detail
-    assert info.value.detail.endswith("set WEBHOOK_ALLOW_PRIVATE=true to allow private addresses")
+    assert info.value.detail.endswith("set ALLOW_PRIVATE_URLS=true to allow private addresses")
 
 
 @pytest.mark.parametrize(("url", "reason"), [
@@ -291,7 +291,7 @@ def test_a_refused_name_never_tells_the_address_it_resolves_to(names: FakeDNS) -
             check_url(f"http://{name}:6379/", allow_private=False)
         detail = info.value.detail
         assert detail.startswith(f"{name} does not resolve to a public address;"), detail
-        said = detail.split(";")[0]  # then only the WEBHOOK_ALLOW_PRIVATE hint
+        said = detail.split(";")[0]  # then only the ALLOW_PRIVATE_URLS hint
         assert not any(leak in said for leak in ("10.20", "169.254", "private", "link-local"))
 
 
