@@ -10,8 +10,7 @@ from typing import Any
 import redis
 
 from asr_service.errors import JobNotFound, RecordingGone
-from asr_service.keys import PREFIX as PREFIX  # re-exported: the key names live in keys.py
-from asr_service.keys import Keys as Keys
+from asr_service.keys import Keys as Keys  # re-exported: the key names live in keys.py
 
 
 class Status(StrEnum):

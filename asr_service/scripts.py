@@ -39,13 +39,13 @@ def prelude() -> str:
             + figures.lua_constants())
 
 
-def source(name: str, common: bool = True) -> str:
-    """The script lua/<name>.lua as Redis runs it: prelude, common.lua (the lifecycle's
-    shared functions, unless common=False), then its own body."""
+def source(name: str) -> str:
+    """The lifecycle script lua/<name>.lua as Redis runs it: the prelude, common.lua (the
+    shared functions), then its own body. (webhook.lua, run by the deliverer, gets only the
+    key builders: webhooks.py.)"""
     own = (LUA / f"{name}.lua").read_text()
     shebang = ""
     if own.startswith("#!"):  # `#!lua flags=...` (allow-oom) counts only as the first line
         shebang, _, own = own.partition("\n")
         shebang += "\n"
-    shared = (LUA / "common.lua").read_text() if common else ""
-    return shebang + prelude() + shared + own
+    return shebang + prelude() + (LUA / "common.lua").read_text() + own

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -34,9 +35,8 @@ from standardwebhooks.webhooks import Webhook
 from asr_service import redis_conn, urlguard
 from asr_service.errors import UrlRefused
 from asr_service.formats import iso_time
-from asr_service.keys import Keys
+from asr_service.keys import Keys, lua_builders
 from asr_service.logs import setup_logging
-from asr_service.scripts import source
 from asr_service.settings import Settings
 
 log = logging.getLogger("asr_service.webhooks")  # not __main__ under -m
@@ -118,7 +118,9 @@ class Deliverer:
         self.now = now
         # Longer than any one POST may take (urlguard enforces webhook_timeout_s as a deadline).
         self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S if lease_s is None else lease_s
-        self._script = client.register_script(source("webhook", common=False))
+        # Only the key builders: scripts.prelude() would bring figures' numpy into this process.
+        own = (Path(__file__).with_name("lua") / "webhook.lua").read_text()
+        self._script = client.register_script(lua_builders() + own)
         self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="webhook")
 
     def _claim(self, limit: int) -> list[Claim]:

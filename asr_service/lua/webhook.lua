@@ -10,9 +10,10 @@
 --         or 0 when the delivery is gone; the job's `webhook` field follows if it still names
 --         this delivery. Frees the destination's slot either way.
 --       'release', {now, id, destination} -> frees the slot of a claim that sent nothing
--- Key names come from the prelude (K, scripts.py). K.webhooks_waiting: destinations with
--- waiting deliveries, by when a slot frees for sure (a lease runs out): the safety net when no
--- `done` comes to promote them (a deliverer killed mid-POST).
+-- Key names come from the builders prepended to it (K, keys.lua_builders()).
+-- K.webhooks_waiting: destinations with waiting deliveries, by when a slot frees for sure (a
+-- lease runs out): the safety net when no `done` comes to promote them (a deliverer killed
+-- mid-POST).
 local op, spec = ARGV[2], cjson.decode(ARGV[3])
 local now = spec.now
 local DUE, WAITING = K.webhooks_due, K.webhooks_waiting
@@ -89,7 +90,7 @@ end
 local id = spec.id
 if op == 'release' or op == 'done' then
   local dest = spec.destination
-  if dest and dest ~= cjson.null and dest ~= '' then  -- its slot frees: the next in line gets its turn
+  if dest and dest ~= cjson.null and dest ~= '' then  -- its slot frees: the next in line goes
     redis.call('ZREM', busy(dest), id)
     promote(dest, 1)
   end
