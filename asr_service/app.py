@@ -20,7 +20,8 @@ from asr_service.cluster import Cluster
 from asr_service.dispatch import Dispatcher
 from asr_service.events import log_event_line
 from asr_service.figures import Figures
-from asr_service.jobs import JobStore, Keys
+from asr_service.jobs import JobStore
+from asr_service.keys import Keys
 from asr_service.lifecycle import Lifecycle
 from asr_service.logs import setup_logging
 from asr_service.readmodel import ReadModel
@@ -32,9 +33,11 @@ SWAGGER_ASSETS = "/docs/assets/"
 REDIS_POOL_SIZE = 50  # Redis connections per API process
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the API app; nothing here connects to Redis until a request needs it."""
+def create_app(settings: Settings | None = None, keys: Keys | None = None) -> Flask:
+    """Build the API app; nothing here connects to Redis until a request needs it. Every
+    Redis key it touches is named by `keys` (default: the "asr:" prefix)."""
     settings = settings or Settings.from_env()
+    keys = keys or Keys()
     setup_logging("api", settings)
     logging.getLogger(__name__).info("api starting", extra={
         "redis": settings.redis_url_display, "queue": settings.queue_name,
@@ -60,9 +63,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # fails the 101st concurrent request with "Too many connections" (measured: 353 of 1000).
     client = redis_conn.client(settings, pool_size=REDIS_POOL_SIZE, pool_timeout=5,
                                socket_timeout=2, socket_connect_timeout=2)
-    store = JobStore(client, settings.max_recordings)
+    store = JobStore(client, settings.max_recordings, keys)
     lifecycle = Lifecycle(client, settings.result_retention_s, settings.max_recordings,
-                          listeners=[log_event_line],
+                          keys=keys, listeners=[log_event_line],
                           max_stored_bytes=settings.max_stored_audio_bytes,
                           min_replicas=settings.redis_min_replicas,
                           max_active=settings.max_queued_jobs,
@@ -72,10 +75,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     # dead link instead of waiting forever on it.
     waiters = Waiters(lambda: redis_conn.client(
         settings, socket_timeout=10, socket_connect_timeout=2, socket_keepalive=True,
-        health_check_interval=15), Keys().job_finished)
-    cluster = Cluster(client, settings.queue_name)
+        health_check_interval=15), keys.job_finished)
+    cluster = Cluster(client, settings.queue_name, keys)
     jobs = JobService(settings, store, lifecycle, Dispatcher(celery), waiters, cluster)
-    figures = Figures(client)
+    figures = Figures(client, keys)
     app.extensions["asr"] = Services(
         settings=settings,
         store=store,

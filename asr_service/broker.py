@@ -8,12 +8,10 @@ import time
 
 import redis
 
-from asr_service.jobs import PREFIX, Keys
+from asr_service.keys import Keys
 
 UNACKED = "unacked"  # kombu's Redis transport: messages taken by a worker, not acked
 PRIORITY_SEP = "\x06\x16"  # kombu: the list of priority P of queue Q is Q + sep + P
-HELD_KEY = f"{PREFIX}workers:held"
-"""Hash: worker node token -> {"at": time, "ids": [task ids it holds]}."""
 
 
 def queue_lists(queue: str) -> list[str]:
@@ -48,14 +46,17 @@ def task_id(raw: bytes, wrapped: bool = False) -> str | None:
         return None
 
 
-def publish_held(client: redis.Redis, node: str, deliveries: list[str]) -> None:
-    """A worker's heartbeat: the task ids of every message it has taken and not finished."""
-    client.hset(HELD_KEY, node, json.dumps({"at": time.time(), "ids": deliveries}))
+def publish_held(client: redis.Redis, node: str, deliveries: list[str],
+                 keys: Keys | None = None) -> None:
+    """A worker's heartbeat: the task ids of every message it has taken and not finished
+    (Keys.workers_held: node token -> {"at": time, "ids": [task ids it holds]})."""
+    held = {"at": time.time(), "ids": deliveries}
+    client.hset((keys or Keys()).workers_held, node, json.dumps(held))
 
 
-def withdraw_held(client: redis.Redis, node: str) -> None:
+def withdraw_held(client: redis.Redis, node: str, keys: Keys | None = None) -> None:
     """A worker that stops holds nothing (kombu hands its messages back to the queue)."""
-    client.hdel(HELD_KEY, node)
+    client.hdel((keys or Keys()).workers_held, node)
 
 
 class Broker:
@@ -82,7 +83,7 @@ class Broker:
 
     def held(self, now: float) -> set[str]:
         """Task ids live workers say they hold; forgets the entries of long-gone workers."""
-        key, live, stale = HELD_KEY, set(), []
+        key, live, stale = self.keys.workers_held, set(), []
         for node, raw in self.redis.hgetall(key).items():
             entry = json.loads(raw)
             if entry["at"] >= now - self.fresh_s:

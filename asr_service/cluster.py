@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 import redis
 
 from asr_service import broker
-from asr_service.jobs import PREFIX
+from asr_service.keys import Keys
 
 HEARTBEAT_TTL_S = 10  # a worker that missed ~5 heartbeats (2 s apart) counts as offline
 ENGINE_MARK_TTL_S = 60  # a child that died stops being renewed and drops out
@@ -48,11 +48,11 @@ class Cluster:
     """Reads and writes cluster state; workers publish, the API reads. No key scans: the
     heartbeats live in one hash, the broker's queue is read by its known key names."""
 
-    workers_key = f"{PREFIX}workers"
-
-    def __init__(self, client: redis.Redis, queue_name: str) -> None:
+    def __init__(self, client: redis.Redis, queue_name: str, keys: Keys | None = None) -> None:
         self.redis = client
         self.queue_name = queue_name
+        self.keys = keys or Keys()
+        self.workers_key = self.keys.workers
 
     def queue_depth(self, queue: str | None = None) -> int:
         """Messages waiting in a broker queue (not yet taken by a worker)."""
@@ -68,23 +68,19 @@ class Cluster:
         if stale:
             self.redis.hdel(self.workers_key, *stale)
 
-    @staticmethod
-    def _engine_key(node: str, pid: int) -> str:
-        return f"{PREFIX}engine:{node}:{pid}"
-
     def engine_loaded(self, node: str, pid: int, device: str) -> None:
         """A worker child says its model is loaded (its parent's heartbeat keeps this fresh).
 
         `node` is a random token of the worker's main process: pids alone collide between
         containers that share a hostname.
         """
-        self.redis.set(self._engine_key(node, pid), device, ex=ENGINE_MARK_TTL_S)
+        self.redis.set(self.keys.engine(node, pid), device, ex=ENGINE_MARK_TTL_S)
 
     def engines_ready(self, node: str, pids: set[int]) -> int:
         """How many of these processes have loaded the model; renews their marks."""
         pipe = self.redis.pipeline(transaction=False)
         for pid in sorted(pids):
-            pipe.expire(self._engine_key(node, pid), ENGINE_MARK_TTL_S)
+            pipe.expire(self.keys.engine(node, pid), ENGINE_MARK_TTL_S)
         return sum(bool(renewed) for renewed in pipe.execute())
 
     def withdraw(self, hostname: str) -> None:

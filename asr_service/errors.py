@@ -39,7 +39,7 @@ class ModelNotFound(AsrError):
     """A request names a model no worker serves."""
 
     title = "Model not found"
-    slug = "model_not_found"
+    slug = "model-not-found"
 
 
 class JobConflict(AsrError):

@@ -21,11 +21,14 @@ from typing import Any
 import numpy as np
 import redis
 
-from asr_service.jobs import PREFIX, STATUSES, Keys, Status
+from asr_service.jobs import STATUSES, Status
+from asr_service.keys import Keys
 
 END_TO_END_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-SLOT_S = 10  # must match lua/common.lua
+SLOT_S = 10  # throughput slots (the scripts get it through scripts.prelude())
+SLOT_TTL_S = 900  # a slot outlives the longest window read (dashboard, metrics)
+RECENT_SAMPLES = 1000  # succeeded jobs whose timings are kept for percentiles
 STATS_WINDOW_S = 300
 SUBMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RECENT_SUBMITS = 2000
@@ -53,11 +56,10 @@ class SubmitLatency:
     """Accepted submissions' latency in Redis: histogram counters and the latest samples,
     shared by every API process."""
 
-    counters = f"{PREFIX}metrics:submit_latency"
-    samples = f"{PREFIX}metrics:submit_latency:recent"
-
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
         self.redis = client
+        keys = keys or Keys()
+        self.counters, self.samples = keys.submit_latency, keys.submit_latency_recent
 
     def observe(self, seconds: float, now: float | None = None) -> None:
         """Count one submission that took `seconds` to answer."""
@@ -95,7 +97,7 @@ class Figures:
     def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
         self.redis = client
         self.keys = keys or Keys()
-        self.submit_latency = SubmitLatency(client)
+        self.submit_latency = SubmitLatency(client, self.keys)
 
     def snapshot(self, window_s: int, now: float | None = None,
                  with_recent: bool = True) -> dict[str, Any]:
@@ -109,7 +111,7 @@ class Figures:
             pipe.zcard(self.keys.status(status))
         pipe.hgetall(self.keys.figures)
         for slot in slots:
-            pipe.hgetall(f"{self.keys.figures}:t:{slot}")
+            pipe.hgetall(self.keys.figures_slot(slot))
         if with_recent:
             pipe.lrange(self.keys.recent, 0, -1)
         answers = pipe.execute()

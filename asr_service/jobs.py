@@ -10,8 +10,7 @@ from typing import Any
 import redis
 
 from asr_service.errors import JobNotFound, RecordingGone
-
-PREFIX = "asr:"
+from asr_service.keys import Keys as Keys  # re-exported: the key names live in keys.py
 
 
 class Status(StrEnum):
@@ -40,64 +39,13 @@ STATUSES = tuple(Status)
 ACTIVE = frozenset({Status.QUEUED, Status.PROCESSING})
 
 
-class Keys:
-    """Every Redis key of the job store, in one place."""
-
-    def __init__(self, prefix: str = PREFIX) -> None:
-        self.prefix = prefix
-        self.history = f"{prefix}history"  # zset: every retained job by created_at
-        self.finished = f"{prefix}finished"  # zset: terminal jobs by finished_at (retention)
-        self.done_audio = f"{prefix}recordings:done"  # zset: prunable recordings by finished_at
-        self.figures = f"{prefix}figures"  # hash: counters kept by the lifecycle scripts
-        self.recent = f"{prefix}figures:recent"  # list: latest succeeded jobs' timings
-        self.events = f"{prefix}events"  # stream: one entry per transition
-        self.suspects = f"{prefix}stranded:suspects"  # hash: queued jobs missing from the broker
-        self.webhooks_due = f"{prefix}webhooks:due"  # zset: webhook deliveries by due time
-        self.job_finished = f"{prefix}job.finished"  # pub/sub channel: "<id> <status>" at the end
-
-    def job(self, job_id: str) -> str:
-        """The hash holding a job record."""
-        return f"{self.prefix}job:{job_id}"
-
-    def audio(self, job_id: str) -> str:
-        """The string holding a job's recording."""
-        return f"{self.prefix}audio:{job_id}"
-
-    def result(self, job_id: str) -> str:
-        """The normalized transcript of a succeeded job (JSON)."""
-        return f"{self.prefix}result:{job_id}"
-
-    def lease(self, job_id: str) -> str:
-        """The token of the runner holding a running job; expires unless renewed."""
-        return f"{self.prefix}lease:{job_id}"
-
-    def runner(self, token: str) -> str:
-        """Present while the worker process with this token is alive."""
-        return f"{self.prefix}runner:{token}"
-
-    def webhook(self, webhook_id: str) -> str:
-        """The hash of one webhook delivery (written by lifecycle.lua, then webhooks.py)."""
-        return f"{self.prefix}webhook:{webhook_id}"
-
-    def status(self, status: str) -> str:
-        """The zset of jobs in one status, by created_at."""
-        return f"{self.prefix}status:{status}"
-
-    def owner_history(self, owner: str) -> str:
-        """A tenant's own history zset, by created_at (none for the anonymous tenant '')."""
-        return f"{self.prefix}owner:{owner}:history"
-
-    def owner_status(self, owner: str, status: str) -> str:
-        """A tenant's own zset of jobs in one status, by created_at."""
-        return f"{self.prefix}owner:{owner}:status:{status}"
-
-    def indexes(self, owner: str | None = None) -> list[str]:
-        """Every zset a job's id may sit in (with a tenant's own ones when owner is given)."""
-        found = [self.history, self.finished, self.done_audio, *map(self.status, STATUSES)]
-        if owner:
-            found += [self.owner_history(owner),
-                      *(self.owner_status(owner, status) for status in STATUSES)]
-        return found
+def indexes(keys: Keys, owner: str | None = None) -> list[str]:
+    """Every zset a job's id may sit in (with a tenant's own ones when owner is given)."""
+    found = [keys.history, keys.finished, keys.done_audio, *map(keys.status, STATUSES)]
+    if owner:
+        found += [keys.owner_history(owner),
+                  *(keys.owner_status(owner, status) for status in STATUSES)]
+    return found
 
 
 @dataclass(frozen=True)
@@ -299,7 +247,7 @@ class JobStore:
             # that tenant's page meets the id. Not from `finished` and `recordings:done`:
             # through them the retention sweep and the pruning give back the bytes it counts.
             pipe = self.redis.pipeline(transaction=False)
-            for index in self.keys.indexes(owner):
+            for index in indexes(self.keys, owner):
                 if index in (self.keys.finished, self.keys.done_audio):
                     continue
                 pipe.zrem(index, *expired)

@@ -6,6 +6,12 @@ move and the fences, and in the same atomic step keeps the status indexes, the l
 TTLs, the recordings budget and the figures, and appends the event to the `asr:events` stream
 (`job.finished` is also published on `asr:job.finished` for waiters). In-process listeners
 (the events.jsonl log) then receive the same event. No other module writes a job's status.
+
+Every script is called the same way: ARGV = the key prefix (Keys.prefix), a job id or an
+operation, a JSON spec (create.lua adds the recording's bytes). The scripts build their key
+names from the prefix with the builders generated from keys.Keys (scripts.prelude()), not from
+KEYS[]: that needs every key of a job on one node, which holds for the one Redis (a master
+and its replicas, under Sentinel) this service runs on, not for Redis Cluster.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -25,29 +30,19 @@ from redis.commands.core import Script
 from asr_service.capacity import Caps
 from asr_service.committed import NotReplicated, applied, unless_lagging
 from asr_service.errors import JobConflict, RecordingGone
-from asr_service.figures import lua_constants
 from asr_service.jobs import (
     ACTIVE,
     ErrorType,
     Job,
-    Keys,
     Status,
     decode_job,
     encode_fields,
     not_found,
 )
+from asr_service.keys import Keys
+from asr_service.scripts import source
 
 log = logging.getLogger(__name__)
-LUA = Path(__file__).with_name("lua")
-
-
-def _script(name: str) -> str:
-    own = (LUA / f"{name}.lua").read_text()
-    shebang = ""
-    if own.startswith("#!"):  # `#!lua flags=...` (allow-oom) counts only as the first line
-        shebang, _, own = own.partition("\n")
-        shebang += "\n"
-    return shebang + lua_constants() + (LUA / "common.lua").read_text() + own
 
 
 class Outcome(StrEnum):
@@ -118,10 +113,10 @@ class Lifecycle:
         self.caps = Caps(max_stored_bytes, max_active, max_active_per_owner)
         self.keys = keys or Keys()
         self.listeners = list(listeners)
-        self._create = client.register_script(_script("create"))
-        self._transition = client.register_script(_script("transition"))
-        self._remove = client.register_script(_script("remove"))
-        self._renew = client.register_script(_script("renew"))
+        self._create = client.register_script(source("create"))
+        self._transition = client.register_script(source("transition"))
+        self._remove = client.register_script(source("remove"))
+        self._renew = client.register_script(source("renew"))
 
     def _emit(self, event: Event) -> None:
         for listener in self.listeners:
@@ -139,16 +134,19 @@ class Lifecycle:
         exists replays it (or is a conflict when the request differs); a key whose job is gone
         is free again.
         """
-        record = [part for pair in encode_fields(vars(job)).items() for part in pair]
-        idem = idempotency or Idempotency("", "", 1)
-        answer, lagging = self._applied(self._create, [
-            self.keys.prefix, job.id, job.created_at, self.retention_s, self.max_recordings,
-            self.max_stored_bytes, idem.key, idem.fingerprint, idem.ttl_s, audio, *record,
-            json.dumps(self.caps.lua())])
+        spec = {"now": job.created_at, "record": encode_fields(vars(job)),
+                "idempotency": idempotency and vars(idempotency),
+                "max_recordings": self.max_recordings, "max_stored_bytes": self.max_stored_bytes,
+                **self.caps.lua()}
+        answer, lagging = self._applied(self._create, [*self._args(job.id, spec), audio])
         outcome, job_id = answer[0].decode(), answer[1].decode()
         if outcome == "created":
             self._emit(Event("job.submitted", job, details=details))
         return unless_lagging(lagging, (outcome, job_id))
+
+    def _args(self, id_or_op: str, spec: dict[str, Any]) -> list[str]:
+        """Every script's ARGV: the key prefix, a job id or an operation, a JSON spec."""
+        return [self.keys.prefix, id_or_op, json.dumps(spec)]
 
     def _applied(self, script: Script, args: list[Any]) -> tuple[Any, NotReplicated | None]:
         return applied(script, args, self.redis, self.min_replicas)
@@ -164,11 +162,11 @@ class Lifecycle:
     def _move(self, job_id: str, to: Status, *, allowed: Iterable[Status], event: str,
               reason: str | None = None, details: dict[str, Any] | None = None,
               **move: Any) -> Moved:
-        spec = {"to": to, "from": list(allowed), "event": event, "reason": reason,
+        spec = {"now": time.time(), "to": to, "from": list(allowed), "event": event,
+                "reason": reason,
                 "retention_s": self.retention_s, "max_recordings": self.max_recordings,
                 "max_stored_bytes": self.max_stored_bytes, **self.caps.lua(), **move}
-        answer, lagging = self._applied(self._transition,
-                                        [self.keys.prefix, job_id, time.time(), json.dumps(spec)])
+        answer, lagging = self._applied(self._transition, self._args(job_id, spec))
         outcome = Outcome(answer[0].decode())
         job = decode_job(answer[1]) if len(answer) > 1 else None
         if outcome in (Outcome.OK, Outcome.GAVE_UP) and job is not None:
@@ -190,7 +188,8 @@ class Lifecycle:
     def renew(self, job_id: str, token: str, lease_s: float) -> str:
         """Extend the lease if this runner still owns the job: 'held', 'reacquired', 'lost'
         (another runner or delivery owns it) or 'done' (finished, deleted or expired)."""
-        return self._renew(args=[self.keys.prefix, job_id, token, int(lease_s * 1000)]).decode()
+        spec = {"token": token, "lease_ms": int(lease_s * 1000)}
+        return self._renew(args=self._args(job_id, spec)).decode()
 
     def succeed(self, job_id: str, delivery: str, runner: str, result: dict[str, Any],
                 processing_s: float) -> Job | None:
@@ -258,10 +257,9 @@ class Lifecycle:
     def delete(self, job_id: str, owner: str | None = None) -> Job:
         """Remove the job, its recording, transcript, lease and index entries, for good. With an
         owner, another tenant's job is a 404 and stays (checked in the same atomic step)."""
-        fence = [] if owner is None else [owner]
-        answer, lagging = self._applied(self._remove,
-                                        [self.keys.prefix, "delete", job_id, time.time(),
-                                         self.retention_s, *fence])
+        spec = {"id": job_id, "now": time.time(), "retention_s": self.retention_s,
+                "owner": owner}
+        answer, lagging = self._applied(self._remove, self._args("delete", spec))
         if answer[0] == b"missing":
             raise not_found(job_id)
         job = decode_job(answer[1])
@@ -271,7 +269,7 @@ class Lifecycle:
     def expire(self, now: float | None = None, limit: int = 500) -> int:
         """Remove up to `limit` jobs that finished more than the retention period ago."""
         cutoff = (time.time() if now is None else now) - self.retention_s
-        return int(self._remove(args=[self.keys.prefix, "expire", cutoff, limit]))
+        return int(self._remove(args=self._args("expire", {"cutoff": cutoff, "limit": limit})))
 
 
 def _fresh_run(delivery: str, **more: Any) -> dict[str, Any]:

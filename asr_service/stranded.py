@@ -46,9 +46,8 @@ class StrandedSweep:
         self.page = page
         self.broker = Broker(store.redis, store.keys, fresh_s=HEARTBEAT_TTL_S,
                              stale_s=STALE_WORKER_S)
-        prefix = store.keys.prefix
-        self.cursor_key = f"{prefix}stranded:cursor"  # "score member" of the last job examined
-        self.suspects_key = f"{prefix}stranded:suspected"  # zset "id delivery" -> first missed
+        self.cursor_key = store.keys.stranded_cursor  # "score member" of the last job examined
+        self.suspects_key = store.keys.stranded_suspected  # zset "id delivery" -> first missed
 
     def run(self, now: float | None = None) -> list[str]:
         """Send again the examined queued jobs whose message is lost; returns their ids."""

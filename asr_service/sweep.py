@@ -26,13 +26,14 @@ import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from asr_service.jobs import PREFIX, JobStore
+from asr_service.jobs import JobStore
+from asr_service.keys import Keys
 from asr_service.lifecycle import Lifecycle
 from asr_service.runs import Dispatch, reap_orphans
 from asr_service.stranded import StrandedSweep
 
 log = logging.getLogger(__name__)
-SWEEP_LOCK = f"{PREFIX}sweeper"
+SWEEP_LOCK = Keys().sweeper  # under the default prefix (Sweeper takes its lock_name)
 SWEEP_EVERY_S = 10
 LOCK_TTL_S = 30  # a sweeper that died holding the lock stops blocking others after this
 EXPIRE_PAGE, EXPIRE_PAGES = 500, 20  # at most 10k removals per sweep, one script call a page

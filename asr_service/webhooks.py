@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import redis
 from standardwebhooks.webhooks import Webhook
@@ -34,7 +35,7 @@ from standardwebhooks.webhooks import Webhook
 from asr_service import redis_conn, urlguard
 from asr_service.errors import UrlRefused
 from asr_service.formats import iso_time
-from asr_service.jobs import Keys
+from asr_service.keys import Keys, lua_builders
 from asr_service.logs import setup_logging
 from asr_service.settings import Settings
 
@@ -117,17 +118,23 @@ class Deliverer:
         self.now = now
         # Longer than any one POST may take (urlguard enforces webhook_timeout_s as a deadline).
         self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S if lease_s is None else lease_s
-        script = (Path(__file__).with_name("lua") / "webhook.lua").read_text()
-        self._script = client.register_script(script)
+        # Only the key builders: scripts.prelude() would bring figures' numpy into this process.
+        own = (Path(__file__).with_name("lua") / "webhook.lua").read_text()
+        self._script = client.register_script(lua_builders() + own)
         self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="webhook")
 
     def _claim(self, limit: int) -> list[Claim]:
         started = time.monotonic()  # the lease started no earlier: its end is never overrated
-        flat = self._script(args=[self.keys.prefix, "claim", self.now(), self.lease_s, limit,
-                                  PER_DESTINATION])
+        flat = self._call("claim", lease_s=self.lease_s, limit=limit,
+                          per_destination=PER_DESTINATION)
         lease_end = started + self.lease_s
         return [Claim(flat[i].decode(), flat[i + 1].decode(), lease_end)
                 for i in range(0, len(flat), 2)]
+
+    def _call(self, op: str, **spec: Any) -> Any:
+        """webhook.lua's `op`: ARGV prefix, op, JSON spec (with the time now)."""
+        return self._script(args=[self.keys.prefix, op,
+                                  json.dumps({"now": self.now(), **spec})])
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set; Redis outages are waited out, never fatal."""
@@ -165,8 +172,7 @@ class Deliverer:
 
     def _release(self, claim: Claim, why: str) -> None:
         """Give a claim's slot back without an attempt (its lease brings it back if due)."""
-        self._script(args=[self.keys.prefix, "release", self.now(), claim.webhook_id,
-                           claim.destination])
+        self._call("release", id=claim.webhook_id, destination=claim.destination)
         log.info(why, extra={"webhook_id": claim.webhook_id})
 
     def _deliver(self, claim: Claim) -> None:
@@ -213,14 +219,13 @@ class Deliverer:
             raw = self.redis.get(self.keys.result(delivery["job_id"]))
             transcript = raw.decode() if raw else None
         body = event_body(delivery, self.settings, transcript)
-        stored = self._script(args=[self.keys.prefix, "body", self.now(), webhook_id, body])
+        stored = self._call("body", id=webhook_id, body=body)
         return None if stored is None else stored.decode()  # the first one's, if two raced
 
     def _record(self, claim: Claim, attempt: Attempt, job_id: str,
                 http_status: int | None) -> None:
         webhook_id = claim.webhook_id
-        self._script(args=[self.keys.prefix, "done", self.now(), webhook_id,
-                           json.dumps(vars(attempt)), claim.destination])
+        self._call("done", id=webhook_id, outcome=vars(attempt), destination=claim.destination)
         extra = {"job_id": job_id, "webhook_id": webhook_id, "attempt": attempt.attempts,
                  "status": attempt.state, "http_status": http_status}
         if attempt.state == "delivered":

@@ -34,6 +34,7 @@ from asr_service.engine.host import Host
 from asr_service.errors import ModelLoadError
 from asr_service.events import log_event_line
 from asr_service.jobs import ErrorType, JobStore, Status
+from asr_service.keys import Keys
 from asr_service.lifecycle import Lifecycle, Runner
 from asr_service.logs import setup_logging
 from asr_service.resources import gpu_memory_bytes, tree_usage
@@ -95,16 +96,22 @@ class WorkerRuntime:
                                  health_check_interval=30)
 
     @cached_property
+    def keys(self) -> Keys:
+        """The names of every Redis key this worker touches (kombu's queues aside)."""
+        return Keys()
+
+    @cached_property
     def store(self) -> JobStore:
         """Reads of the shared job store."""
-        return JobStore(self.redis_client, self.settings.max_recordings)
+        return JobStore(self.redis_client, self.settings.max_recordings, self.keys)
 
     @cached_property
     def lifecycle(self) -> Lifecycle:
         """The one writer of job status."""
         s = self.settings
         return Lifecycle(self.redis_client, s.result_retention_s, s.max_recordings,
-                         listeners=[log_event_line], max_stored_bytes=s.max_stored_audio_bytes,
+                         keys=self.keys, listeners=[log_event_line],
+                         max_stored_bytes=s.max_stored_audio_bytes,
                          min_replicas=s.redis_min_replicas)
 
     @cached_property
@@ -115,7 +122,7 @@ class WorkerRuntime:
     @cached_property
     def cluster(self) -> Cluster:
         """Queue depth and worker heartbeats."""
-        return Cluster(self.redis_client, self.settings.queue_name)
+        return Cluster(self.redis_client, self.settings.queue_name, self.keys)
 
     @property
     def runner(self) -> Runner:
@@ -207,7 +214,7 @@ class WorkerRuntime:
         held = {r.id for r in (*worker_state.reserved_requests,
                                *worker_state.scheduled_requests)}
         try:
-            publish_held(self.redis_client, self.node, sorted(held))
+            publish_held(self.redis_client, self.node, sorted(held), self.keys)
         except redis.RedisError as exc:
             log.warning("held messages not published: %s", exc)
 
@@ -221,7 +228,7 @@ class WorkerRuntime:
         def make(held: Any) -> Sweep:
             return Sweep(self.store, self.lifecycle, stranded, self.dispatcher.try_send, held)
 
-        self.sweeper = Sweeper(self.redis_client, make).start()
+        self.sweeper = Sweeper(self.redis_client, make, lock_name=self.keys.sweeper).start()
 
     def job_started(self, **_: Any) -> None:
         """A batching worker's batch waits for the recordings of jobs it has started."""
@@ -253,7 +260,7 @@ class WorkerRuntime:
                 self.heartbeat.stop()
         try:
             self.cluster.withdraw(sender.hostname)
-            withdraw_held(self.redis_client, self.node)
+            withdraw_held(self.redis_client, self.node, self.keys)
         except redis.RedisError:
             pass  # the heartbeat expires on its own
 

@@ -63,7 +63,8 @@ class Submit(MethodView):
         same key with a different upload or fields is a 422. With `callback_url`, a signed
         webhook is POSTed there when the job ends.
         """
-        jobs, key = services().jobs, idempotency.requested_key()
+        jobs = services().jobs
+        key = idempotency.requested_key(services().store.keys)
         upload = Upload(b"", None, form["language"], form["hotwords"], form.get("callback_url"),
                         form.get("model"), form.get("audio_url"))
         if upload.source_url is None:

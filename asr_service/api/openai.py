@@ -106,7 +106,7 @@ class Transcriptions(MethodView):
         jobs = services().jobs
         submitted = jobs.submit(Upload(upload.read(), upload.filename, form["language"],
                                        form["prompt"], form.get("callback_url"), model),
-                                idempotency.requested_key(), owner=owner_id())
+                                idempotency.requested_key(services().store.keys), owner=owner_id())
         job, result = jobs.wait(submitted.job.id, services().settings.sync_timeout_s, scope())
         if result is None:
             return _unfinished(job)

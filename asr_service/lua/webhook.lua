@@ -1,22 +1,24 @@
 -- Webhook deliveries (queued by the lifecycle scripts: common.lua's queue_webhook).
--- ARGV: prefix, 'claim', now, lease_s, limit, per_destination -> {id, destination, ...}: due
+-- ARGV: prefix, op, spec (JSON); every spec has `now`.
+--       'claim', {now, lease_s, limit, per_destination} -> {id, destination, ...}: due
 --         deliveries leased until now + lease_s (a deliverer that dies mid-POST leaves them due
 --         again: at-least-once), at most per_destination in flight to one scheme://host:port;
 --         the others of a saturated destination wait in its line (no attempt is counted)
---       prefix, 'body', now, id, body -> the delivery's body: the first one stored wins, so
---         every retry sends the same bytes; nil when the delivery is gone (then unqueued)
---       prefix, 'done', now, id, outcome JSON {state, attempts, last_error, next_at},
---         destination -> 1, or 0 when the delivery is gone; the job's `webhook` field follows
---         if it still names this delivery. Frees the destination's slot either way.
---       prefix, 'release', now, id, destination -> frees the slot of a claim that sent nothing
-local P, op, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local DUE = P .. 'webhooks:due'
--- Destinations with waiting deliveries, by when a slot frees for sure (a lease runs out): the
--- safety net when no `done` comes to promote them (a deliverer killed mid-POST).
-local WAITING = P .. 'webhooks:waiting'
+--       'body', {now, id, body} -> the delivery's body: the first one stored wins, so every
+--         retry sends the same bytes; nil when the delivery is gone (then unqueued)
+--       'done', {now, id, outcome: {state, attempts, last_error, next_at}, destination} -> 1,
+--         or 0 when the delivery is gone; the job's `webhook` field follows if it still names
+--         this delivery. Frees the destination's slot either way.
+--       'release', {now, id, destination} -> frees the slot of a claim that sent nothing
+-- Key names come from the builders prepended to it (K, keys.lua_builders()).
+-- K.webhooks_waiting: destinations with waiting deliveries, by when a slot frees for sure (a
+-- lease runs out): the safety net when no `done` comes to promote them (a deliverer killed
+-- mid-POST).
+local op, spec = ARGV[2], cjson.decode(ARGV[3])
+local now = spec.now
+local DUE, WAITING = K.webhooks_due, K.webhooks_waiting
 local SCAN = 200  -- due entries one claim looks at, at most: the script stays short
-local function busy(dest) return P .. 'webhooks:busy:' .. dest end  -- zset: id -> lease end
-local function line(dest) return P .. 'webhooks:wait:' .. dest end  -- zset: id -> due time
+local busy, line = K.webhooks_busy, K.webhooks_wait  -- id -> lease end; id -> due time
 
 -- scheme://host:port of a URL the SSRF guard accepted (http/https, no credentials).
 local function destination(url)
@@ -45,7 +47,7 @@ local function promote(dest, n)
 end
 
 if op == 'claim' then
-  local lease_s, limit, per_dest = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6] or 2)
+  local lease_s, limit, per_dest = spec.lease_s, spec.limit, spec.per_destination or 2
   for _, dest in ipairs(redis.call('ZRANGEBYSCORE', WAITING, '-inf', now, 'LIMIT', 0, 10)) do
     promote(dest, per_dest - in_flight(dest))
     if redis.call('EXISTS', line(dest)) == 1 then
@@ -58,7 +60,7 @@ if op == 'claim' then
                            limit - taken)
     if #due == 0 then break end
     for i = 1, #due, 2 do
-      local id, key = due[i], P .. 'webhook:' .. due[i]
+      local id, key = due[i], K.webhook(due[i])
       seen = seen + 1
       local dest = redis.call('HGET', key, 'dest')
       local url = dest or redis.call('HGET', key, 'url')
@@ -85,26 +87,26 @@ if op == 'claim' then
   end
   return out
 end
-local id = ARGV[4]
+local id = spec.id
 if op == 'release' or op == 'done' then
-  local dest = op == 'release' and ARGV[5] or ARGV[6]
-  if dest and dest ~= '' then  -- its slot frees: the next in line gets its turn
+  local dest = spec.destination
+  if dest and dest ~= cjson.null and dest ~= '' then  -- its slot frees: the next in line goes
     redis.call('ZREM', busy(dest), id)
     promote(dest, 1)
   end
   if op == 'release' then return 1 end
 end
-local key = P .. 'webhook:' .. id
+local key = K.webhook(id)
 local job_id = redis.call('HGET', key, 'job_id')
 if not job_id then  -- expired (or never whole): nothing to send, nothing to record
   redis.call('ZREM', DUE, id)
   return op == 'done' and 0 or false
 end
 if op == 'body' then
-  redis.call('HSETNX', key, 'body', ARGV[5])
+  redis.call('HSETNX', key, 'body', spec.body)
   return redis.call('HGET', key, 'body')
 end
-local outcome = cjson.decode(ARGV[5])
+local outcome = spec.outcome
 local state, next_at, err = outcome.state, outcome.next_at, outcome.last_error  -- '' for none
 redis.call('HSET', key, 'state', state, 'attempts', outcome.attempts, 'last_attempt_at', now,
            'last_error', err)
@@ -114,7 +116,7 @@ if state == 'pending' then
 else
   redis.call('ZREM', DUE, id)
 end
-local jkey = P .. 'job:' .. job_id
+local jkey = K.job(job_id)
 local raw = redis.call('HGET', jkey, 'webhook')
 if raw then  -- the job may be gone (deleted, expired): then only the delivery records it
   local webhook = cjson.decode(raw)
