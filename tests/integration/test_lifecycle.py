@@ -224,7 +224,7 @@ class NamespacedWorker(Worker):
             # Its pid is the namespace's, not ours: ready is any heartbeat of its name.
             wait_ready(self.proc, lambda: any(
                 json.loads(raw).get("engines_ready") for name, raw in
-                store.hgetall("asr:workers").items() if name.decode().startswith(f"{self.name}@")),
+                store.hgetall(Keys().workers).items() if name.decode().startswith(f"{self.name}@")),
                 WORKER_START_TIMEOUT_S, self.log_path, interval=0.2)
 
 
