@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 
 from asr_service.errors import ModelLoadError
 
@@ -29,6 +30,12 @@ def preflight(use_gpu: str, cuda_probe: str, what: str) -> str:
     if use_gpu == "false":
         return "cpu"
     return choose(use_gpu, probe_cuda(cuda_probe), what)
+
+
+def in_process(use_gpu: str, has_cuda: Callable[[], bool], what: str) -> str:
+    """The device for a model loaded in this process: has_cuda() (which imports the backend's
+    CUDA library) is asked only when ASR_USE_GPU allows CUDA."""
+    return "cpu" if use_gpu == "false" else choose(use_gpu, has_cuda(), what)
 
 
 def choose(use_gpu: str, has_cuda: bool, what: str) -> str:

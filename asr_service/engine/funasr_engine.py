@@ -33,19 +33,20 @@ def preflight(settings: Settings) -> str:
     return devices.preflight(settings.asr_use_gpu, CUDA_PROBE, NO_CUDA_HINT)
 
 
+def _torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def build(settings: Settings) -> FunASREngine:
     """Check the model references and device, then load the engine."""
     check_model_refs(settings)
-    has_cuda = False
-    if settings.asr_use_gpu != "false":
-        import torch
-
-        has_cuda = torch.cuda.is_available()
     return FunASREngine(
         model=settings.asr_model,
         vad_model=settings.asr_vad_model or None,
         punc_model=settings.asr_punc_model or None,
-        device=devices.choose(settings.asr_use_gpu, has_cuda, NO_CUDA_HINT),
+        device=devices.in_process(settings.asr_use_gpu, _torch_has_cuda, NO_CUDA_HINT),
         threads=settings.threads,
         batch_size_s=settings.asr_batch_audio_s,
     )

@@ -48,15 +48,16 @@ def preflight(settings: Settings) -> str:
     return devices.preflight(settings.asr_use_gpu, CUDA_PROBE, NO_CUDA_HINT)
 
 
+def _ctranslate2_has_cuda() -> bool:
+    import ctranslate2
+
+    return ctranslate2.get_cuda_device_count() > 0
+
+
 def build(settings: Settings) -> WhisperEngine:
     """Check the model and device, then load it."""
     check_model(settings)
-    has_cuda = False
-    if settings.asr_use_gpu != "false":
-        import ctranslate2
-
-        has_cuda = ctranslate2.get_cuda_device_count() > 0
-    device = devices.choose(settings.asr_use_gpu, has_cuda, NO_CUDA_HINT)
+    device = devices.in_process(settings.asr_use_gpu, _ctranslate2_has_cuda, NO_CUDA_HINT)
     compute_type = (COMPUTE_TYPES[device] if settings.asr_compute_type == "auto"
                     else settings.asr_compute_type)
     return WhisperEngine(settings.asr_model, device, compute_type, settings.threads,
