@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+import wave
 from typing import Any
 
 import av
@@ -29,6 +30,18 @@ def wav_bytes(samples: np.ndarray, rate: int = RATE, subtype: str = "PCM_16") ->
     buf = io.BytesIO()
     sf.write(buf, samples, rate, format="WAV", subtype=subtype)
     return buf.getvalue()
+
+
+def silent_wav(data_bytes: int, channels: int = 1, rate: int = RATE) -> bytes:
+    """A 16-bit PCM WAV of `data_bytes` of silence (header 44 bytes), built without numpy so a
+    60 MB one costs the test 60 MB."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(data_bytes))
+    return out.getvalue()
 
 
 def soundfile_bytes(samples: np.ndarray, fmt: str, rate: int = RATE) -> bytes:

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import shutil
 import threading
 import time
 import uuid
-import wave
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -42,13 +40,7 @@ def gunicorn(settings, tmp_path_factory) -> Iterator[ApiServer]:
 
 def _big_wav() -> bytes:
     """UPLOAD_MB of silence that stays under the tests' MAX_AUDIO_SECONDS (48 kHz stereo)."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(48000)
-        w.writeframes(bytes(UPLOAD_MB * 2**20 - 44))
-    return out.getvalue()
+    return samples.silent_wav(UPLOAD_MB * 2**20 - 44, channels=2, rate=48000)
 
 
 def _post(port: int, body: bytes, boundary: str) -> int:

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import io
 import time
-import wave
 from collections import Counter
 from dataclasses import replace
 
@@ -26,13 +24,7 @@ KEYS = Keys()
 
 def smallest_wav() -> bytes:
     """The smallest upload the API accepts: a 46-byte WAV of one sample."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(b"\0\0")
-    return out.getvalue()
+    return samples.silent_wav(2, rate=16000)
 
 
 @pytest.fixture
