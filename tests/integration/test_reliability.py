@@ -37,12 +37,14 @@ def test_killed_workers_lose_no_job_and_run_none_twice(lane, client, worker):
     assert [job["status"] for job in finished] == ["succeeded"] * len(ids)
     assert all(job["result"]["text"] == reference for job in finished)
     succeeded = Counter(e["job_id"] for e in crash.events() if e["event"] == "job.succeeded")
-    started = Counter(e["job_id"] for e in crash.events() if e["event"] == "job.started")
     assert succeeded == Counter(ids)  # each ran to completion exactly once
-    assert all(started[i] >= 2 for i in (ids[0], ids[2], ids[4]))
+    # The killed runs are counted from the claim the Lua transition committed, not from the
+    # job.started log lines: a SIGKILL may land between that commit and the line's write.
+    attempts = {job["task_id"]: job["attempts"] for job in finished}
+    assert all(attempts[i] >= 2 for i in (ids[0], ids[2], ids[4])), attempts
     report("crash", jobs=len(ids), processes_killed=kills, lost=0,
            completed_twice=sum(n - 1 for n in succeeded.values()),
-           restarts_after_kill=sum(started.values()) - len(ids))
+           restarts_after_kill=sum(attempts.values()) - len(ids))
 
 
 def test_poison_job_fails_after_bounded_deliveries_and_the_queue_moves_on(lane):
