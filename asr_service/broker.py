@@ -81,6 +81,19 @@ class Broker:
                 self._tags[tag] = task_id(raw, wrapped=True) if raw else None
         return {task: index[tag] for tag, task in self._tags.items() if task}
 
+    def forget(self, deliveries: set[str]) -> int:
+        """Take these taken messages out of `unacked` (what a worker's ack does), for those a
+        dead worker took: kombu would restore each only after the visibility timeout (hours),
+        for a job that ended or was sent again long before. Without this, every crash leaves
+        its messages there and `taken()`, O(unacked), grows with the crashes."""
+        tags = [tag for tag, task in self._tags.items() if task in deliveries]
+        if tags:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hdel(UNACKED, *tags)
+            pipe.zrem(f"{UNACKED}_index", *tags)
+            pipe.execute()
+        return len(tags)
+
     def held(self, now: float) -> set[str]:
         """Task ids live workers say they hold; forgets the entries of long-gone workers."""
         key, live, stale = self.keys.workers_held, set(), []

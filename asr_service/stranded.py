@@ -89,12 +89,16 @@ class StrandedSweep:
         if not old:
             return []
         held = self.broker.held(now)
-        orphans = [d for d in old if d not in held]
-        sent = []
+        orphans = {d for d in old if d not in held}
+        sent, needed = [], set()
         for job in self.store.load_many(sorted({d.partition(".")[0] for d in orphans})):
-            if (job.status == Status.QUEUED and job.celery_id in orphans
-                    and self._resend(job, "message-orphaned")):
-                sent.append(job.id)
+            if job.status == Status.QUEUED and job.celery_id in orphans:
+                if self._resend(job, "message-orphaned"):
+                    sent.append(job.id)
+                else:
+                    needed.add(job.celery_id)  # still the job's one message: keep it
+        # The rest ran, ended, were deleted or sent again: nobody needs the dead one's copy.
+        self.broker.forget(orphans - needed)
         return sent
 
     def _resend(self, job: Job, why: str) -> bool:

@@ -171,6 +171,10 @@ class Lan:
         """Pull host `name`'s cable: its switch port goes down, nothing more reaches it."""
         _ip("-n", self.switch, "link", "set", self.hosts[name].port, "down")
 
+    def plug(self, name: str) -> None:
+        """Plug host `name`'s cable back in."""
+        _ip("-n", self.switch, "link", "set", self.hosts[name].port, "up")
+
     def kill(self, name: str, timeout: float = 10) -> int:
         """SIGKILL every process on host `name`, as a power cut would; returns how many."""
         killed: set[int] = set()

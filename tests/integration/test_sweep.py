@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from asr_service.broker import publish_held
+from asr_service.broker import task_id as broker_task_id
 from asr_service.jobs import Job, JobStore, Status, encode_fields
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from asr_service.stranded import LIST_LAG_S, PAGE, TAKEN_GRACE_S, StrandedSweep
@@ -159,12 +160,17 @@ def test_a_message_held_by_a_dead_host_is_resent_and_a_live_workers_is_not(r):
     dead, alive, young = fill(r, 3, age=3600, in_list=False)
     now = time.time()
     for job_id, at in ((dead, now - 2 * TAKEN_GRACE_S), (alive, now - 2 * TAKEN_GRACE_S),
-                       (young, now)):
+                       (young, now), ("a-job-since-deleted", now - 2 * TAKEN_GRACE_S)):
         take(r, job_id, at)
     publish_held(r, "node-alive", [alive])
     assert stranded.orphaned() == [dead]
     assert stranded.run() == []  # the two others are in a worker's hands
     assert [j.id for j in sent] == [dead]
+    # the dead host's copies leave kombu's unacked (they would stay for the visibility
+    # timeout), the resent job's and the deleted job's; the live worker's and the young one stay
+    assert sorted(broker_task_id(raw, wrapped=True) for raw in r.hvals("unacked")) \
+        == sorted([alive, young])
+    assert r.zcard("unacked_index") == 2
     # the dead host's old message, should it come back, is fenced out by its delivery id
     assert lifecycle.claim(dead, dead, Runner("r", 1), "w", 3, 60).outcome is Outcome.SKIP
 
