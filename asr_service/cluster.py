@@ -68,13 +68,15 @@ class Cluster:
         if stale:
             self.redis.hdel(self.workers_key, *stale)
 
-    def engine_loaded(self, node: str, pid: int, device: str) -> None:
-        """A worker child says its model is loaded (its parent's heartbeat keeps this fresh).
+    def engine_mark(self, node: str, pid: int) -> str:
+        """The key a worker process sets (value: its device, TTL ENGINE_MARK_TTL_S) once its
+        model is loaded, through its RunnerHeartbeat.keep, so that a write refused then is
+        made later; its parent's heartbeat counts the marks of its live children.
 
         `node` is a random token of the worker's main process: pids alone collide between
         containers that share a hostname.
         """
-        self.redis.set(self.keys.engine(node, pid), device, ex=ENGINE_MARK_TTL_S)
+        return self.keys.engine(node, pid)
 
     def engines_ready(self, node: str, pids: set[int]) -> int:
         """How many of these processes have loaded the model; renews their marks."""

@@ -53,6 +53,14 @@ class RunnerHeartbeat:
         self.redis = client
         self.key = store.keys.runner(self.runner.token)
         self._stop = threading.Event()
+        self._marks: dict[str, tuple[str, str, int]] = {}
+
+    def keep(self, slot: str, key: str, value: str, ttl_s: int) -> None:
+        """Set `key` now and again at every beat (a newer call for the same slot replaces it):
+        a write Redis refused (full, restarting, unreachable) is made at the next beat instead
+        of never. How a process says "my model is loaded" (Cluster.engine_mark)."""
+        self._marks[slot] = (key, value, ttl_s)
+        self._beat()
 
     def start(self) -> RunnerHeartbeat:
         """Publish the heartbeat now and keep it fresh."""
@@ -61,8 +69,12 @@ class RunnerHeartbeat:
         return self
 
     def _beat(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.key, f"{socket.gethostname()}:{os.getpid()}", ex=RUNNER_TTL_S)
+        for key, value, ttl_s in list(self._marks.values()):
+            pipe.set(key, value, ex=ttl_s)
         try:
-            self.redis.set(self.key, f"{socket.gethostname()}:{os.getpid()}", ex=RUNNER_TTL_S)
+            pipe.execute()
         except redis.RedisError as exc:
             log.warning("runner heartbeat not published: %s", exc)
 

@@ -27,7 +27,7 @@ from asr_service import redis_conn
 from asr_service.batching import Batcher
 from asr_service.broker import publish_held, withdraw_held
 from asr_service.celery_config import create_celery
-from asr_service.cluster import Cluster, WorkerInfo
+from asr_service.cluster import ENGINE_MARK_TTL_S, Cluster, WorkerInfo
 from asr_service.dispatch import Dispatcher
 from asr_service.engine.base import Engine
 from asr_service.engine.host import Host
@@ -182,11 +182,12 @@ class WorkerRuntime:
         self._engine_loaded(os.getpid(), self.engine.device)
 
     def _engine_loaded(self, pid: int, device: str) -> None:
-        """Publish that this process holds a loaded model (the heartbeat counts them)."""
-        try:
-            self.cluster.engine_loaded(self.node, pid, device)
-        except redis.RedisError as exc:
-            log.warning("engine readiness not published: %s", exc)
+        """Publish that this process (or its batching engine process `pid`) holds a loaded
+        model, now and at every runner heartbeat: a model that finished loading while Redis
+        was full or away must not leave the worker "not ready" for good (found by the soak)."""
+        assert self.heartbeat is not None
+        self.heartbeat.keep("engine", self.cluster.engine_mark(self.node, pid), device,
+                            ENGINE_MARK_TTL_S)
 
     def publish_heartbeat(self, sender: Any, **_: Any) -> None:
         """Every ~2 s from the worker's main process: tell the API this worker is alive and

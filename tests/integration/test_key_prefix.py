@@ -63,7 +63,7 @@ def test_an_app_and_the_lifecycle_write_only_under_their_prefix(redis_server, se
     # The cluster side: heartbeats, held messages, an engine mark, one sweep under the lock.
     cluster = Cluster(services.cluster.redis, QUEUE, keys)
     cluster.publish(WorkerInfo("w1", 1, 1, 0, "m", "cpu", 0.0))
-    cluster.engine_loaded("node", 2, "cpu")
+    raw.set(cluster.engine_mark("node", 2), "cpu", ex=60)
     publish_held(raw, "node", [], keys)
     stranded = StrandedSweep(store, lifecycle, lambda *_: None)
     sweeper = Sweeper(raw, lambda held: Sweep(store, lifecycle, stranded, lambda *_: None, held),

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from asr_service.app import create_app
+from asr_service.cluster import Cluster
 from asr_service.jobs import Job, Keys, Status
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from tests import samples
@@ -143,3 +144,20 @@ def test_a_claim_under_a_full_redis_writes_nothing_and_works_once_memory_is_back
 
     raw.config_set("maxmemory", 0)
     assert lifecycle.claim("j1", "j1", Runner("r1", 1), "w", 3, 60).outcome is Outcome.OK
+
+
+def test_a_model_loaded_while_redis_is_full_is_announced_once_there_is_room(lane, own_redis):
+    """Found by the chaos soak: the one write saying "my model is loaded" was refused and never
+    made again, so the worker ran jobs while /health and ?ready=workers said it never loaded."""
+    raw = redis.Redis.from_url(own_redis.url)
+    made = lane(redis_url=own_redis.url)
+    raw.config_set("maxmemory", 1)
+    worker = made.worker(start=False)
+    worker.start(wait=False)
+    eventually(lambda: "engine ready" in worker.log_path.read_text(errors="replace"), 120,
+               message="the model never loaded")
+    raw.config_set("maxmemory", 0)
+    cluster = Cluster(raw, made.settings.queue_name)
+    eventually(lambda: any(w.pid == worker.proc.pid and w.engines_ready
+                           for w in cluster.workers()), 20, interval=0.2,
+               message="the loaded model was never announced")
