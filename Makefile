@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run api worker flower webhooks test test-fast lint models venv system-packages redis-server vendor clean \
+.PHONY: run api worker flower webhooks test test-fast chaos lint models venv system-packages redis-server vendor clean \
 	bench-slow bench-api bench espeak-ng settings-docs
 
 run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower, webhooks
@@ -33,6 +33,15 @@ test: venv models system-packages ## set up and run the whole test suite (every 
 
 test-fast: venv models redis-server ## the edit loop: unit and fast integration tests, none marked slow (< 90 s)
 	$(VENV)/bin/pytest $(PYTEST_LANES) -m "not slow"
+
+# The chaos soak (tests/chaos, docs/reliability.md): `make test` runs 60 s of it; this, as long
+# as you like. Needs root (network namespaces). CHAOS_OUT=dir keeps the history and logs.
+SECONDS ?= 1800
+SEED ?= 1
+CLIENTS ?= 16
+chaos: venv models system-packages ## every fault at once for SECONDS (1800) from SEED (1), CLIENTS (16), then the history checker
+	CHAOS_SECONDS=$(SECONDS) CHAOS_SEED=$(SEED) CHAOS_CLIENTS=$(CLIENTS) CHAOS_GAP_S=$(or $(GAP),7) \
+		$(VENV)/bin/pytest -p no:cacheprovider -s tests/chaos/test_soak.py
 
 bench-slow: venv redis-server ## /health latency while 32 uploads trickle in at 1 KB/s (prints a table)
 	$(VENV)/bin/python scripts/bench_slow_clients.py

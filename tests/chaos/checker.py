@@ -9,8 +9,9 @@ The rules:
   faults overlapped its life (anything else is a healthy job the faults turned into a failure).
 - never-ended: every job the lifecycle created (also those whose 202 never reached its client)
   finished or was deleted.
-- finished-twice: no job finished more often than its client retried it plus one; none
-  finished after it was deleted.
+- finished-twice: no job finished more often than its client retried it plus one, none
+  succeeded twice (in the stream or in the hosts' events.jsonl), none finished after it was
+  deleted.
 - wrong-text: a succeeded job's text, and an OpenAI answer's, is what the engine gives for that
   clip alone.
 - idempotency: one Idempotency-Key never named two jobs.
@@ -54,8 +55,10 @@ class Verdict:
 
 def check(records: list[dict], stream: list[StreamEvent], arrivals: list[dict],
           references: dict[str, str], faults: list[dict], finals: dict[str, dict],
-          leftovers: dict[str, Any], max_deliveries: int, retention_s: float) -> Verdict:
-    """Every rule over one soak's history (see the module's docstring)."""
+          leftovers: dict[str, Any], max_deliveries: int, retention_s: float,
+          logged: list[dict] = ()) -> Verdict:
+    """Every rule over one soak's history (see the module's docstring); `logged`: the lines
+    of every host's events.jsonl."""
     verdict = Verdict()
     accepted = _accepted(records)
     retried = Counter(r["job"] for r in records if r["op"] == "retry" and r["status"] in (200, 202))
@@ -96,6 +99,11 @@ def check(records: list[dict], stream: list[StreamEvent], arrivals: list[dict],
         removed = [e.t for e in events if e.type == "job.deleted"]
         if removed and any(e.t > removed[0] for e in finished):
             verdict.add("finished-twice", job, "finished after it was deleted")
+
+    succeeded_lines = Counter(e.get("job_id") for e in logged if e.get("event") == "job.succeeded")
+    for job, times in succeeded_lines.items():
+        if times > 1:
+            verdict.add("finished-twice", job, f"events.jsonl logs job.succeeded {times} times")
 
     for record in records:
         if record["op"] == "openai" and record["status"] == 200:

@@ -23,7 +23,7 @@ ACTIVE = ("queued", "processing")
 SUBMIT_TIMEOUT_S = 20
 POLL_WAIT_S = 5
 KEYED_TRIES = 8  # an Idempotency-Key submit is sent again on every doubt, this many times
-RESOLVE_AFTER_S = 8  # a job nobody has read for this long is read before anything new is sent
+RESOLVE_AFTER_S = 3  # a job nobody has read for this long is read before anything new is sent
 OPS = (("submit", 30), ("submit_keyed", 20), ("submit_callback", 15), ("submit_url", 8),
        ("poll", 12), ("delete", 5), ("retry", 3), ("openai", 7))
 

@@ -68,14 +68,19 @@ class Proc:
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def start(self) -> None:
-        """Start it and return once it is ready (a worker: its model loaded)."""
+    def start(self, wait: bool = True) -> None:
+        """Start it; with `wait`, return once it is ready (a worker: its model loaded)."""
         env = settings_env(self.settings)
         env["HOME"] = str(self.stack.base / self.host / "home")
         self.popen = start_process(self.stack.lan.argv(self.host, self.argv),
                                    ready=lambda: True, timeout=10, env=env, cwd=ROOT,
                                    log_path=self.log_path)
         self.starts += 1
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        assert self.popen is not None
         wait_ready(self.popen, lambda: self.ready(self), self.timeout, self.log_path,
                    interval=0.1, ignoring=(redis.RedisError, requests.RequestException))
 
@@ -204,12 +209,12 @@ class Stack:
         return [p for p in self.procs.values() if p.host == host]
 
     def add(self, host: str, name: str, argv: list[str | Path], ready: Callable[[Proc], object],
-            timeout: float = 30, **changes: object) -> Proc:
+            timeout: float = 30, wait: bool = True, **changes: object) -> Proc:
         log_dir = self.base / host / "logs"
         settings = replace(self.settings, log_dir=str(log_dir), **changes)
         proc = Proc(self, host, name, [str(a) for a in argv], ready, settings, timeout)
         self.procs[name] = proc
-        proc.start()
+        proc.start(wait)
         return proc
 
     def host_down(self, host: str) -> int:
@@ -307,12 +312,14 @@ def start(models: dict[str, Path], clips: dict[str, bytes], retention_s: int,
                       ready=lambda _, url=url: requests.get(url, timeout=1).ok, api_port=port)
         stack.add("a", "webhooks", [sys.executable, "-m", "asr_service.webhooks"],
                   ready=lambda _: True)
-        for host in WORKER_HOSTS:
+        for host in WORKER_HOSTS:  # both load their model at once
             stack.add(host, f"worker-{host}",
                       [sys.executable, "-m", "celery", "-A", "celery_app", "worker",
                        "--pool=prefork", "--concurrency=1", "-n", "worker@%h",
                        "--without-mingle", "--without-gossip"],
-                      ready=_worker_ready(stack), timeout=WORKER_START_S)
+                      ready=_worker_ready(stack), timeout=WORKER_START_S, wait=False)
+        for worker in stack.workers():
+            worker.wait_ready()
         return stack
     except BaseException:
         lan.close()

@@ -31,6 +31,7 @@ SECONDS = float(os.environ.get("CHAOS_SECONDS", "60"))
 SEED = int(os.environ.get("CHAOS_SEED", "20"))
 CLIENTS = int(os.environ.get("CHAOS_CLIENTS", "4"))
 RETENTION_S = int(os.environ.get("CHAOS_RETENTION_S", "15"))
+GAP_S = float(os.environ.get("CHAOS_GAP_S", "5"))  # mean time between two faults' starts
 CLIP_SECONDS = {"a": 3.0, "b": 6.0, "c": 20.0, "d": 60.0}
 SETTLE_S = 150  # after the soak: every job ended and every webhook delivered within this
 SWEEP_LAG_S = 25  # the sweep runs about every 10 s per cluster (sweep.py)
@@ -84,7 +85,7 @@ def test_every_fault_at_once_loses_nothing(soak_stack: chaos_stack.Stack, tmp_pa
     clients = [Client(f"c{i}", f"{SEED}-{i}", stack.api_urls(), stack.api_keys[i % 2],
                       stack.receiver.clips, lambda clip: stack.receiver.url(f"/clips/{clip}"),
                       stack.receiver.url("/hook"), history) for i in range(CLIENTS)]
-    faults = schedule(SEED, SECONDS)
+    faults = schedule(SEED, SECONDS, GAP_S)
     nemesis = Nemesis(stack, faults)
 
     began = time.time()
@@ -110,7 +111,7 @@ def test_every_fault_at_once_loses_nothing(soak_stack: chaos_stack.Stack, tmp_pa
 
     verdict = checker.check(history.records, tail.events, stack.receiver.arrivals, references,
                             [f.as_dict() for f in faults], finals, leftovers, MAX_DELIVERIES,
-                            RETENTION_S)
+                            RETENTION_S, _logged(stack))
     out = Path(os.environ.get("CHAOS_OUT") or tmp_path)
     _write(out, history, tail.events, stack, faults, verdict, references)
     _print(verdict, faults, nemesis, soak_end - began)
@@ -141,6 +142,14 @@ def _references(stack: chaos_stack.Stack) -> dict[str, str]:
         assert body["status"] == "succeeded", body
         texts[name] = body["result"]["text"]
     return texts
+
+
+def _logged(stack: chaos_stack.Stack) -> list[dict]:
+    """Every host's events.jsonl (the business log each process appends to)."""
+    lines = []
+    for path in stack.base.glob("*/logs/events.jsonl*"):
+        lines += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return lines
 
 
 def _webhooks_settle(stack: chaos_stack.Stack, deadline: float) -> None:

@@ -85,6 +85,12 @@ def test_a_job_finished_twice_is_found_unless_its_client_retried_it():
         == ["finished-twice"]
 
 
+def test_a_success_logged_twice_by_the_hosts_is_found():
+    line = {"event": "job.succeeded", "job_id": "j1"}
+    v = check([submit("j1")], ran("j1"), [], REFS, [], {"j1": done()}, {}, 3, 30, [line, line])
+    assert rules(v) == ["finished-twice"]
+
+
 def test_a_job_created_whose_answer_was_lost_must_still_end():
     assert rules(verdict([], ran("j1")[:2], {})) == ["never-ended"]
     assert verdict([], ran("j1"), {}).violations == []
