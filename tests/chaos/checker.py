@@ -126,6 +126,19 @@ def check(records: list[dict], stream: list[StreamEvent], arrivals: list[dict],
     return verdict
 
 
+def finals(records: list[dict]) -> dict[str, dict]:
+    """Each job's last answer to its client: a result body, or 'gone' (404), with when."""
+    found: dict[str, dict] = {}
+    for record in records:
+        if record["op"] != "poll" or not record.get("job"):
+            continue
+        if record["status"] == 200:
+            found[record["job"]] = {**(record.get("body") or {}), "read": record["t1"]}
+        elif record["status"] == 404:
+            found[record["job"]] = {"status": "gone", "read": record["t1"]}
+    return found
+
+
 def _accepted(records: list[dict]) -> dict[str, str]:
     """job id -> clip, for every submit some answer accepted."""
     return {r["job"]: r["clip"] for r in records
@@ -207,8 +220,10 @@ def figures(records: list[dict], stream: list[StreamEvent], faults: list[dict]) 
                        "their_latency_p50_s": _p50(affected),
                        "their_latency_max_s": _max(affected)}
     windows = [(f["started"], f["healed"]) for f in faults if f["started"]]
-    during = [r for r in records if any(a <= r["t0"] <= b for a, b in windows)]
-    between = [r for r in records if r not in during] if len(records) < 20000 else []
+    during, between = [], []
+    for record in records:
+        hit = any(a <= record["t0"] <= b for a, b in windows)
+        (during if hit else between).append(record)
     return {"faults": table, "availability_during": _available(during),
             "availability_between": _available(between), "requests": len(records),
             "accepted": len(_accepted(records))}

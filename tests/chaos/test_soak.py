@@ -103,7 +103,7 @@ def test_every_fault_at_once_loses_nothing(soak_stack: chaos_stack.Stack, tmp_pa
     for client in clients:
         client.resolve(settle_by)
     _webhooks_settle(stack, settle_by)
-    finals = _finals(history, clients)
+    finals = checker.finals(history.records)
     last_end = max([e.t for e in tail.events if e.type == "job.finished"] or [soak_end])
     time.sleep(max(0.0, last_end + RETENTION_S + SWEEP_LAG_S - time.time()))
     leftovers = _poll_leftovers(stack, 30)
@@ -113,7 +113,7 @@ def test_every_fault_at_once_loses_nothing(soak_stack: chaos_stack.Stack, tmp_pa
                             [f.as_dict() for f in faults], finals, leftovers, MAX_DELIVERIES,
                             RETENTION_S, _logged(stack))
     out = Path(os.environ.get("CHAOS_OUT") or tmp_path)
-    _write(out, history, tail.events, stack, faults, verdict, references)
+    _write(out, history, tail.events, stack, faults, verdict, references, leftovers)
     _print(verdict, faults, nemesis, soak_end - began)
     if verdict.violations:
         first = verdict.violations[0]
@@ -163,19 +163,6 @@ def _webhooks_settle(stack: chaos_stack.Stack, deadline: float) -> None:
         time.sleep(0.5)
 
 
-def _finals(history: History, clients: list[Client]) -> dict[str, dict]:
-    """Each job's last answer: a result body, or 'gone' (404) with when it was read."""
-    finals: dict[str, dict] = {}
-    for record in history.records:
-        if record["op"] != "poll" or not record.get("job"):
-            continue
-        if record["status"] == 200:
-            finals[record["job"]] = {**(record.get("body") or {}), "read": record["t1"]}
-        elif record["status"] == 404:
-            finals[record["job"]] = {"status": "gone", "read": record["t1"]}
-    return finals
-
-
 JOB_KEY_PARTS = ("job:", "audio:", "result:", "lease:", "webhook:", "webhooks:of:",
                  "webhooks:busy:", "webhooks:wait:", "status:", "owner:", "active:")
 EMPTY_BY_NOW = ("history", "finished", "recordings:done", "recordings:sizes", "webhooks:due",
@@ -219,7 +206,7 @@ def _poll_leftovers(stack: chaos_stack.Stack, timeout: float) -> dict[str, str]:
 
 
 def _write(out: Path, history: History, stream: list, stack: chaos_stack.Stack,
-           faults: list, verdict: checker.Verdict, references: dict) -> None:
+           faults: list, verdict: checker.Verdict, references: dict, leftovers: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "history.jsonl").open("w") as f:
         for record in history.records:
@@ -228,7 +215,8 @@ def _write(out: Path, history: History, stream: list, stack: chaos_stack.Stack,
     (out / "webhooks.json").write_text(json.dumps(stack.receiver.arrivals))
     (out / "faults.json").write_text(json.dumps([f.as_dict() for f in faults], indent=1))
     (out / "verdict.json").write_text(json.dumps(
-        {"seed": SEED, "seconds": SECONDS, "references": references,
+        {"seed": SEED, "seconds": SECONDS, "references": references, "leftovers": leftovers,
+         "retention_s": RETENTION_S, "max_deliveries": MAX_DELIVERIES,
          "violations": verdict.violations, "figures": verdict.figures}, indent=1))
     for host in ("a", *chaos_stack.WORKER_HOSTS):
         logs = stack.base / host / "logs"
