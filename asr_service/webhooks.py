@@ -122,6 +122,8 @@ class Deliverer:
         own = (Path(__file__).with_name("lua") / "webhook.lua").read_text()
         self._script = client.register_script(lua_builders() + own)
         self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="webhook")
+        self._lock = threading.Lock()
+        self._unsettled: list[Callable[[], None]] = []  # what crashed deliveries owe Redis
 
     def _claim(self, limit: int) -> list[Claim]:
         started = time.monotonic()  # the lease started no earlier: its end is never overrated
@@ -148,6 +150,7 @@ class Deliverer:
             inflight = {f for f in inflight if not f.done()}
             room = CONCURRENCY - len(inflight) if enabled else 0
             try:
+                self._settle()
                 claims = self._claim(room) if room else []
             except redis.RedisError as exc:
                 if not outage:  # one warning per outage, not one a second
@@ -165,17 +168,49 @@ class Deliverer:
         self._pool.shutdown(wait=True)  # POSTs under way end within webhook_timeout_s
 
     def _deliver_logged(self, claim: Claim) -> None:
+        posted = None
         try:
-            self._deliver(claim)
-        except Exception:  # Redis went away mid-delivery: its lease runs out, it is tried again
-            log.exception("webhook delivery crashed", extra={"webhook_id": claim.webhook_id})
+            posted = self._deliver(claim)
+            if posted is not None:
+                self._record(claim, *posted)
+        except Exception as exc:  # Redis went away, or refused a write (maxmemory), mid-delivery
+            again = isinstance(exc, redis.RedisError)
+            if again:
+                log.warning("webhook delivery waits for redis",
+                            extra={"webhook_id": claim.webhook_id, "error": str(exc)})
+            else:
+                log.exception("webhook delivery crashed", extra={"webhook_id": claim.webhook_id})
+            # Left alone, its slot stays taken until the lease (timeout + 30 s) runs out, and
+            # the others of its destination wait behind it: what it owes is settled once Redis
+            # takes writes. Before a POST, the delivery is due again a second later (a bug
+            # waits out its lease instead); after one, its outcome is recorded.
+            with self._lock:
+                self._unsettled.append(
+                    (lambda: self._record(claim, *posted)) if posted is not None else
+                    (lambda: self._release(claim, "webhook claim given back", again=again)))
 
-    def _release(self, claim: Claim, why: str) -> None:
-        """Give a claim's slot back without an attempt (its lease brings it back if due)."""
-        self._call("release", id=claim.webhook_id, destination=claim.destination)
+    def _settle(self) -> None:
+        """Run what crashed deliveries owe, oldest first, until Redis refuses one again."""
+        with self._lock:
+            owed, self._unsettled = self._unsettled, []
+        for done, step in enumerate(owed):
+            try:
+                step()
+            except redis.RedisError:
+                with self._lock:
+                    self._unsettled[:0] = owed[done:]
+                raise
+
+    def _release(self, claim: Claim, why: str, again: bool = False) -> None:
+        """Give a claim's slot back without an attempt (its lease brings it back if due;
+        `again`: it is due a second from now)."""
+        self._call("release", id=claim.webhook_id, destination=claim.destination,
+                   again_at=self.now() + REDIS_RETRY_S if again else None)
         log.info(why, extra={"webhook_id": claim.webhook_id})
 
-    def _deliver(self, claim: Claim) -> None:
+    def _deliver(self, claim: Claim) -> tuple[Attempt, str, int | None] | None:
+        """POST a claimed delivery: its outcome, job id and HTTP status to record; None when
+        nothing was sent (its claim is given back)."""
         webhook_id = claim.webhook_id
         key = self.keys.webhook(webhook_id)
         delivery = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
@@ -202,7 +237,7 @@ class Deliverer:
             outcome = Attempt("failed", attempts, f"refused: {exc.detail}")
         else:
             http_status, outcome = answer.status, self._judge(answer.error, attempts)
-        self._record(claim, outcome, delivery["job_id"], http_status)
+        return outcome, delivery["job_id"], http_status
 
     def _judge(self, error: str | None, attempts: int) -> Attempt:
         if error is None:

@@ -9,7 +9,11 @@
 --       'done', {now, id, outcome: {state, attempts, last_error, next_at}, destination} -> 1,
 --         or 0 when the delivery is gone; the job's `webhook` field follows if it still names
 --         this delivery. Frees the destination's slot either way.
---       'release', {now, id, destination} -> frees the slot of a claim that sent nothing
+--       'release', {now, id, destination, again_at} -> frees the slot of a claim that sent
+--         nothing; with again_at the delivery is due then, not when its lease would end
+-- Under maxmemory a write can be refused halfway through a script (ZADD is, ZREM is not), and
+-- what ran before it stays: a delivery moves by adding it to its new place before removing it
+-- from the old one, so a refusal leaves it where it was, never nowhere.
 -- Key names come from the builders prepended to it (K, keys.lua_builders()).
 -- K.webhooks_waiting: destinations with waiting deliveries, by when a slot frees for sure (a
 -- lease runs out): the safety net when no `done` comes to promote them (a deliverer killed
@@ -40,8 +44,8 @@ local function promote(dest, n)
   for _ = 1, n do
     local head = redis.call('ZRANGE', line(dest), 0, 0, 'WITHSCORES')
     if #head == 0 then break end
-    redis.call('ZREM', line(dest), head[1])
     redis.call('ZADD', DUE, math.min(tonumber(head[2]), now), head[1])
+    redis.call('ZREM', line(dest), head[1])
   end
   if redis.call('EXISTS', line(dest)) == 0 then redis.call('ZREM', WAITING, dest) end
 end
@@ -78,8 +82,8 @@ if op == 'claim' then
         out[#out + 1] = id
         out[#out + 1] = dest
       else  -- its destination has its share in flight: wait in line, out of everyone's way
-        redis.call('ZREM', DUE, id)
         redis.call('ZADD', line(dest), due[i + 1], id)
+        redis.call('ZREM', DUE, id)
         local first = redis.call('ZRANGE', busy(dest), 0, 0, 'WITHSCORES')
         redis.call('ZADD', WAITING, 'LT', first[2], dest)  -- adds, or keeps the earliest
       end
@@ -94,7 +98,12 @@ if op == 'release' or op == 'done' then
     redis.call('ZREM', busy(dest), id)
     promote(dest, 1)
   end
-  if op == 'release' then return 1 end
+  if op == 'release' then
+    if spec.again_at and spec.again_at ~= cjson.null then
+      redis.call('ZADD', DUE, 'XX', spec.again_at, id)
+    end
+    return 1
+  end
 end
 local key = K.webhook(id)
 local job_id = redis.call('HGET', key, 'job_id')

@@ -248,3 +248,47 @@ def test_a_receiver_that_never_answers_does_not_delay_the_others(
         stop_process(deliverer)
         for job_id in jobs:  # with their deliveries (nothing left due for /health)
             lifecycle.delete(job_id)
+
+
+def test_deliveries_that_a_full_redis_refused_free_their_slots_once_it_takes_writes(own):
+    # Found by the chaos soak: two claims whose body write Redis refused (maxmemory) held their
+    # destination's two slots for the whole lease (timeout + 30 s), so the jobs behind them,
+    # with a short retention, expired with their webhooks unsent.
+    client = redis.Redis.from_url(own.redis_url)
+    receiver = Receiver(204)
+    deliverer = Deliverer(client, own)  # the real lease: 2 s timeout + 30 s
+    jobs = []
+    for _ in range(PER_DESTINATION + 1):
+        lifecycle, _, job = _queued_job(own, receiver.url)
+        lifecycle.fail(job.id, job.celery_id, ErrorType.INTERNAL, "x")
+        jobs.append(job.id)
+    claim, filled = deliverer._claim, threading.Event()
+
+    def claim_then_fill(limit: int):  # Redis fills up between the claim and the body's write
+        claims = claim(limit)
+        if claims and not filled.is_set():
+            client.config_set("maxmemory", 1)
+            filled.set()
+        return claims
+
+    deliverer._claim = claim_then_fill
+    stop = threading.Event()
+    runner = threading.Thread(target=deliverer.run, args=(stop,))
+    runner.start()
+    try:
+        assert filled.wait(10), "nothing was claimed"
+        time.sleep(1.0)  # the two claimed deliveries meet the full Redis
+        client.config_set("maxmemory", 0)
+        back = time.time()
+        eventually(lambda: len(receiver.posts) >= len(jobs), 15, interval=0.2,
+                   message="the destination's slots stayed taken after Redis took writes")
+        late = max(arrived for _, _, arrived in receiver.posts) - back
+        report("webhook slots after a full redis", deliveries=len(jobs),
+               last_arrival_after_memory_back_s=round(late, 2), lease_s=deliverer.lease_s)
+        assert sorted(json.loads(body)["data"]["task_id"] for _, body, _ in receiver.posts) == \
+            sorted(jobs)
+    finally:
+        client.config_set("maxmemory", 0)
+        stop.set()
+        runner.join(30)
+        receiver.shutdown()
