@@ -194,8 +194,9 @@ def _check_webhooks(verdict: Verdict, records: list[dict],
 
 
 def figures(records: list[dict], stream: list[StreamEvent], faults: list[dict]) -> dict:
-    """Per fault kind: count, recovery (fault -> first 202, first finished job) p50/max, jobs
-    whose life overlapped it and how long they took; availability during and between faults."""
+    """Per fault kind: count (and how many no other fault overlapped), recovery (fault -> first
+    2xx answer to a request sent after it, first 202, first finished job) p50/max, jobs whose
+    life overlapped it and how long they took; availability during and between faults."""
     accepted_at = sorted(r["t1"] for r in records if r["op"] in SUBMITS
                          and r["status"] in (200, 202))
     finished_at = sorted(e.t for e in stream if e.type == "job.finished")
@@ -206,15 +207,25 @@ def figures(records: list[dict], stream: list[StreamEvent], faults: list[dict]) 
             submitted.setdefault(event.job, event.t)
         elif event.type in ("job.finished", "job.deleted"):
             ended[event.job] = event.t
+    answered = _first_answers(records)
     table: dict[str, dict[str, Any]] = {}
     for kind in sorted({f["kind"] for f in faults}):
         played = [f for f in faults if f["kind"] == kind and f["started"]]
+        to_ok = [answered(f["started"]) for f in played]
         to_202 = [_first_after(accepted_at, f["started"]) for f in played]
         to_done = [_first_after(finished_at, f["started"]) for f in played]
+        # A fault no other one overlapped: what "recovery after any single fault" measures.
+        alone = [i for i, f in enumerate(played) if not any(
+            g is not f and g["started"] and g["started"] <= f["healed"] and
+            g["healed"] >= f["started"] for g in faults)]
         affected = [ended[j] - submitted[j] for j in ended if j in submitted
                     and any(submitted[j] <= f["healed"] and ended[j] >= f["started"]
                             for f in played)]
-        table[kind] = {"count": len(played), "to_202_p50_s": _p50(to_202),
+        table[kind] = {"count": len(played), "alone": len(alone),
+                       "to_ok_p50_s": _p50(to_ok), "to_ok_max_s": _max(to_ok),
+                       "alone_to_ok_max_s": _max([to_ok[i] for i in alone]),
+                       "alone_to_finish_max_s": _max([to_done[i] for i in alone]),
+                       "to_202_p50_s": _p50(to_202),
                        "to_202_max_s": _max(to_202), "to_finish_p50_s": _p50(to_done),
                        "to_finish_max_s": _max(to_done), "jobs_affected": len(affected),
                        "their_latency_p50_s": _p50(affected),
@@ -227,6 +238,40 @@ def figures(records: list[dict], stream: list[StreamEvent], faults: list[dict]) 
     return {"faults": table, "availability_during": _available(during),
             "availability_between": _available(between), "requests": len(records),
             "accepted": len(_accepted(records))}
+
+
+def table(figures: dict) -> list[str]:
+    """The figures per fault kind as printed lines."""
+    keys = ("to_ok_p50_s", "to_ok_max_s", "to_202_p50_s", "to_202_max_s", "to_finish_p50_s",
+            "to_finish_max_s", "alone_to_ok_max_s", "alone_to_finish_max_s",
+            "their_latency_p50_s", "their_latency_max_s")
+    lines = ["recovery, seconds from the fault to: ok = the first 2xx answer to a request sent "
+             "after it, 202 = the first accepted submit, done = the first finished job; alone = "
+             "faults no other one overlapped",
+             f"{'fault':14} {'n':>3} {'alone':>5} {'ok p50':>8} {'ok max':>8} {'202 p50':>8} "
+             f"{'202 max':>8} {'done p50':>8} {'done max':>8} {'alone ok':>8} {'alone dn':>8} "
+             f"{'lat p50':>8} {'lat max':>8} {'jobs':>5}"]
+    for kind, row in figures["faults"].items():
+        lines.append(f"{kind:14} {row['count']:>3} {row['alone']:>5} " + " ".join(
+            f"{'-' if row[k] is None else row[k]:>8}" for k in keys)
+            + f" {row['jobs_affected']:>5}")
+    return lines
+
+
+def _first_answers(records: list[dict]) -> Any:
+    """t -> seconds from t to the first 2xx answer of a request sent at t or later."""
+    import bisect
+
+    sent = sorted((r["t0"], r["t1"]) for r in records if r["status"] and r["status"] < 300)
+    starts, soonest = [t0 for t0, _ in sent], [t1 for _, t1 in sent]
+    for i in range(len(soonest) - 2, -1, -1):  # the earliest answer from index i on
+        soonest[i] = min(soonest[i], soonest[i + 1])
+
+    def answered(t: float) -> float | None:
+        i = bisect.bisect_left(starts, t)
+        return round(soonest[i] - t, 3) if i < len(starts) else None
+
+    return answered
 
 
 def _first_after(times: list[float], t: float) -> float | None:

@@ -34,7 +34,10 @@ def load(out: Path) -> tuple[checker.Verdict, dict]:
 
 def main(argv: list[str]) -> int:
     verdict, context = load(Path(argv[1]))
-    print(json.dumps(verdict.figures, indent=1))
+    figures = verdict.figures
+    print(f"requests={figures['requests']} accepted={figures['accepted']} availability during "
+          f"faults={figures['availability_during']} between={figures['availability_between']}")
+    print("\n".join(checker.table(figures)))
     for violation in verdict.violations:
         print(f"VIOLATION {violation}")
     if verdict.violations and verdict.violations[0]["job"]:

@@ -230,14 +230,6 @@ def _print(verdict: checker.Verdict, faults: list, nemesis: Nemesis, took: float
           f"requests={figures['requests']} accepted={figures['accepted']} "
           f"availability during faults={figures['availability_during']} "
           f"between={figures['availability_between']} violations={len(verdict.violations)}")
-    print(f"{'fault':14} {'n':>3} {'202 p50':>8} {'202 max':>8} {'done p50':>9} "
-          f"{'done max':>9} {'jobs':>5} {'lat p50':>8} {'lat max':>8}")
-    for kind, row in figures["faults"].items():
-        print(f"{kind:14} {row['count']:>3} " + " ".join(
-            f"{'-' if row[k] is None else row[k]:>8}" for k in
-            ("to_202_p50_s", "to_202_max_s", "to_finish_p50_s", "to_finish_max_s"))
-            + f" {row['jobs_affected']:>5} " + " ".join(
-            f"{'-' if row[k] is None else row[k]:>8}" for k in
-            ("their_latency_p50_s", "their_latency_max_s")))
+    print("\n".join(checker.table(figures)))
     for error in nemesis.errors:
         print(f"nemesis: {error}")

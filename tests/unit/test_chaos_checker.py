@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.chaos.checker import StreamEvent, check, timeline
+from tests.chaos.checker import StreamEvent, check, table, timeline
 from tests.chaos.nemesis import KINDS, schedule
 
 REFS = {"a": "alpha", "b": "bravo"}
@@ -154,3 +154,22 @@ def test_the_same_seed_gives_the_same_schedule_with_every_kind():
     assert {f.kind for f in first} == set(KINDS)
     assert all(2.0 <= f.at < 112 for f in first)
     assert [f.at for f in first] == sorted(f.at for f in first)
+
+
+def test_recovery_counts_only_requests_sent_after_the_fault_and_names_lone_faults():
+    pause = {"kind": "redis-pause", "target": "redis", "started": 1.5, "healed": 2.5, "note": ""}
+    kill = {"kind": "worker-kill", "target": "b", "started": 2.0, "healed": 2.1, "note": ""}
+    full = {"kind": "redis-full", "target": "redis", "started": 10.0, "healed": 11.0,
+            "note": ""}
+    slow_poll = {**submit("j1", t=1.0, op="poll", status=200), "t1": 4.0}  # sent before: no
+    records = [slow_poll, submit("j2", t=3.0), submit("j3", t=12.0, status=503),
+               submit("j4", t=13.0)]
+    v = verdict(records, ran("j2", t=3.0) + ran("j4", t=13.0), {"j2": done(), "j4": done()},
+                faults=[pause, kill, full])
+    rows = v.figures["faults"]
+    assert rows["redis-pause"]["to_ok_max_s"] == pytest.approx(1.51)  # j2's 202, not the poll
+    assert rows["redis-full"]["to_ok_max_s"] == pytest.approx(3.01)  # the 503 is no answer
+    assert (rows["redis-pause"]["alone"], rows["worker-kill"]["alone"],
+            rows["redis-full"]["alone"]) == (0, 0, 1)
+    assert rows["redis-full"]["alone_to_ok_max_s"] == pytest.approx(3.01)
+    assert any(line.startswith("redis-full") for line in table(v.figures))
