@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import socket
 import subprocess
@@ -15,6 +17,16 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Errors = type[Exception] | tuple[type[Exception], ...]
+
+
+def report(name: str, **figures: object) -> None:
+    """Figures for the closing note: `pytest -s` shows them, and with RELIABILITY_LOG=file each
+    is also appended there as a JSON line (so a `make test` run in lanes keeps them all)."""
+    line = json.dumps(figures)
+    print(f"\nRELIABILITY {name}: {line}")
+    if os.environ.get("RELIABILITY_LOG"):
+        with open(os.environ["RELIABILITY_LOG"], "a") as log:
+            log.write(json.dumps({"name": name, **figures}) + "\n")
 
 
 def free_port() -> int:

@@ -24,6 +24,7 @@ from tests.chaos import checker
 from tests.chaos import stack as chaos_stack
 from tests.chaos.load import Client, History
 from tests.chaos.nemesis import Nemesis, schedule
+from tests.harness import report
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +116,12 @@ def test_every_fault_at_once_loses_nothing(soak_stack: chaos_stack.Stack, tmp_pa
     out = Path(os.environ.get("CHAOS_OUT") or tmp_path)
     _write(out, history, tail.events, stack, faults, verdict, references, leftovers)
     _print(verdict, faults, nemesis, soak_end - began)
+    figures = verdict.figures
+    report("chaos-soak", seed=SEED, seconds=round(soak_end - began), clients=CLIENTS,
+           faults=len(faults), requests=figures["requests"], accepted=figures["accepted"],
+           availability_during=figures["availability_during"],
+           availability_between=figures["availability_between"],
+           violations=len(verdict.violations), recovery=figures["faults"])
     if verdict.violations:
         first = verdict.violations[0]
         lines = checker.timeline(first["job"], history.records, tail.events,

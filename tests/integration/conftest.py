@@ -25,6 +25,7 @@ from tests.harness import (
     eventually,
     free_port,
     log_tail,
+    report,  # noqa: F401 (the tests import it from here)
     start_process,
     stop_process,
     wait_ready,
@@ -223,11 +224,6 @@ def lane(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Lane]]:
     yield make
     for made in lanes:
         made.stop()
-
-
-def report(name: str, **figures: object) -> None:
-    """Figures for the closing note: `pytest -s` shows them."""
-    print(f"\nRELIABILITY {name}: " + json.dumps(figures))
 
 
 class ApiServer:

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 
 from asr_service.api.problems import PROBLEM_JSON
 from asr_service.audio import MAX_CHANNELS, MAX_SAMPLE_RATE, TARGET_RATE
+from tests.harness import report
 from tests.integration.conftest import ROOT
 from tests.integration.flow import submit
 from tests.samples import wav_bytes
@@ -64,8 +65,7 @@ def test_flac_bomb_adds_less_than_100_mb(tmp_path: Path) -> None:
 
     figures = decode_in_child(bomb, max_seconds=600)
 
-    print("\nRELIABILITY decode-memory: " + json.dumps({"file": "10 min 8 ch 192 kHz FLAC",
-                                                       **figures}))
+    report("decode-memory", file="10 min 8 ch 192 kHz FLAC", **figures)
     assert figures["upload_mb"] < 2
     assert figures["samples"] == 600 * TARGET_RATE
     assert figures["added_mb"] < 100  # the 16 kHz mono output alone is 37 MB
@@ -76,8 +76,7 @@ def test_four_hour_stereo_flac_peaks_under_1_2_gb(tmp_path: Path) -> None:
 
     figures = decode_in_child(long, max_seconds=4 * 3600)
 
-    print("\nRELIABILITY decode-memory: " + json.dumps({"file": "4 h stereo 48 kHz FLAC",
-                                                       **figures}))
+    report("decode-memory", file="4 h stereo 48 kHz FLAC", **figures)
     assert figures["samples"] == 4 * 3600 * TARGET_RATE
     assert figures["after_mb"] < 1200  # the output is 879 MB; a whole-file decode needs ~9.7 GB
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -16,6 +14,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from asr_service.app import create_app
+from tests.harness import report
 
 MAX_EXAMPLES = 30  # per operation: bounded so the suite stays quick
 # What the issue asks: no 5xx, and every response as documented. (Not "schema-valid data is
@@ -43,5 +42,4 @@ def test_no_5xx_and_every_response_matches_the_schema(settings, worker):
         fuzz()
 
     assert len(operations) >= 9
-    print("\nRELIABILITY schemathesis: " + json.dumps(
-        {"operations": len(operations), "cases": sum(cases.values()), "failures": 0}))
+    report("schemathesis", operations=len(operations), cases=sum(cases.values()), failures=0)

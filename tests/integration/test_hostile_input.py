@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import signal
 import socket
 import time
@@ -15,7 +14,7 @@ import pytest
 
 from asr_service.api.problems import PROBLEM_JSON
 from tests import samples
-from tests.integration.conftest import ROOT, ApiServer
+from tests.integration.conftest import ROOT, ApiServer, report
 from tests.integration.flow import submit, wait_for
 
 # It checks that no upload lands in the repo root, where test_hostile_uploads puts a recording:
@@ -160,4 +159,4 @@ def test_chunked_upload_over_the_limit_is_413(gunicorn_url):
 def report_inputs_tried():
     """Figures for the closing note once the module ran (`pytest -s` shows them)."""
     yield
-    print("\nRELIABILITY hostile-input: " + json.dumps(dict(sorted(TRIED.items()))))
+    report("hostile-input", **dict(sorted(TRIED.items())))

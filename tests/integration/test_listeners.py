@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from tests.harness import wait_ready
+from tests.harness import report, wait_ready
 from tests.integration.conftest import ROOT, free_port, settings_env
 
 # `make run` keeps its Redis under run/ in the repo root: one xdist lane for what touches it.
@@ -64,7 +64,7 @@ def test_make_run_listens_on_loopback_only(settings, tmp_path):
         deliverer = {p.pid for p in psutil.Process(stack.pid).children(recursive=True)
                      if "asr_service.webhooks" in p.cmdline()}
         assert deliverer and not listeners(deliverer), "the webhook deliverer listens on nothing"
-        print(f"\nRELIABILITY listeners: {sorted(set(found))}")
+        report("listeners", found=sorted(set(found)))
     finally:
         os.killpg(stack.pid, signal.SIGTERM)
         try:

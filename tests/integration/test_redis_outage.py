@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import replace
@@ -12,7 +11,7 @@ import pytest
 from asr_service.api.problems import PROBLEM_JSON
 from asr_service.app import create_app
 from tests import samples
-from tests.harness import eventually
+from tests.harness import eventually, report
 from tests.integration.conftest import RedisServer, Worker
 from tests.integration.flow import submit, wait_for
 
@@ -89,7 +88,6 @@ def test_redis_restart_answers_503_then_recovers_and_keeps_queued_jobs(
             late.stop()
     finally:
         worker.stop()
-    print("\nRELIABILITY redis: " + json.dumps({
-        "redis_restarts": 1, "endpoints_503": len(answers), "slowest_503_s": round(slowest, 3),
-        "api_healthy_again_after_s": round(recovered_in, 1), "queued_jobs_kept": len(queued),
-        "lost": 0}))
+    report("redis", redis_restarts=1, endpoints_503=len(answers),
+           slowest_503_s=round(slowest, 3), api_healthy_again_after_s=round(recovered_in, 1),
+           queued_jobs_kept=len(queued), lost=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pytest
 
 from asr_service import formats
+from tests.harness import report
 from tests.samples import whisper_shaped
 
 FOUR_HOURS_S = 4 * 3600
@@ -27,9 +27,8 @@ def test_srt_of_a_four_hour_transcript_with_words_is_fast() -> None:
     body = formats.to_srt(result)
     took = time.perf_counter() - began
 
-    print("\nRELIABILITY srt_4h_words: " + json.dumps({
-        "segments": len(result["segments"]), "words": len(result["words"]),
-        "to_srt_ms": round(took * 1000, 1)}))
+    report("srt_4h_words", segments=len(result["segments"]), words=len(result["words"]),
+           to_srt_ms=round(took * 1000, 1))
     assert body.startswith("1\n00:00:00,000 --> ")
     assert body.count(" --> ") >= len(result["segments"])
     assert took < 2.0  # the goal is 200 ms; the per-segment scan took 10.6 s here

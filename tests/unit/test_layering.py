@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import report
+
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ("flask", "flask_smorest", "asr_service.api", "asr_service.app")
 WORKER = ("asr_service.worker", "asr_service.tasks", "asr_service.batching")
@@ -30,11 +32,15 @@ def imported_with(module: str) -> tuple[float, set[str]]:
     return found["s"], set(found["modules"])
 
 
-def test_importing_the_settings_is_fast_and_loads_no_web_worker_or_audio_library() -> None:
+def test_importing_the_settings_is_light_and_loads_no_web_worker_or_audio_library() -> None:
     took, modules = min(imported_with("asr_service.settings") for _ in range(3))
+    _, bare = imported_with("json")  # what any interpreter (and this probe) loads anyway
 
+    # Its cost is the modules it brings: counted, not timed, so a busy CI host cannot fail
+    # it (the time is reported: ~0.03 s here, against 1.2 s and 939 modules before).
+    report("import-settings", seconds=round(took, 3), modules=len(modules - bare))
     assert not {"flask", "celery", "av", "soundfile", "redis"} & modules
-    assert took < 0.1, f"import asr_service.settings took {took:.3f} s"
+    assert len(modules - bare) < 120, sorted(modules - bare)
 
 
 def test_the_webhook_deliverer_imports_neither_flask_nor_the_api() -> None:
