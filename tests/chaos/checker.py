@@ -127,12 +127,13 @@ def check(records: list[dict], stream: list[StreamEvent], arrivals: list[dict],
 
 
 def finals(records: list[dict]) -> dict[str, dict]:
-    """Each job's last answer to its client: a result body, or 'gone' (404), with when."""
+    """Each job's last answer to its client: a result body, or 'gone' (a 404 to a poll, a
+    delete or a retry), with when."""
     found: dict[str, dict] = {}
-    for record in records:
-        if record["op"] != "poll" or not record.get("job"):
+    for record in sorted(records, key=lambda r: r["t1"]):
+        if record["op"] not in ("poll", "delete", "retry") or not record.get("job"):
             continue
-        if record["status"] == 200:
+        if record["status"] == 200 and record["op"] == "poll":
             found[record["job"]] = {**(record.get("body") or {}), "read": record["t1"]}
         elif record["status"] == 404:
             found[record["job"]] = {"status": "gone", "read": record["t1"]}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.chaos.checker import StreamEvent, check, table, timeline
+from tests.chaos.checker import StreamEvent, check, finals, table, timeline
 from tests.chaos.nemesis import KINDS, schedule
 
 REFS = {"a": "alpha", "b": "bravo"}
@@ -173,3 +173,14 @@ def test_recovery_counts_only_requests_sent_after_the_fault_and_names_lone_fault
             rows["redis-full"]["alone"]) == (0, 0, 1)
     assert rows["redis-full"]["alone_to_ok_max_s"] == pytest.approx(3.01)
     assert any(line.startswith("redis-full") for line in table(v.figures))
+
+
+def test_a_404_to_a_delete_after_the_retention_is_an_expired_job_and_before_it_a_lost_one():
+    # Found by the 30-minute soak: a client held up 33 s by faults asked to delete a job that
+    # had succeeded and expired meanwhile (15 s retention); its last poll said "queued".
+    records = [submit("j1"), submit("j1", t=2.0, op="poll", status=200),
+               submit("j1", t=40.0, op="delete", status=404)]
+    records[1]["body"] = {"status": "queued"}
+    assert rules(verdict(records, ran("j1"), finals(records))) == []  # ended at 3, +30 s
+    records[2].update(t0=20.0, t1=20.01)
+    assert rules(verdict(records, ran("j1"), finals(records))) == ["lost"]
