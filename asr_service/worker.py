@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -188,6 +189,8 @@ class WorkerRuntime:
         assert self.heartbeat is not None
         self.heartbeat.keep("engine", self.cluster.engine_mark(self.node, pid), device,
                             ENGINE_MARK_TTL_S)
+        if self.settings.worker_ready_file:  # Kubernetes' readiness probe: `test -f` on it
+            Path(self.settings.worker_ready_file).touch()
 
     def publish_heartbeat(self, sender: Any, **_: Any) -> None:
         """Every ~2 s from the worker's main process: tell the API this worker is alive and
@@ -253,6 +256,8 @@ class WorkerRuntime:
 
     def withdraw(self, sender: Any, **_: Any) -> None:
         """The worker shuts down: stop its threads and engine, and say it is gone."""
+        if self.settings.worker_ready_file:  # not ready from the first moment of shutdown
+            Path(self.settings.worker_ready_file).unlink(missing_ok=True)
         if self.sweeper is not None:
             self.sweeper.stop()
         if batcher := self.batcher:
