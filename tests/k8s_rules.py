@@ -202,7 +202,10 @@ def scaling_problems(objs: list[Obj]) -> list[str]:
             problems.append(f"{name}: no ScaledObject")
             continue
         queue = env(objs, containers(worker)[0]).get("QUEUE_NAME", "asr")
-        for trigger in scaled[name]["spec"]["triggers"]:
+        lists = [t for t in scaled[name]["spec"]["triggers"] if t["type"].startswith("redis")]
+        if not lists:
+            problems.append(f"{name}: no redis trigger on its queue")
+        for trigger in lists:
             meta = trigger["metadata"]
             if meta.get("listName") != queue:
                 problems.append(f"{name}: its trigger reads {meta.get('listName')}, the "

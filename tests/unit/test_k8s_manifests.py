@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.capacity import RATE_SHARE, Scenario
 from tests import k8s_rules as rules
 
 pytestmark = pytest.mark.skipif(rules.kubectl() is None,
@@ -59,9 +60,13 @@ def test_one_scaled_object_per_model_queue_with_the_simulated_choice(rendered):
     paraformer = scaled["asr-worker-paraformer"]
     assert paraformer["minReplicaCount"] == 0  # the default model scales from zero
     assert paraformer["triggers"][0]["metadata"]["listLength"] == "32"
-    assert paraformer["cooldownPeriod"] == 3600  # docs/capacity.md
+    assert paraformer["cooldownPeriod"] == 300  # docs/capacity.md
     behavior = paraformer["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] == paraformer["cooldownPeriod"]
+    # The throughput trigger that keeps the list trigger from oscillating on fast jobs.
+    rate = [t for t in paraformer["triggers"] if t["type"] == "prometheus"]
+    assert [t["metadata"]["threshold"] for t in rate] == ["4.8"]
+    assert float(rate[0]["metadata"]["threshold"]) == round(RATE_SHARE / Scenario().service_s, 1)
     sentinel = rules.of_kind(rendered["sentinel"], "ScaledObject")
     assert {t["type"] for s in sentinel for t in s["spec"]["triggers"]} == {"redis-sentinel"}
 
