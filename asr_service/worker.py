@@ -83,6 +83,7 @@ class WorkerRuntime:
             (signals.task_prerun, self.job_started),
             (signals.task_postrun, self.job_ended),
             (signals.task_failure, self.record_hard_timeout),
+            (signals.worker_shutting_down, self.unready),
             (signals.worker_shutdown, self.withdraw),
             (signals.worker_process_shutdown, self.runner_gone),
             (signals.task_revoked, self.mark_cancelled),
@@ -254,10 +255,14 @@ class WorkerRuntime:
                   "the worker process was replaced")
         self.lifecycle.fail(args[0], task_id, ErrorType.TIME_LIMIT, detail)
 
+    def unready(self, **_: Any) -> None:
+        """From the first moment of a shutdown (SIGTERM), the readiness probe fails."""
+        if self.settings.worker_ready_file:
+            Path(self.settings.worker_ready_file).unlink(missing_ok=True)
+
     def withdraw(self, sender: Any, **_: Any) -> None:
         """The worker shuts down: stop its threads and engine, and say it is gone."""
-        if self.settings.worker_ready_file:  # not ready from the first moment of shutdown
-            Path(self.settings.worker_ready_file).unlink(missing_ok=True)
+        self.unready()
         if self.sweeper is not None:
             self.sweeper.stop()
         if batcher := self.batcher:
