@@ -1,4 +1,5 @@
-"""The capacity model (scripts/capacity.py) at a lower rate: what it shows holds."""
+"""The capacity model (scripts/capacity_model.py, make capacity) at a lower rate: what it
+shows holds."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from scripts.capacity import RATE_SHARE, Scenario, choose, control_plane, simulate
+from scripts.capacity import control_plane
+from scripts.capacity_model import RATE_SHARE, Scenario, choose, simulate
 
 SHORT = Scenario(rate_per_min=3000, seed=3)  # a day, at 3,000 jobs/min: ~1 s a run
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.capacity import RATE_SHARE, Scenario
+from scripts.capacity_model import RATE_SHARE, Scenario
 from tests import k8s_rules as rules
 
 pytestmark = pytest.mark.skipif(rules.kubectl() is None,
