@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 
 .PHONY: run api worker flower webhooks test test-fast chaos lint models venv system-packages redis-server vendor clean \
-	bench-slow bench-api bench espeak-ng settings-docs
+	bench-slow bench-api bench bench-control capacity espeak-ng settings-docs
 
 run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower, webhooks
 	./scripts/run.sh
@@ -48,6 +48,12 @@ bench-slow: venv redis-server ## /health latency while 32 uploads trickle in at 
 
 bench-api: venv redis-server ## submit rate with 5,000 queued jobs, read p50/p99 with 100,000 retained (prints a table)
 	$(VENV)/bin/python scripts/bench_api.py
+
+bench-control: venv models redis-server ## CPU ms per job of API, Redis and worker with near-zero model cost, Redis commands/bytes per job (~45 s)
+	$(VENV)/bin/python scripts/bench_control.py $(BENCH_ARGS)
+
+capacity: venv ## the KEDA capacity model: p95 queue wait and GPU-hours per listLength/cooldown, a day at 10k jobs/min with a 10x burst
+	$(VENV)/bin/python scripts/capacity.py $(CAPACITY_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -25,7 +25,11 @@ class Dispatcher:
 
     def send(self, job: Job) -> None:
         """Publish the Celery message of the job's current delivery."""
-        self.celery.send_task(TASK_NAME, args=[job.id], task_id=job.celery_id, queue=job.queue)
+        # ignore_result: the job store holds the outcome. Without it Celery subscribes the sender
+        # to the task's result channel (SUBSCRIBE + UNSUBSCRIBE on a connection of its own) for
+        # every job sent, a result nobody reads (make bench-control).
+        self.celery.send_task(TASK_NAME, args=[job.id], task_id=job.celery_id, queue=job.queue,
+                              ignore_result=True)
 
     def try_send(self, job: Job) -> bool:
         """send(), but a broker failure leaves the job to the stranded-job sweep."""

@@ -40,7 +40,10 @@ class Waiters:
     def wait(self, job_id: str, timeout_s: float, done: Callable[[], bool]) -> bool:
         """Block until done() is true (checked at once, then on each wake-up) or timeout_s
         passes; answers done()'s last value."""
-        if done():
+        # A process already subscribed registers before its first look (an end after the look
+        # wakes it): one record read per long-poll instead of two (make bench-control).
+        subscribed = self.listening and self._subscribed.is_set()
+        if (timeout_s <= 0 or not subscribed) and done():
             return True
         if timeout_s <= 0:
             return False

@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -82,6 +83,7 @@ class WorkerRuntime:
             (signals.task_prerun, self.job_started),
             (signals.task_postrun, self.job_ended),
             (signals.task_failure, self.record_hard_timeout),
+            (signals.worker_shutting_down, self.unready),
             (signals.worker_shutdown, self.withdraw),
             (signals.worker_process_shutdown, self.runner_gone),
             (signals.task_revoked, self.mark_cancelled),
@@ -188,6 +190,8 @@ class WorkerRuntime:
         assert self.heartbeat is not None
         self.heartbeat.keep("engine", self.cluster.engine_mark(self.node, pid), device,
                             ENGINE_MARK_TTL_S)
+        if self.settings.worker_ready_file:  # Kubernetes' readiness probe: `test -f` on it
+            Path(self.settings.worker_ready_file).touch()
 
     def publish_heartbeat(self, sender: Any, **_: Any) -> None:
         """Every ~2 s from the worker's main process: tell the API this worker is alive and
@@ -251,8 +255,14 @@ class WorkerRuntime:
                   "the worker process was replaced")
         self.lifecycle.fail(args[0], task_id, ErrorType.TIME_LIMIT, detail)
 
+    def unready(self, **_: Any) -> None:
+        """From the first moment of a shutdown (SIGTERM), the readiness probe fails."""
+        if self.settings.worker_ready_file:
+            Path(self.settings.worker_ready_file).unlink(missing_ok=True)
+
     def withdraw(self, sender: Any, **_: Any) -> None:
         """The worker shuts down: stop its threads and engine, and say it is gone."""
+        self.unready()
         if self.sweeper is not None:
             self.sweeper.stop()
         if batcher := self.batcher:

@@ -180,6 +180,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "flower_basic_auth": _optional_text,
     "webhook_secret": _webhook_secret,
     "public_url": _optional_text,
+    "worker_ready_file": _optional_text,  # empty: no ready file
     "api_allowed_hosts": _optional_text,
     "rate_limit": _rate_limit,
     "log_level": lambda raw: _choice("debug", "info", "warning", "error")(raw).upper(),

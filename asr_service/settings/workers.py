@@ -30,6 +30,10 @@ class WorkerSettings:
     worker_max_memory_mb: int = 12288
     """Replace a worker process when a job leaves it above this resident memory in MiB (0:
     never)."""
+    worker_ready_file: str = ""
+    """A file the worker creates once a model is loaded and removes when it shuts down (empty:
+    none): a Kubernetes readiness probe `test -f` on it means "model loaded", not "process
+    started" (deploy/k8s)."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,9 +100,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class Worker:
     """A real Celery worker process with the real FunASR engine."""
 
-    def __init__(self, settings: Settings, name: str) -> None:
+    def __init__(self, settings: Settings, name: str, options: Sequence[str] = ()) -> None:
         self.settings = settings
         self.name = name
+        self.options = list(options)
+        """More `celery worker` options, e.g. --disable-prefetch (as deploy/k8s runs it)."""
         self.log_path = Path(settings.log_dir) / f"{name}.out"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -112,7 +114,7 @@ class Worker:
             [sys.executable, "-m", "celery", "-A", "celery_app", "worker",
              # A batching worker's pool and concurrency come from its settings.
              *([] if self.settings.batching else [f"--concurrency={self.settings.worker_count}"]),
-             "-n", f"{self.name}@%h", "--without-mingle", "--without-gossip"],
+             "-n", f"{self.name}@%h", "--without-mingle", "--without-gossip", *self.options],
             ready=lambda: True,  # running is enough here: wait_ready needs its pid
             timeout=WORKER_START_TIMEOUT_S, env=settings_env(self.settings), cwd=ROOT,
             log_path=self.log_path,

@@ -341,3 +341,9 @@ def test_a_deprecated_name_still_sets_its_setting_and_the_new_name_wins(
 def test_a_bad_deprecated_name_is_reported_by_the_name_it_was_given() -> None:
     assert error_lines({"WEBHOOK_ALLOW_PRIVATE": "maybe"}) == [
         "WEBHOOK_ALLOW_PRIVATE='maybe': must be true or false"]
+
+
+def test_worker_ready_file_is_optional_and_taken_as_given():
+    assert Settings.from_env({"WORKER_READY_FILE": ""}).worker_ready_file == ""
+    assert Settings.from_env({"WORKER_READY_FILE": "/run/asr/ready"}).worker_ready_file == \
+        "/run/asr/ready"
