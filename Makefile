@@ -55,7 +55,7 @@ lint: venv
 settings-docs: venv ## regenerate config/.env.example and docs/configuration.md's table from asr_service/settings/
 	$(VENV)/bin/python -m asr_service.settings.docs
 
-models: venv ## the tiny Paraformer (built in code) and the real FSMN-VAD weights under models/; BIG=1: also the large-dims one
+models: venv ## under models/: the tiny Paraformer (built in code), the real FSMN-VAD, Whisper tiny.en and speaker-encoder weights; BIG=1: also the large-dims one
 	$(VENV)/bin/python scripts/assets.py models $(if $(BIG),--big)
 
 # funasr-server (the benchmark's peer) ships with funasr but needs these web packages, which the
