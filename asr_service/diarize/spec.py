@@ -35,7 +35,7 @@ class DiarizeSpec:
         if self.num_speakers is not None:
             return max(1, min(self.num_speakers, units))
         low = self.min_speakers or 1
-        high = self.max_speakers or found
+        high = self.max_speakers or max(found, low)
         return max(1, min(max(found, low), high, units))
 
 
