@@ -115,7 +115,8 @@ def _transcribe(lifecycle: Lifecycle, store: JobStore, engine: Engine | None,
             raise AsrError("the worker has no engine loaded")
         audio = _through_outage(lambda: store.audio(job.id), settings.job_lease_s, job.id)
         samples = decode(audio, settings.max_audio_seconds)
-        options = TranscribeOptions(language=job.language, hotwords=list(job.hotwords))
+        options = TranscribeOptions(language=job.language, hotwords=list(job.hotwords),
+                                    turns=job.diarization is not None)
         transcript = engine.transcribe(samples, options)
         if (spec := DiarizeSpec.from_record(job.diarization)) is not None:
             if diarizer is None:

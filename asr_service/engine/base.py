@@ -66,6 +66,9 @@ class TranscribeOptions:
 
     language: str = "auto"
     hotwords: list[str] = field(default_factory=list)
+    turns: bool = False
+    """One segment per stretch of speech the VAD found (diarization labels segments), where
+    the engine would otherwise join them (FunASR without a punctuation model)."""
 
 
 class Engine(Protocol):
