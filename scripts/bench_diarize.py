@@ -112,6 +112,11 @@ def bench_engine(name: str, clips: list[Path], rounds: int, threads: int) -> dic
     t_with = sum(statistics.median(v) for v in with_.values())
     return {"engine": name, "clips": len(clips), "audio_s": round(seconds, 1),
             "der": round(abs(der), 4),
+            # DER's parts: who-spoke errors apart from speech found where there is none or
+            # missed (the engine's VAD and timestamps).
+            **{part: round(der[name] / der["total"], 4) for part, name in (
+                ("confusion", "confusion"), ("false_alarm", "false alarm"),
+                ("missed", "missed detection"))},
             "count_right": sum(c["speakers"] == c["truth"] for c in per_clip),
             "rtf_without": round(t_without / seconds, 4), "rtf_with": round(t_with / seconds, 4),
             "overhead_pct": round(100 * (t_with - t_without) / t_without, 1),
@@ -157,11 +162,14 @@ def long_child(clips: list[str], hours: float, threads: int) -> None:
 
 
 def table(results: list[dict]) -> str:
-    head = (f"{'engine':16} {'clips':>5} {'audio s':>8} {'DER':>7} {'count ok':>9} "
+    head = (f"{'engine':16} {'clips':>5} {'audio s':>8} {'DER':>7} {'confus.':>8} "
+            f"{'false al.':>9} {'missed':>7} {'count ok':>9} "
             f"{'RTF w/o':>8} {'RTF with':>9} {'overhead':>9}")
     rows = [head, "-" * len(head)]
     for r in results:
         rows.append(f"{r['engine']:16} {r['clips']:>5} {r['audio_s']:>8} {100 * r['der']:>6.2f}% "
+                    f"{100 * r['confusion']:>7.2f}% {100 * r['false_alarm']:>8.2f}% "
+                    f"{100 * r['missed']:>6.2f}% "
                     f"{r['count_right']:>4}/{r['clips']:<4} {r['rtf_without']:>8} "
                     f"{r['rtf_with']:>9} {r['overhead_pct']:>8}%")
     return "\n".join(rows)

@@ -59,12 +59,13 @@ class Diarizer:
             return Transcript(transcript.text, [], transcript.language, transcript.model,
                               list(transcript.words), speakers=[])
         try:
-            windows, embeddings = self.embed_regions(
-                samples, [(s.start_ms, s.end_ms) for s in transcript.segments])
+            regions = labelling.speech_regions(transcript)
+            windows, embeddings = self.embed_regions(samples, regions)
             labels = clustering.cluster_windows(windows, embeddings, spec)
         except Exception as exc:
             raise EngineError(f"diarization failed: {exc!r}") from exc
-        return labelling.renumbered(labelling.apply(transcript, windows, labels))
+        centres = np.array([regions[w.region][0] + w.centre_offset_ms for w in windows])
+        return labelling.renumbered(labelling.apply(transcript, centres, labels))
 
     def embed_regions(self, samples: np.ndarray, regions_ms: list[tuple[int, int]]
                       ) -> tuple[list[clustering.Window], np.ndarray]:

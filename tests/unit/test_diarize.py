@@ -108,9 +108,9 @@ def transcript(*segments: Segment, words: list[Word] | None = None) -> Transcrip
 def test_segments_take_their_windows_speaker_and_names_follow_first_speech() -> None:
     t = transcript(Segment(0, 3000, "hello there"), Segment(4000, 6000, "hi"),
                    Segment(7000, 9000, "bye"))
-    windows = [Window(0, 0), Window(0, 80), Window(1, 0), Window(2, 0)]
+    centres = np.array([800, 1600, 4800, 7800])
 
-    out = labelling.renumbered(labelling.apply(t, windows, np.array([1, 1, 0, 1])))
+    out = labelling.renumbered(labelling.apply(t, centres, np.array([1, 1, 0, 1])))
 
     assert [s.speaker for s in out.segments] == ["Speaker 1", "Speaker 2", "Speaker 1"]
     assert out.speakers == ["Speaker 1", "Speaker 2"]
@@ -120,9 +120,8 @@ def test_a_segment_whose_words_change_speaker_is_split_there() -> None:
     words = [Word(0, 500, "one"), Word(500, 1000, "two"), Word(1000, 1500, "three"),
              Word(3000, 3500, "four"), Word(3500, 4000, "five"), Word(4000, 4500, "six")]
     t = transcript(Segment(0, 4500, "one two three four five six"), words=words)
-    windows = [Window(0, 0), Window(0, 240)]  # centres at 0.8 s and 3.2 s
 
-    out = labelling.renumbered(labelling.apply(t, windows, np.array([0, 1])))
+    out = labelling.renumbered(labelling.apply(t, np.array([800, 3200]), np.array([0, 1])))
 
     assert [(s.text, s.speaker, s.start_ms, s.end_ms) for s in out.segments] == [
         ("one two three", "Speaker 1", 0, 1500), ("four five six", "Speaker 2", 3000, 4500)]
@@ -132,11 +131,20 @@ def test_a_segment_whose_words_change_speaker_is_split_there() -> None:
 def test_a_short_run_of_words_keeps_the_speaker_around_it() -> None:
     words = [Word(i * 400, i * 400 + 400, f"w{i}") for i in range(10)]
     t = transcript(Segment(0, 4000, " ".join(w.word for w in words)), words=words)
-    windows = [Window(0, 0), Window(0, 160), Window(0, 170), Window(0, 240)]
 
-    out = labelling.apply(t, windows, np.array([0, 1, 0, 0]))  # one window slips
+    out = labelling.apply(t, np.array([800, 2000, 2400, 3200]), np.array([0, 1, 0, 0]))
 
     assert len(out.segments) == 1 and {w.speaker for w in out.words} == {"Speaker 1"}
+
+
+def test_with_words_the_windows_go_over_the_words_not_the_pauses_inside_a_segment() -> None:
+    words = [Word(0, 400, "a"), Word(450, 900, "b"), Word(3000, 3500, "c")]
+    t = transcript(Segment(0, 5000, "a b c"), words=words)
+
+    assert labelling.speech_regions(t) == [(0, 900), (3000, 3500)]
+    assert labelling.speech_regions(transcript(Segment(0, 5000, "x"))) == [(0, 5000)]
+    out = labelling.apply(t, np.array([450, 3250]), np.array([0, 0]))
+    assert (out.segments[0].start_ms, out.segments[0].end_ms) == (0, 3500)  # its words' span
 
 
 DIARIZED = to_result(Transcript(
