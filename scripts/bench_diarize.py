@@ -33,7 +33,7 @@ from asr_service.diarize.runner import Diarizer  # noqa: E402
 from asr_service.engine import build_engine  # noqa: E402
 from asr_service.engine.base import Segment, TranscribeOptions, Transcript  # noqa: E402
 from asr_service.settings import Settings  # noqa: E402
-from tests.conversations import RATE, Turn, read_rttm, write  # noqa: E402
+from tests.conversations import RATE, read_rttm, write  # noqa: E402
 
 MODELS = ROOT / "models"
 ENGINES = {
