@@ -81,16 +81,18 @@ def bench_engine(name: str, clips: list[Path], rounds: int, threads: int) -> dic
     without: dict[Path, list[float]] = {c: [] for c in clips}
     with_: dict[Path, list[float]] = {c: [] for c in clips}
     labelled: dict[Path, Transcript] = {}
+    step: dict[Path, list[float]] = {c: [] for c in clips}  # the diarize step alone
     for r in range(rounds):
         for clip in clips:
             order = (False, True) if r % 2 == 0 else (True, False)  # alternate who goes first
             for diarize in order:
                 t0 = time.perf_counter()
                 if diarize:
-                    labelled[clip] = diarizer.label(audio[clip], engine.transcribe(audio[clip],
-                                                                                   turns),
-                                                    DiarizeSpec())
+                    transcript = engine.transcribe(audio[clip], turns)
+                    t1 = time.perf_counter()
+                    labelled[clip] = diarizer.label(audio[clip], transcript, DiarizeSpec())
                     with_[clip].append(time.perf_counter() - t0)
+                    step[clip].append(time.perf_counter() - t1)
                 else:
                     engine.transcribe(audio[clip], plain)
                     without[clip].append(time.perf_counter() - t0)
@@ -110,6 +112,7 @@ def bench_engine(name: str, clips: list[Path], rounds: int, threads: int) -> dic
     seconds = sum(a.size for a in audio.values()) / RATE
     t_without = sum(statistics.median(v) for v in without.values())
     t_with = sum(statistics.median(v) for v in with_.values())
+    t_step = sum(statistics.median(v) for v in step.values())
     return {"engine": name, "clips": len(clips), "audio_s": round(seconds, 1),
             "der": round(abs(der), 4),
             # DER's parts: who-spoke errors apart from speech found where there is none or
@@ -120,6 +123,10 @@ def bench_engine(name: str, clips: list[Path], rounds: int, threads: int) -> dic
             "count_right": sum(c["speakers"] == c["truth"] for c in per_clip),
             "rtf_without": round(t_without / seconds, 4), "rtf_with": round(t_with / seconds, 4),
             "overhead_pct": round(100 * (t_with - t_without) / t_without, 1),
+            # The diarize step's own time over the job without it: steadier than the
+            # difference of two whole runs on a busy host.
+            "step_rtf": round(t_step / seconds, 4),
+            "step_pct": round(100 * t_step / t_without, 1),
             "encoder_load_s": round(load_s, 2), "per_clip": per_clip}
 
 
@@ -164,14 +171,14 @@ def long_child(clips: list[str], hours: float, threads: int) -> None:
 def table(results: list[dict]) -> str:
     head = (f"{'engine':16} {'clips':>5} {'audio s':>8} {'DER':>7} {'confus.':>8} "
             f"{'false al.':>9} {'missed':>7} {'count ok':>9} "
-            f"{'RTF w/o':>8} {'RTF with':>9} {'overhead':>9}")
+            f"{'RTF w/o':>8} {'RTF with':>9} {'overhead':>9} {'step':>6}")
     rows = [head, "-" * len(head)]
     for r in results:
         rows.append(f"{r['engine']:16} {r['clips']:>5} {r['audio_s']:>8} {100 * r['der']:>6.2f}% "
                     f"{100 * r['confusion']:>7.2f}% {100 * r['false_alarm']:>8.2f}% "
                     f"{100 * r['missed']:>6.2f}% "
                     f"{r['count_right']:>4}/{r['clips']:<4} {r['rtf_without']:>8} "
-                    f"{r['rtf_with']:>9} {r['overhead_pct']:>8}%")
+                    f"{r['rtf_with']:>9} {r['overhead_pct']:>8}% {r['step_pct']:>5}%")
     return "\n".join(rows)
 
 
