@@ -86,10 +86,11 @@ def test_many_units_fit_a_sample_and_every_unit_gets_its_nearest_speaker(
 
 
 def test_windows_cover_a_region_and_drop_a_mostly_empty_last_one() -> None:
-    assert clustering.window_starts(50) == [0]  # shorter than a window: one, padded
-    assert clustering.window_starts(480) == [0, 160, 320]  # 4.8 s: hop 1.6 s
-    assert clustering.window_starts(300) == [0, 160]  # the last one 87% speech: kept
-    assert clustering.window_starts(250) == [0]  # a second would be 56% speech: dropped
+    # frames of 20 ms (the encoder reads every second 10 ms mel frame): a window is 80
+    assert clustering.window_starts(25) == [0]  # shorter than a window: one, padded
+    assert clustering.window_starts(240) == [0, 80, 160]  # 4.8 s: hop 1.6 s
+    assert clustering.window_starts(150) == [0, 80]  # the last one 87% speech: kept
+    assert clustering.window_starts(125) == [0]  # a second would be 56% speech: dropped
 
 
 def test_units_average_at_most_unit_windows_of_one_region() -> None:
