@@ -65,7 +65,7 @@ BENCH_PEER_PACKAGES := fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 python
 bench: venv models redis-server espeak-ng $(VENV)/.bench-peer ## throughput: bare engine, the service, funasr-server (~5 min; BIG=1: large-dims model; BENCH_ARGS=...)
 	$(VENV)/bin/python scripts/bench.py $(if $(BIG),--model big) $(BENCH_ARGS)
 
-bench-diarize: venv models espeak-ng ## diarization: DER and speaker counts on 15 espeak conversations, both engines; RTF with/without; 4 h peak RSS (~6 min)
+bench-diarize: venv models espeak-ng ## diarization: DER and speaker counts on 15 espeak conversations, both engines; RTF with/without; 4 h peak RSS (~5 min)
 	$(VENV)/bin/python scripts/bench_diarize.py $(BENCH_ARGS)
 
 $(VENV)/.bench-peer: $(STAMP)
