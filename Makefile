@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 
 .PHONY: run api worker flower webhooks test test-fast chaos lint models venv system-packages redis-server vendor clean \
-	bench-slow bench-api bench bench-control capacity espeak-ng settings-docs
+	bench-slow bench-api bench bench-control bench-diarize capacity espeak-ng settings-docs
 
 run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower, webhooks
 	./scripts/run.sh
@@ -61,7 +61,7 @@ lint: venv
 settings-docs: venv ## regenerate config/.env.example and docs/configuration.md's table from asr_service/settings/
 	$(VENV)/bin/python -m asr_service.settings.docs
 
-models: venv ## the tiny Paraformer (built in code) and the real FSMN-VAD weights under models/; BIG=1: also the large-dims one
+models: venv ## under models/: the tiny Paraformer (built in code), the real FSMN-VAD, Whisper tiny.en and speaker-encoder weights; BIG=1: also the large-dims one
 	$(VENV)/bin/python scripts/assets.py models $(if $(BIG),--big)
 
 # funasr-server (the benchmark's peer) ships with funasr but needs these web packages, which the
@@ -70,6 +70,9 @@ BENCH_PEER_PACKAGES := fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 python
 
 bench: venv models redis-server espeak-ng $(VENV)/.bench-peer ## throughput: bare engine, the service, funasr-server (~5 min; BIG=1: large-dims model; BENCH_ARGS=...)
 	$(VENV)/bin/python scripts/bench.py $(if $(BIG),--model big) $(BENCH_ARGS)
+
+bench-diarize: venv models espeak-ng ## diarization: DER and speaker counts on 15 espeak conversations, both engines; RTF with/without; 4 h peak RSS (~5 min)
+	$(VENV)/bin/python scripts/bench_diarize.py $(BENCH_ARGS)
 
 $(VENV)/.bench-peer: $(STAMP)
 	$(VENV)/bin/pip install --disable-pip-version-check -q $(BENCH_PEER_PACKAGES) && touch $@ || \

@@ -139,6 +139,8 @@ def summarize(snap: dict[str, Any]) -> dict[str, Any]:
         "jobs_total": sum(counts.values()),
         "by_status": {str(s): counts.get(s, 0) for s in STATUSES},
         "audio_seconds_total": round(max(0.0, kept.get("retained_audio_s", 0.0)), 3),
+        "diarized_audio_seconds_total": round(
+            max(0.0, kept.get("retained_diarized_audio_s", 0.0)), 3),
         "average_rtf": round(kept["retained_rtf_sum"] / rtf_n, 4) if rtf_n > 0 else None,
         "queue_wait_s": percentiles(r[1] for r in recent),
         "processing_s": percentiles(r[2] for r in recent),

@@ -43,11 +43,12 @@ Unit = tuple[str, str]  # a run no line may break inside: (separator before it, 
 
 @dataclass(frozen=True)
 class Cue:
-    """One subtitle: start and end in seconds, and its lines."""
+    """One subtitle: start and end in seconds, its lines, and who speaks (when diarized)."""
 
     start: float
     end: float
     lines: list[str]
+    speaker: str | None = None
 
 
 def iso_time(ts: float | None) -> str | None:
@@ -65,15 +66,32 @@ def render(result: dict[str, Any], fmt: str) -> tuple[str, str]:
 
 
 def to_text(result: dict[str, Any]) -> str:
-    """The plain text, with a final newline."""
-    return str(result.get("text") or "") + "\n"
+    """The plain text, with a final newline; diarized: one line per turn, "Speaker 1: ..."."""
+    if result.get("speakers") is None:
+        return str(result.get("text") or "") + "\n"
+    turns: list[tuple[str, list[str]]] = []
+    for segment in result.get("segments") or []:
+        text, speaker = _clean(str(segment.get("text") or "")), str(segment.get("speaker"))
+        if not text:
+            continue
+        if turns and turns[-1][0] == speaker:
+            turns[-1][1].append(text)
+        else:
+            turns.append((speaker, [text]))
+    return "".join(f"{speaker}: {' '.join(texts)}\n" for speaker, texts in turns)
 
 
 def to_srt(result: dict[str, Any]) -> str:
     """SubRip subtitles, composed by the `srt` library."""
     return srt.compose([srt.Subtitle(index=i, start=timedelta(seconds=c.start),
-                                     end=timedelta(seconds=c.end), content="\n".join(c.lines))
+                                     end=timedelta(seconds=c.end),
+                                     content=_prefixed(c.lines, f"[{c.speaker}] ", c.speaker))
                         for i, c in enumerate(cues(result), start=1)], reindex=False)
+
+
+def _prefixed(lines: list[str], prefix: str, speaker: str | None) -> str:
+    """The cue's text, its first line after `prefix` when someone speaks it."""
+    return "\n".join([prefix + lines[0], *lines[1:]] if speaker else lines)
 
 
 def to_vtt(result: dict[str, Any]) -> str:
@@ -83,14 +101,18 @@ def to_vtt(result: dict[str, Any]) -> str:
         # Caption takes timestamps as text only; the library's Timestamp writes them. Its writer
         # escapes nothing, and cue text may not hold a raw "&" or "<" (a "<b>" would be a tag).
         lines = [line.replace("&", "&amp;").replace("<", "&lt;") for line in cue.lines]
+        text = _prefixed(lines, f"<v {cue.speaker}>", cue.speaker)  # a WebVTT voice span
         document.captions.append(webvtt.Caption(str(Timestamp.from_seconds(cue.start)),
-                                                str(Timestamp.from_seconds(cue.end)), lines))
+                                                str(Timestamp.from_seconds(cue.end)),
+                                                text.split("\n")))
     return document.content
 
 
 def cues(result: dict[str, Any], max_line_chars: int = MAX_LINE_CHARS,
          max_lines: int = MAX_LINES) -> list[Cue]:
-    """The subtitle cues of a transcript: in order, never overlapping, never empty."""
+    """The subtitle cues of a transcript: in order, never overlapping, never empty. A cue
+    never spans two segments, so a diarized transcript's cues change speaker where its
+    segments do; the speaker's label takes its room on the first line."""
     out: list[Cue] = []
     last_ms = 0  # times are whole milliseconds, so SRT and WebVTT write the same ones
     words = _Words(result.get("words") or [])
@@ -100,11 +122,13 @@ def cues(result: dict[str, Any], max_line_chars: int = MAX_LINE_CHARS,
             continue
         start = max(round(float(segment["start"]) * 1000), last_ms)
         end = max(round(float(segment["end"]) * 1000), start + 1)
-        pieces = _split(_units(text, max_line_chars), max_line_chars, max_lines)
+        speaker = segment.get("speaker")
+        width = max(8, max_line_chars - (len(str(speaker)) + 3 if speaker else 0))
+        pieces = _split(_units(text, width), width, max_lines)
         times = (_word_times(pieces, text, words, start, end)
                  or _shared_times(pieces, start, end))
         for piece, (lo, hi) in zip(pieces, times, strict=True):
-            out.append(Cue(lo / 1000, hi / 1000, _balanced(piece, max_line_chars)))
+            out.append(Cue(lo / 1000, hi / 1000, _balanced(piece, width), speaker))
         last_ms = times[-1][1]
     return out
 
@@ -267,31 +291,3 @@ def _ordered(times: list[tuple[int, int]], start: int, end: int) -> list[tuple[i
         lo = max(lo, start, out[-1][1] if out else start)
         out.append((lo, max(min(hi, end), lo + 1)))
     return out
-
-
-def openai_json(result: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's `json` transcription body."""
-    return {"text": str(result.get("text") or ""), "usage": _usage(result)}
-
-
-def openai_verbose(result: dict[str, Any], words: bool) -> dict[str, Any]:
-    """OpenAI's `verbose_json` body; `words` only when asked, empty without engine word times."""
-    body: dict[str, Any] = {
-        "task": "transcribe", "language": result.get("language") or "",
-        "duration": float(result.get("duration_s") or 0.0),
-        "text": str(result.get("text") or ""),
-        "segments": [
-            {"id": i, "seek": 0, "start": float(s["start"]), "end": float(s["end"]),
-             "text": str(s.get("text") or ""), "tokens": [], "temperature": 0.0,
-             "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": 0.0}
-            for i, s in enumerate(result.get("segments") or [])],
-        "usage": _usage(result),
-    }
-    if words:
-        body["words"] = [{"word": str(w["word"]), "start": float(w["start"]),
-                          "end": float(w["end"])} for w in result.get("words") or []]
-    return body
-
-
-def _usage(result: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "duration", "seconds": math.ceil(float(result.get("duration_s") or 0.0))}

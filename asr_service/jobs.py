@@ -62,6 +62,8 @@ class Job:
     duration_s: float
     language: str = "auto"
     hotwords: list[str] = field(default_factory=list)
+    diarization: dict[str, int] | None = None
+    """None, or what diarization was asked (DiarizeSpec.to_record: {} or speaker counts)."""
     queue: str = "asr"
     model: str = ""
     """The id of the model asked for (its worker group consumes `queue`)."""

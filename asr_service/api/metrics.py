@@ -73,6 +73,9 @@ class ClusterCollector:
             yield HistogramMetricFamily(metric, doc, buckets=buckets, sum_value=total)
         yield GaugeMetricFamily("asr_audio_seconds", "Audio seconds of succeeded retained jobs",
                                 value=max(0.0, kept.get("retained_audio_s", 0.0)))
+        yield GaugeMetricFamily("asr_diarized_audio_seconds",
+                                "Audio seconds of succeeded retained jobs that asked for diarize",
+                                value=max(0.0, kept.get("retained_diarized_audio_s", 0.0)))
         buckets, total = self.figures.submit_latency.histogram()
         yield HistogramMetricFamily("asr_submit_latency_seconds",
                                     "Time the API took to accept a submission (202)",

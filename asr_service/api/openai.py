@@ -14,17 +14,18 @@ from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 from werkzeug.datastructures import FileStorage
 
-from asr_service import formats
+from asr_service import formats, openai_formats
 from asr_service.api import idempotency, problems, services
 from asr_service.api.access import owner_id, scope
 from asr_service.api.multipart import FileUpload, MultipartBlueprint
 from asr_service.api.problems import OpenAIErrorSchema, openai_error
 from asr_service.api.schemas import MAX_HOTWORDS, Hotwords, language_field
+from asr_service.api.speakers import SpeakerFieldsSchema, diarize_spec
 from asr_service.jobs import ACTIVE, Job, Status
 from asr_service.service import Upload
 
 DEFAULT_ALIAS = "whisper-1"  # clients hard-code it; it means the default model
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 _CLIENT_ERRORS = {"audio-invalid", "audio-too-long"}
 
 
@@ -32,8 +33,9 @@ blp = MultipartBlueprint("openai", __name__, url_prefix="/v1",
                         description="OpenAI-compatible transcription (same queue and workers)")
 
 
-class TranscriptionFormSchema(Schema):
-    """The multipart body of POST /v1/audio/transcriptions, as OpenAI defines it."""
+class TranscriptionFormSchema(SpeakerFieldsSchema):
+    """The multipart body of POST /v1/audio/transcriptions, as OpenAI defines it (plus this
+    service's diarize fields; response_format=diarized_json turns diarization on)."""
 
     file = FileUpload(required=True, metadata={"description": "The recording"})
     model = fields.String(required=True, metadata={
@@ -53,10 +55,15 @@ class TranscriptionFormSchema(Schema):
     callback_url = fields.String(validate=validate.Length(max=2048), metadata={
         "description": "Extension: also POST a signed webhook when the job ends"})
 
+    def context_diarizes(self, data: dict[str, Any]) -> bool:
+        """diarized_json asks for diarization by itself."""
+        return data.get("response_format") == "diarized_json"
+
 
 class TranscriptionSchema(Schema):
-    """response_format=json (verbose_json adds task, language, duration, segments and words);
-    text, srt and vtt answer plain text."""
+    """response_format=json (verbose_json adds task, language, duration, segments and words;
+    diarized_json: task, duration, text and segments with a speaker each); text, srt and vtt
+    answer plain text."""
 
     text = fields.String()
     usage = fields.Dict(metadata={"example": {"type": "duration", "seconds": 5}})
@@ -100,12 +107,14 @@ class Transcriptions(MethodView):
     @problems(blp, 400, 401, 404, 413, 429, 500, 503, 504, schema=OpenAIErrorSchema,
               content_type="application/json", described={404: "Unknown model"})
     def post(self, form: dict[str, Any]) -> Any:
-        """OpenAI's transcription call: json, text, srt, vtt or verbose_json."""
+        """OpenAI's transcription call: json, text, srt, vtt, verbose_json or diarized_json."""
         model = _model(form["model"])
         upload: FileStorage = form["file"]
         jobs = services().jobs
+        diarization = diarize_spec(form, asked=form["response_format"] == "diarized_json")
         submitted = jobs.submit(Upload(upload.read(), upload.filename, form["language"],
-                                       form["prompt"], form.get("callback_url"), model),
+                                       form["prompt"], form.get("callback_url"), model,
+                                       diarization=diarization),
                                 idempotency.requested_key(services().store.keys), owner=owner_id())
         job, result = jobs.wait(submitted.job.id, services().settings.sync_timeout_s, scope())
         if result is None:
@@ -129,9 +138,11 @@ class Models(MethodView):
 def _render(result: dict[str, Any], response_format: str, words: bool, job: Job) -> Any:
     # Returned as responses: the documented schema must not filter OpenAI's extra fields.
     if response_format == "json":
-        return jsonify(formats.openai_json(result))
+        return jsonify(openai_formats.openai_json(result))
     if response_format == "verbose_json":
-        return jsonify(formats.openai_verbose(result, words=words))
+        return jsonify(openai_formats.openai_verbose(result, words=words))
+    if response_format == "diarized_json":
+        return jsonify(openai_formats.openai_diarized(result))
     fmt = "txt" if response_format == "text" else response_format
     body, content_type = formats.render(result, fmt)
     response = make_response(body)

@@ -13,6 +13,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, post_dump, validate, validates_schema
 
 from asr_service.api.multipart import FileUpload
+from asr_service.api.speakers import SpeakerFieldsSchema
 from asr_service.formats import FORMATS, iso_time
 from asr_service.jobs import STATUSES, Job
 
@@ -53,7 +54,7 @@ class Hotwords(fields.String):
         return split_hotwords(text)
 
 
-class SubmitFormSchema(Schema):
+class SubmitFormSchema(SpeakerFieldsSchema):
     """Optional form fields sent next to the audio file."""
 
     language = language_field()
@@ -120,6 +121,7 @@ class SegmentSchema(Schema):
     start = fields.Float()
     end = fields.Float()
     text = fields.String()
+    speaker = fields.String(metadata={"description": "With diarize: who spoke it"})
 
 
 class WordSchema(Schema):
@@ -128,6 +130,7 @@ class WordSchema(Schema):
     word = fields.String()
     start = fields.Float()
     end = fields.Float()
+    speaker = fields.String(metadata={"description": "With diarize: who spoke it"})
 
 
 class TranscriptSchema(Schema):
@@ -142,6 +145,10 @@ class TranscriptSchema(Schema):
     rtf = fields.Float(allow_none=True)
     words = fields.List(fields.Nested(WordSchema), metadata={
         "description": "Only from engines with word timestamps (faster-whisper)"})
+    speakers = fields.List(fields.String(), metadata={
+        "description": "With diarize: the speakers found, in order of first appearance"})
+    diarization_s = fields.Float(metadata={
+        "description": "With diarize: seconds of processing_s spent on it"})
 
 
 class JobErrorSchema(Schema):
@@ -211,6 +218,8 @@ class JobSchema(Schema):
     duration_s = fields.Float()
     language = fields.String()
     hotwords = fields.List(fields.String())
+    diarization = fields.Dict(allow_none=True, metadata={
+        "description": "null, or the speaker counts asked for ({} when none): diarize was on"})
     model = fields.String()
     created_at = UnixTime()
     started_at = UnixTime(allow_none=True)

@@ -93,6 +93,8 @@ class StatsSchema(Schema):
     jobs_total = fields.Integer()
     by_status = fields.Dict(keys=fields.String(), values=fields.Integer())
     audio_seconds_total = fields.Float(metadata={"description": "Succeeded retained jobs"})
+    diarized_audio_seconds_total = fields.Float(metadata={
+        "description": "Succeeded retained jobs that asked for diarize"})
     average_rtf = fields.Float(allow_none=True, metadata={
         "description": "Succeeded retained jobs"})
     queue_wait_s = fields.Nested(PercentilesSchema, metadata={

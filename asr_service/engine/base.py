@@ -32,6 +32,8 @@ class Segment:
     start_ms: int
     end_ms: int
     text: str
+    speaker: str | None = None
+    """Who spoke it ("Speaker 1", ...) when the job asked for diarization."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Word:
     start_ms: int
     end_ms: int
     word: str
+    speaker: str | None = None
+    """Who spoke it, when the job asked for diarization."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class Transcript:
     language: str
     model: str
     words: list[Word] = field(default_factory=list)
+    speakers: list[str] | None = None
+    """The speakers found, in order of first appearance (None: diarization not asked for)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,9 @@ class TranscribeOptions:
 
     language: str = "auto"
     hotwords: list[str] = field(default_factory=list)
+    turns: bool = False
+    """One segment per stretch of speech the VAD found (diarization labels segments), where
+    the engine would otherwise join them (FunASR without a punctuation model)."""
 
 
 class Engine(Protocol):

@@ -119,6 +119,11 @@ class FunASREngine:
         if samples.size < MIN_SAMPLES:
             return Transcript(text="", segments=[], language=options.language, model=self.name)
         try:
+            if options.turns and self._has_vad and not self._has_punc:
+                # FunASR joins the VAD segments into one sentence without punctuation; the
+                # batched path keeps one per VAD segment, with the same texts.
+                result = self._generate_batch([samples])[0]
+                return self._to_transcript([result] if result else [], samples.size, options)
             results = self._model.generate(input=samples, **self._generate_kwargs(options))
             return self._to_transcript(results, samples.size, options)
         except Exception as exc:

@@ -103,6 +103,9 @@ local function count_success(job, now)
   local wait = (job.started_at or now) - (job.queued_at or now)
   local proc = job.processing_s or 0
   redis.call('HINCRBYFLOAT', K.figures, 'retained_audio_s', audio)
+  if job.diarization then  -- a table ({} or speaker counts): diarize was asked
+    redis.call('HINCRBYFLOAT', K.figures, 'retained_diarized_audio_s', audio)
+  end
   observe('e2e', E2E_BOUNDS, e2e)
   if audio > 0 then
     redis.call('HINCRBYFLOAT', K.figures, 'retained_rtf_sum', proc / audio)
@@ -121,6 +124,9 @@ end
 local function uncount_success(job)
   local audio = job.duration_s or 0
   redis.call('HINCRBYFLOAT', K.figures, 'retained_audio_s', -audio)
+  if job.diarization then
+    redis.call('HINCRBYFLOAT', K.figures, 'retained_diarized_audio_s', -audio)
+  end
   if audio > 0 and job.processing_s then
     redis.call('HINCRBYFLOAT', K.figures, 'retained_rtf_sum', -job.processing_s / audio)
     redis.call('HINCRBY', K.figures, 'retained_rtf_n', -1)

@@ -21,6 +21,10 @@ class EngineSettings:
     asr_vad_model: str = "fsmn-vad"
     """Voice activity detection model (alias or directory); empty disables VAD (faster-whisper:
     empty turns on its built-in Silero VAD, any other value leaves VAD off)."""
+    asr_speaker_model: str = "models/voice-encoder"
+    """Speaker encoder for diarization (submit `diarize`): a directory holding the GE2E
+    `pretrained.pt` (`make models` unpacks it from the resemblyzer wheel). Loaded by a worker
+    process the first time a job asks for diarization, on the engine's device."""
     asr_punc_model: str = ""
     """Punctuation model (alias or directory); empty (the default) disables it."""
     asr_use_gpu: str = "auto"

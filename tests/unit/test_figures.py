@@ -41,6 +41,7 @@ def test_no_jobs_gives_zero_totals_and_no_latencies() -> None:
         "by_status": {"queued": 0, "processing": 0, "succeeded": 0, "failed": 0,
                       "cancelled": 0},
         "audio_seconds_total": 0,
+        "diarized_audio_seconds_total": 0,
         "average_rtf": None,
         "queue_wait_s": {"p50": None, "p95": None},
         "processing_s": {"p50": None, "p95": None},

@@ -12,7 +12,7 @@ import pytest
 import srt
 import webvtt
 
-from asr_service import formats
+from asr_service import formats, openai_formats
 
 SENTENCE = "This is a fairly long sentence, with a clause; and then some more words. "
 ZH = "欢迎大家来体验达摩院推出的语音识别模型，" * 40  # 800 characters, no spaces
@@ -260,9 +260,9 @@ def test_txt_is_the_text_and_a_newline():
 def test_openai_bodies():
     result = transcript((0.0, 1.5, "hi there"), (2.0, 3.0, "bye"),
                         words=[{"word": "hi", "start": 0.0, "end": 0.4}])
-    verbose = formats.openai_verbose(result, words=True)
+    verbose = openai_formats.openai_verbose(result, words=True)
 
-    assert formats.openai_json(result) == {"text": "hi there bye",
+    assert openai_formats.openai_json(result) == {"text": "hi there bye",
                                            "usage": {"type": "duration", "seconds": 61}}
     assert {k: verbose[k] for k in ("task", "language", "duration", "text", "usage")} == {
         "task": "transcribe", "language": "en", "duration": 60.2, "text": "hi there bye",
@@ -277,8 +277,8 @@ def test_openai_bodies():
                for k in ("start", "end", "temperature", "avg_logprob", "compression_ratio",
                          "no_speech_prob"))
     assert verbose["words"] == [{"word": "hi", "start": 0.0, "end": 0.4}]
-    assert "words" not in formats.openai_verbose(result, words=False)
-    assert formats.openai_verbose(transcript((0, 1, "x")), words=True)["words"] == []
+    assert "words" not in openai_formats.openai_verbose(result, words=False)
+    assert openai_formats.openai_verbose(transcript((0, 1, "x")), words=True)["words"] == []
     json.dumps(verbose)  # a JSON body as it is
 
 

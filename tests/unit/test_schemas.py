@@ -25,7 +25,7 @@ def load_errors(schema: SubmitFormSchema | HistoryArgsSchema, data: dict[str, st
 
 
 def test_submit_form_defaults_to_auto_language_and_no_hotwords() -> None:
-    assert SubmitFormSchema().load({}) == {"language": "auto", "hotwords": []}
+    assert SubmitFormSchema().load({}) == {"language": "auto", "hotwords": [], "diarize": False}
 
 
 @pytest.mark.parametrize("language", ["auto", "zh", "en", "yue", "en-US", "zh-Hans"])
