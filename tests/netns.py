@@ -27,6 +27,7 @@ from pathlib import Path
 from tests.harness import eventually
 
 IP_TIMEOUT_S = 10
+REPO = Path(__file__).resolve().parents[1]  # the checkout the tests run from
 
 
 class NetnsUnavailable(RuntimeError):
@@ -147,14 +148,17 @@ class Lan:
     def argv(self, name: str, argv: Sequence[str]) -> list[str]:
         """`argv` run on host `name`: its network, its hostname, a private empty /tmp.
 
-        The one exception in /tmp is the Python installation the tests run (a clone under
-        /tmp has its virtualenv there): every host has it, as every real host has /usr. It is
-        bound back into the empty /tmp from the shell's working directory, which still is the
-        original directory once the tmpfs hides its path (`mount -c`: no canonicalizing)."""
+        The one exception in /tmp is the code the tests run: a clone under /tmp (its
+        virtualenv inside it), or else a virtualenv under /tmp. Every host has it, as every
+        real host has /usr. It is bound back into the empty /tmp from the shell's working
+        directory, which still is the original directory once the tmpfs hides its path
+        (`mount -c`: no canonicalizing)."""
         host = self.hosts[name]
         script = 'mount -t tmpfs -o mode=1777 tmpfs /tmp && hostname "$0" && exec "$@"'
-        if Path(sys.prefix).resolve().is_relative_to("/tmp"):
-            prefix = shlex.quote(str(Path(sys.prefix).resolve()))
+        keep = next((path for path in (REPO, Path(sys.prefix).resolve())
+                     if path.is_relative_to("/tmp")), None)
+        if keep is not None:
+            prefix = shlex.quote(str(keep))
             script = (f'here="$(pwd)" && cd {prefix} && '
                       "mount -t tmpfs -o mode=1777 tmpfs /tmp && "
                       f'mkdir -p {prefix} && mount -c --bind . {prefix} && cd "$here" && '
