@@ -143,6 +143,18 @@ class Processes:
         self.procs.append((name, proc))  # before it is ready: an interrupt while it loads too
         wait_ready(proc, ready, timeout, log_path, interval=0.2, ignoring=ignoring)
 
+    def start_api(self, env: dict[str, str], api_port: int, logs: Path) -> str:
+        """The API under gunicorn as `make api` runs it, with no key; its base URL once /health
+        answers."""
+        env.pop("FLOWER_BASIC_AUTH", None)
+        base = f"http://127.0.0.1:{api_port}"
+        self.start("api", [str(VENV_BIN / "gunicorn"), "-c", "config/gunicorn.conf.py",
+                           "wsgi:app"],
+                   ready=lambda: get_json(f"{base}/api/v1/health", 2),
+                   ignoring=requests.RequestException, timeout=60, log_path=logs / "api.out",
+                   env=env)
+        return base
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) used so far by each process tree, and by this one."""
         import psutil
@@ -388,12 +400,7 @@ def bench_service(args: argparse.Namespace, asr: Path, vad: Path, clips: list[Cl
                ASR_USE_GPU="true" if args.device == "cuda" else "false",
                LOG_DIR=str(logs / "logs"), API_KEYS="", RATE_LIMIT="",
                ASR_BATCH_WAIT_MS=str(batch_wait_ms), ASR_BATCH_JOBS=str(args.batch_jobs))
-    env.pop("FLOWER_BASIC_AUTH", None)
-    base = f"http://127.0.0.1:{api_port}"
-    procs.start("api", [str(VENV_BIN / "gunicorn"), "-c", "config/gunicorn.conf.py", "wsgi:app"],
-                ready=lambda: get_json(f"{base}/api/v1/health", 2),
-                ignoring=requests.RequestException, timeout=60, log_path=logs / "api.out",
-                env=env)
+    base = procs.start_api(env, api_port, logs)
     print(f"  {system}: API on {base}, loading the model in the worker ...", flush=True)
     engines = 1 if batch_wait_ms else args.workers
 

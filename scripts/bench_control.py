@@ -66,12 +66,7 @@ def start_stack(procs: Processes, logs: Path) -> tuple[str, redis.Redis]:
                RATE_LIMIT="", ASR_MODEL=str(assets["asr"]), ASR_VAD_MODEL=str(assets["vad"]),
                ASR_PUNC_MODEL="", ASR_USE_GPU="false", ASR_THREADS="1", WORKER_COUNT="1",
                LOG_DIR=str(logs / "logs"))
-    env.pop("FLOWER_BASIC_AUTH", None)
-    base = f"http://127.0.0.1:{api_port}"
-    procs.start("api", [str(VENV_BIN / "gunicorn"), "-c", "config/gunicorn.conf.py", "wsgi:app"],
-                ready=lambda: get_json(f"{base}/api/v1/health", 2),
-                ignoring=requests.RequestException, timeout=60, log_path=logs / "api.out",
-                env=env)
+    base = procs.start_api(env, api_port, logs)
 
     def worker_ready() -> bool:
         return get_json(f"{base}/api/v1/health", 5).get("status") == "ok"
