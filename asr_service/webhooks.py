@@ -200,6 +200,8 @@ class Deliverer:
                 with self._lock:
                     self._unsettled[:0] = owed[done:]
                 raise
+            except Exception:  # a bug must not end the loop: its lease brings it back
+                log.exception("webhook settle failed")
 
     def _release(self, claim: Claim, why: str, again: bool = False) -> None:
         """Give a claim's slot back without an attempt (its lease brings it back if due;

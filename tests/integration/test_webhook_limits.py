@@ -5,6 +5,7 @@ deliverer takes them. Real redis-server, real deliverer (process or in-process),
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import sys
 import threading
@@ -250,7 +251,8 @@ def test_a_receiver_that_never_answers_does_not_delay_the_others(
             lifecycle.delete(job_id)
 
 
-def test_deliveries_that_a_full_redis_refused_free_their_slots_once_it_takes_writes(own):
+def test_deliveries_that_a_full_redis_refused_free_their_slots_once_it_takes_writes(
+        own, caplog):
     # Found by the chaos soak: two claims whose body write Redis refused (maxmemory) held their
     # destination's two slots for the whole lease (timeout + 30 s), so the jobs behind them,
     # with a short retention, expired with their webhooks unsent.
@@ -277,7 +279,14 @@ def test_deliveries_that_a_full_redis_refused_free_their_slots_once_it_takes_wri
     runner.start()
     try:
         assert filled.wait(10), "nothing was claimed"
-        time.sleep(1.0)  # the two claimed deliveries meet the full Redis
+        caplog.set_level(logging.WARNING, logger="asr_service.webhooks")
+
+        def refused() -> int:  # the claimed deliveries met the full Redis (logged either way)
+            return len({getattr(r, "webhook_id", None) for r in caplog.records
+                        if r.name == "asr_service.webhooks" and hasattr(r, "webhook_id")})
+
+        eventually(lambda: refused() >= PER_DESTINATION, 10,
+                   message="the claimed deliveries never met the full Redis")
         client.config_set("maxmemory", 0)
         back = time.time()
         eventually(lambda: len(receiver.posts) >= len(jobs), 15, interval=0.2,
