@@ -85,13 +85,14 @@ def to_srt(result: dict[str, Any]) -> str:
     """SubRip subtitles, composed by the `srt` library."""
     return srt.compose([srt.Subtitle(index=i, start=timedelta(seconds=c.start),
                                      end=timedelta(seconds=c.end),
-                                     content=_prefixed(c.lines, f"[{c.speaker}] ", c.speaker))
+                                     content=_prefixed(c.lines,
+                                                       f"[{c.speaker}] " if c.speaker else ""))
                         for i, c in enumerate(cues(result), start=1)], reindex=False)
 
 
-def _prefixed(lines: list[str], prefix: str, speaker: str | None) -> str:
-    """The cue's text, its first line after `prefix` when someone speaks it."""
-    return "\n".join([prefix + lines[0], *lines[1:]] if speaker else lines)
+def _prefixed(lines: list[str], prefix: str) -> str:
+    """The cue's text, its first line after `prefix` (a cue is never empty)."""
+    return "\n".join([prefix + lines[0], *lines[1:]])
 
 
 def to_vtt(result: dict[str, Any]) -> str:
@@ -101,7 +102,7 @@ def to_vtt(result: dict[str, Any]) -> str:
         # Caption takes timestamps as text only; the library's Timestamp writes them. Its writer
         # escapes nothing, and cue text may not hold a raw "&" or "<" (a "<b>" would be a tag).
         lines = [line.replace("&", "&amp;").replace("<", "&lt;") for line in cue.lines]
-        text = _prefixed(lines, f"<v {cue.speaker}>", cue.speaker)  # a WebVTT voice span
+        text = _prefixed(lines, f"<v {cue.speaker}>" if cue.speaker else "")  # a voice span
         document.captions.append(webvtt.Caption(str(Timestamp.from_seconds(cue.start)),
                                                 str(Timestamp.from_seconds(cue.end)),
                                                 text.split("\n")))
