@@ -40,6 +40,10 @@ _AV_TIMEOUT_S = 5.0
 # missing server file from an existing one.
 NOT_AUDIO = ("not a recognised audio file (supported: WAV, FLAC, Ogg/Opus, MP3, M4A/MP4, "
              "WebM/Matroska, AIFF, AU, CAF, AAC, WMA, AMR, AC-3, WavPack)")
+# soundfile serialises every open behind one class-level threading.Lock. Under gunicorn's gevent
+# worker it is imported after threading was patched, so that lock is gevent's, while probes run
+# in OS threads (offhub.call): give it an OS lock. soundfile is pinned, so the attribute stays.
+sf.SoundFile._sf_error_lock = offhub.os_lock()
 # How long a submit waits for probe() (~0.5 s of audio is decoded): past it the upload is
 # refused, whatever the C call goes on doing.
 PROBE_TIMEOUT_S = 10.0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -26,3 +27,16 @@ def call(fn: Callable[..., T], *args: object, timeout_s: float) -> T:
     # Also bounds the wait for a free pool thread, should the pool be full of overrunning calls.
     with gevent.Timeout(timeout_s, TimeoutError(f"no answer within {timeout_s:g} s")):
         return gevent.get_hub().threadpool.spawn(fn, *args).get()
+
+
+def os_lock() -> Any:
+    """A lock of OS threads, even in a process where gevent has patched `threading`.
+
+    Code that call() runs in a pool thread must not wait on a lock that monkey patching made
+    gevent's: an OS thread that waits on one can miss the wakeup from the OS thread that
+    releases it, and wait until call()'s timeout (seen: 7 of 12 concurrent probes, 10 s each).
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        return threading.Lock()
+    return monkey.get_original("_thread", "allocate_lock")()
