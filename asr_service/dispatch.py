@@ -14,6 +14,7 @@ from celery import Celery
 from asr_service.jobs import Job
 
 TASK_NAME = "asr.transcribe"
+LIVE_TASK_NAME = "asr.live"
 log = logging.getLogger(__name__)
 
 
@@ -40,3 +41,10 @@ class Dispatcher:
             log.warning("dispatch failed; the sweep sends it later: %s", exc,
                         extra={"job_id": job.id})
             return False
+
+
+def send_live(celery: Celery, session_id: str, queue: str, max_session_s: int) -> None:
+    """Ask the model's worker group to run a live session (live/runner.py): the session's
+    length bounds the task, not TASK_TIME_LIMIT_S."""
+    celery.send_task(LIVE_TASK_NAME, args=[session_id], queue=queue, ignore_result=True,
+                     soft_time_limit=max_session_s + 30, time_limit=max_session_s + 60)

@@ -42,6 +42,9 @@ class Keys:
         self.sweeper = f"{prefix}sweeper"  # string: the sweep lock's token
         self.stranded_cursor = f"{prefix}stranded:cursor"  # "score member" of the last examined
         self.stranded_suspected = f"{prefix}stranded:suspected"  # zset "id delivery" -> missed
+        # Live sessions (live/relay.py).
+        self.live_sessions = f"{prefix}live:sessions"  # zset: open session -> expiry time
+        self.live_figures = f"{prefix}live:figures"  # hash: sessions opened/refused/taken over
 
     def job(self, job_id: str) -> str:
         """The hash holding a job record."""
@@ -102,6 +105,26 @@ class Keys:
     def engine(self, node: str, pid: int) -> str:
         """Present while a worker child (of the main process `node`) has its model loaded."""
         return f"{self.prefix}engine:{node}:{pid}"
+
+    def live(self, session_id: str) -> str:
+        """The hash of one live session: its owner, settings and where a takeover resumes."""
+        return f"{self.prefix}live:{session_id}"
+
+    def live_in(self, session_id: str) -> str:
+        """The stream of a live session's audio frames and client controls (API -> worker)."""
+        return f"{self.prefix}live:{session_id}:in"
+
+    def live_out(self, session_id: str) -> str:
+        """The stream of a live session's events (worker -> API)."""
+        return f"{self.prefix}live:{session_id}:out"
+
+    def live_lease(self, session_id: str) -> str:
+        """The token of the worker process running a live session; expires unless renewed."""
+        return f"{self.prefix}live:{session_id}:lease"
+
+    def live_owner(self, owner: str) -> str:
+        """The zset of one tenant's open live sessions -> expiry time (the per-key limit)."""
+        return f"{self.prefix}live:owner:{owner}"
 
     def idempotency(self, digest: str) -> str:
         """The job an Idempotency-Key (scoped to its client, hashed) is bound to."""

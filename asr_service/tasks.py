@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from celery import Task, shared_task
 
-from asr_service.dispatch import TASK_NAME
+from asr_service.dispatch import LIVE_TASK_NAME, TASK_NAME
 from asr_service.pipeline import Delivery, JobBusy, run_job
 
 if TYPE_CHECKING:
@@ -26,3 +26,18 @@ def transcribe(self: Task, job_id: str) -> None:
     except JobBusy as busy:
         # Redelivered while the process that died with it may still hold the lease.
         raise self.retry(countdown=busy.retry_in_s, max_retries=None) from None
+
+
+@shared_task(name=LIVE_TASK_NAME, bind=True, ignore_result=True)
+def live_session(self: Task, session_id: str) -> str:
+    """Run a live session with this process's model until the client leaves (live/runner.py).
+    A delivery that finds the session held by a live process, or gone, ends at once."""
+    import uuid
+
+    from asr_service.live.relay import LiveStore
+    from asr_service.live.runner import Session
+
+    runtime: WorkerRuntime = self.app.runtime
+    assert runtime.engine is not None, "a live session reached a process without a model"
+    store = LiveStore(runtime.redis_client, runtime.keys)
+    return Session(store, runtime.engine, session_id, uuid.uuid4().hex).run()

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from asr_service.settings.access import AccessSettings, DeliverySettings, ProcessSettings
 from asr_service.settings.engine import EngineSettings
+from asr_service.settings.live import LiveSettings
 from asr_service.settings.parsers import (
     PARSERS,
     host_ports,
@@ -32,8 +33,8 @@ class SettingsError(ValueError):
     """One or more environment variables are invalid; the message lists all of them."""
 
 
-GROUPS = (RedisSettings, EngineSettings, WorkerSettings, LimitSettings, AccessSettings,
-          DeliverySettings, ProcessSettings)
+GROUPS = (RedisSettings, EngineSettings, WorkerSettings, LimitSettings, LiveSettings,
+          AccessSettings, DeliverySettings, ProcessSettings)
 """The settings by concern, in the order config/.env.example and docs/configuration.md list
 them (both generated from these classes: python -m asr_service.settings.docs)."""
 
@@ -42,8 +43,8 @@ ALIASES = {"ASR_BATCH_SIZE": "ASR_BATCH_AUDIO_S", "WEBHOOK_ALLOW_PRIVATE": "ALLO
 
 
 @dataclass(frozen=True)
-class Settings(ProcessSettings, DeliverySettings, AccessSettings, LimitSettings, WorkerSettings,
-               EngineSettings, RedisSettings):  # fields come in reverse order: GROUPS order
+class Settings(ProcessSettings, DeliverySettings, AccessSettings, LiveSettings, LimitSettings,
+               WorkerSettings, EngineSettings, RedisSettings):  # fields: reverse order = GROUPS
     """Service configuration: one flat object whose fields are declared by concern in the
     classes of GROUPS. Every field has a matching variable in config/.env.example."""
 

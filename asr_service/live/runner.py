@@ -1,0 +1,140 @@
+"""A live session on a worker: read the audio the API relays, publish partials and finals.
+
+Runs as a Celery task (tasks.live_session) in a worker process that holds the model, so live
+sessions spread over the same fleet as jobs. It owns the session through a fenced lease
+renewed with every write; a process that dies (or is cut off) stops renewing, and the next
+delivery of the task, in this worker or another, resumes from the sample after the last
+final it published, with the next utterance number: no final is lost or sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+
+import numpy as np
+
+from asr_service.engine.base import Engine, TranscribeOptions
+from asr_service.live.relay import LiveStore
+from asr_service.live.turns import TurnDetection, Turns
+
+log = logging.getLogger(__name__)
+
+LEASE_MS = 3000
+READ_BLOCK_MS = 250
+ORPHAN_S = 60
+"""A session whose API sends nothing (not even the end) for this long is abandoned: its API
+process died; its keys expire on their own."""
+
+
+def detection(config: dict) -> TurnDetection:
+    vad = config.get("turn_detection", "server_vad") is not None
+    return TurnDetection(vad=vad, silence_ms=int(config.get("silence_ms", 500)),
+                         padding_ms=int(config.get("padding_ms", 300)))
+
+
+class Session:
+    """One claimed live session in this process."""
+
+    def __init__(self, store: LiveStore, engine: Engine, session_id: str, token: str) -> None:
+        self.store, self.engine, self.id, self.token = store, engine, session_id, token
+        self.turns: Turns | None = None
+        self.options = TranscribeOptions()
+        self._entries: deque[tuple[str, int, int]] = deque()  # audio kept: (id, first, count)
+
+    def run(self, wait_s: float = 2 * LEASE_MS / 1000) -> str:
+        """Until the session ends ('ended'), another process holds it ('busy'), it is gone
+        ('gone') or this process lost it ('lost')."""
+        deadline = time.monotonic() + wait_s
+        while (claim := self.store.claim(self.id, self.token, LEASE_MS)).outcome == "busy":
+            if time.monotonic() > deadline:  # its holder renews it: a duplicate delivery
+                return "busy"
+            time.sleep(0.2)  # a killed process's lease lapses within LEASE_MS
+        if claim.outcome != "claimed":
+            return claim.outcome
+        if claim.taken_over:
+            self.store.count("taken_over")
+            log.warning("live session taken over", extra={"session": self.id,
+                                                          "resume_sample": claim.resume})
+        self._configure(claim.config or {}, claim.item, claim.resume)
+        return self._loop(claim.resume)
+
+    def _configure(self, config: dict, item: int, offset: int) -> None:
+        self.options = TranscribeOptions(language=config.get("language") or "auto",
+                                         hotwords=list(config.get("hotwords") or []))
+        self.turns = Turns(self._transcribe, detection(config), first_item=item, offset=offset)
+
+    def _transcribe(self, samples: np.ndarray) -> str:
+        try:
+            return self.engine.transcribe(samples, self.options).text
+        except Exception as exc:  # one bad segment must not end the session
+            log.warning("live segment not transcribed: %s", exc, extra={"session": self.id})
+            return ""
+
+    def _loop(self, resume: int) -> str:
+        after, heard = "0", time.monotonic()
+        assert self.turns is not None
+        while True:
+            entries = self.store.read(self.id, after, READ_BLOCK_MS)
+            events: list[dict] = []
+            ended = False
+            for entry_id, fields in entries:
+                after = entry_id
+                if b"a" in fields:
+                    events += self._audio(entry_id, fields, resume)
+                else:
+                    ended, more = self._control(fields)
+                    events += more
+                    if ended:
+                        break
+            now = time.monotonic()
+            heard = now if entries else heard
+            if not self.store.publish(self.id, self.token, LEASE_MS, events,
+                                      resume=self.turns.resume, item=self.turns.item,
+                                      trim_before=self._trim()):
+                log.warning("live session lost to another process", extra={"session": self.id})
+                return "lost"
+            if ended:
+                self.store.release(self.id, self.token)
+                return "ended"
+            if now - heard > ORPHAN_S:
+                return "gone"
+
+    def _audio(self, entry_id: str, fields: dict, resume: int) -> list[dict]:
+        assert self.turns is not None
+        pcm = np.frombuffer(fields[b"a"], dtype="<i2")
+        first = int(fields[b"n"])
+        self._entries.append((entry_id, first, len(pcm)))
+        skip = max(0, self.turns.heard - first)
+        if skip >= len(pcm):
+            return []  # heard before the last final (a takeover replays the kept entries)
+        return self.turns.append(pcm[skip:].astype(np.float32) / 32768.0)
+
+    def _control(self, fields: dict) -> tuple[bool, list[dict]]:
+        assert self.turns is not None
+        control = json.loads(fields[b"c"])
+        kind = control.get("type")
+        if kind == "commit":
+            return False, self.turns.commit()
+        if kind == "clear":
+            return False, self.turns.clear()
+        if kind == "config":
+            config = control.get("config", {})
+            self.options = TranscribeOptions(language=config.get("language") or "auto",
+                                             hotwords=list(config.get("hotwords") or []))
+            if not self.turns.speaking:
+                self.turns.detection = detection(config)
+            return False, []
+        if kind == "end":
+            return True, self.turns.commit() if self.turns.speaking else []
+        return False, []
+
+    def _trim(self) -> str:
+        """The id of the first kept audio entry a takeover still needs (all before it go)."""
+        assert self.turns is not None
+        while len(self._entries) > 1 and self._entries[0][1] + self._entries[0][2] \
+                <= self.turns.resume:
+            self._entries.popleft()
+        return self._entries[0][0] if self._entries else ""

@@ -1,0 +1,214 @@
+"""Live transcription through the real stack: the official `openai` client's realtime
+connection to gunicorn, sessions run by a real Celery worker with the real engine, Redis
+Streams between them; bad input answered with errors that harm no other session."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+from openai import OpenAI
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+from asr_service.settings import Settings
+from tests.conversations import VOICES, speak
+from tests.integration.conftest import ApiServer, Worker, report
+
+RATE = 16_000
+CHUNK_S = 0.1
+# openai's realtime client calls websockets' connect() outside a `with` (websockets 17.1
+# deprecated that, and pytest makes warnings errors): the client's doing, not ours.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    """Two utterances with pauses: 16 kHz int16."""
+    def pause(s: float) -> np.ndarray:
+        return np.zeros(int(s * RATE), dtype=np.float32)
+
+    audio = np.concatenate([pause(0.4), speak("the meeting moved to thursday", VOICES[0]),
+                            pause(1.0), speak("please send the notes after lunch", VOICES[2]),
+                            pause(1.2)])
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2")
+
+
+@pytest.fixture(scope="module")
+def live_api(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """gunicorn and a worker of two processes on a queue of their own (a live session holds a
+    worker process while it lasts), two sessions per key."""
+    live = replace(settings, queue_name=f"live-{uuid.uuid4().hex[:6]}", worker_count=2,
+                   live_max_sessions_per_key=2)
+    worker = Worker(live, live.queue_name)
+    worker.start()
+    server = ApiServer(live, tmp_path_factory.mktemp("live-api"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        worker.stop()
+
+
+def session_update(rate: int = RATE, **input_audio: object) -> dict:
+    return {"type": "transcription", "audio": {"input": {
+        "format": {"type": "audio/pcm", "rate": rate},
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+        **input_audio}}}
+
+
+def offline_text(url: str, pcm: np.ndarray) -> str:
+    """What the file path gives for the same samples."""
+    wav = io.BytesIO()
+    sf.write(wav, pcm, RATE, format="WAV", subtype="PCM_16")  # int16 in: the very samples
+    answer = requests.post(f"{url}/api/v1/asr/submit?wait=60", timeout=90,
+                           files={"audio": ("seg.wav", wav.getvalue())})
+    assert answer.status_code in (200, 202), answer.text
+    body = answer.json()
+    task = body.get("task_id")
+    for _ in range(300):
+        if body.get("status") in ("succeeded", "failed"):
+            break
+        time.sleep(0.1)
+        body = requests.get(f"{url}/api/v1/asr/result/{task}", timeout=10).json()
+    assert body["status"] == "succeeded", body
+    return body["result"]["text"]
+
+
+def test_the_openai_realtime_client_gets_partials_and_finals_equal_to_the_file_path(
+        live_api: ApiServer, speech: np.ndarray) -> None:
+    client = OpenAI(base_url=f"{live_api.url}/v1", api_key="unused-without-api-keys")
+    events: list[tuple[float, object]] = []
+    with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        created = conn.recv()
+        assert created.type == "session.created", created
+        conn.session.update(session=session_update())
+        assert conn.recv().type == "session.updated"
+        step = int(CHUNK_S * RATE)
+        began = time.monotonic()
+        for at in range(0, len(speech), step):
+            conn.input_audio_buffer.append(
+                audio=base64.b64encode(speech[at:at + step].tobytes()).decode())
+            time.sleep(CHUNK_S / 4)  # 4x real time, within LIVE_BUFFER_S
+        sent_s = time.monotonic() - began
+        deadline = time.monotonic() + 60
+        while sum(e.type.endswith("transcription.completed") for _, e in events) < 2:
+            assert time.monotonic() < deadline, [e.type for _, e in events]
+            event = conn.recv()
+            assert event.type != "error", event
+            events.append((time.monotonic() - began, event))
+
+    kinds = [e.type for _, e in events]
+    for kind in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                 "input_audio_buffer.committed",
+                 "conversation.item.input_audio_transcription.completed"):
+        assert kinds.count(kind) == 2, (kind, kinds)
+    finals = [e for _, e in events if e.type.endswith("transcription.completed")]
+    assert [f.item_id for f in finals] == ["item_0000", "item_0001"]
+    deltas = [e for _, e in events if e.type.endswith("transcription.delta")]
+    # A final is the engine's text for that utterance's samples alone: as the file path gives.
+    for final in finals:
+        extra = final.model_extra or {}
+        segment = speech[extra["start_ms"] * RATE // 1000:extra["end_ms"] * RATE // 1000]
+        assert final.transcript == offline_text(live_api.url, segment), final
+    report("live_openai_client", events=len(events), deltas=len(deltas), sent_s=round(sent_s, 2),
+           finals=[f.transcript for f in finals])
+
+
+def raw(url: str, path: str = "/v1/realtime?intent=transcription", waits: tuple = (429, 503),
+        **kwargs: object):
+    """A plain WebSocket client; waits out a refusal (`waits`) while the server still counts a
+    session a previous test closed (the API frees it once its socket ended, a worker's
+    heartbeat says so within ~2 s)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return ws_connect(url.replace("http", "ws") + path, open_timeout=10, **kwargs)
+        except InvalidStatus as exc:
+            if exc.response.status_code not in waits or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def recv_json(ws, timeout: float = 10) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def test_bad_input_gets_error_events_and_the_session_goes_on(
+        live_api: ApiServer, speech: np.ndarray) -> None:
+    with raw(live_api.url, max_size=None) as ws:
+        assert recv_json(ws)["type"] == "session.created"
+        chunk = base64.b64encode(speech[:1600].tobytes()).decode()
+        answers = {}
+        for name, message in [
+                ("audio before session.update",
+                 json.dumps({"type": "input_audio_buffer.append", "audio": chunk})),
+                ("binary junk", b"\x00\xff" * 100),
+                ("json garbage", "{not json"),
+                ("unknown type", json.dumps({"type": "response.create"})),
+                ("wrong rate", json.dumps({"type": "session.update",
+                                           "session": session_update(rate=44_100)}))]:
+            ws.send(message)
+            answers[name] = recv_json(ws)
+        assert all(a["type"] == "error" for a in answers.values()), answers
+        assert answers["audio before session.update"]["error"]["code"] == "session_not_configured"
+        ws.send(json.dumps({"type": "session.update", "session": session_update()}))
+        assert recv_json(ws)["type"] == "session.updated"
+        ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "%%%not base64"}))
+        assert recv_json(ws)["error"]["code"] == "invalid_audio"
+        step = int(CHUNK_S * RATE)
+        for at in range(0, len(speech), step):
+            chunk = base64.b64encode(speech[at:at + step].tobytes()).decode()
+            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+        finals = []
+        deadline = time.monotonic() + 60
+        while len(finals) < 2:
+            assert time.monotonic() < deadline
+            event = recv_json(ws, timeout=60)
+            assert event["type"] != "error", event
+            if event["type"].endswith("transcription.completed"):
+                finals.append(event)
+        assert [f["item_id"] for f in finals] == ["item_0000", "item_0001"]
+
+
+def test_a_frame_over_the_limit_closes_only_its_own_session(live_api: ApiServer) -> None:
+    with raw(live_api.url, max_size=None) as other, raw(live_api.url, max_size=None) as ws:
+        assert recv_json(other)["type"] == recv_json(ws)["type"] == "session.created"
+        ws.send("x" * ((1 << 20) + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(5):
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        other.send(json.dumps({"type": "session.update", "session": session_update()}))
+        assert recv_json(other)["type"] == "session.updated"
+
+
+def test_refusals_happen_at_the_handshake(live_api: ApiServer) -> None:
+    plain = requests.get(f"{live_api.url}/v1/realtime", timeout=10)
+    assert plain.status_code == 400, plain.text  # the route only matches an upgrade
+    with pytest.raises(InvalidStatus) as refused:
+        raw(live_api.url, "/v1/realtime?intent=conversation")
+    assert refused.value.response.status_code == 400
+    limit = live_api.settings.live_max_sessions_per_key
+    opened = [raw(live_api.url) for _ in range(limit)]
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            raw(live_api.url, waits=())
+        assert refused.value.response.status_code == 429
+    finally:
+        for ws in opened:
+            ws.close()
+    # Closed sessions free their places at once.
+    with raw(live_api.url) as ws:
+        assert recv_json(ws)["type"] == "session.created"
