@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ redis.call('EXPIRE', KEYS[3], ARGV[6])
 return 1
 """
 
-# KEYS: session hash, lease. ARGV: token, lease ms.
+# KEYS: session hash, lease. ARGV: token, lease ms, pid.
 # 'claimed' with the resume point, 'busy' (another process holds it), 'gone' (closed).
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'closed') then
@@ -54,7 +55,7 @@ local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {'busy'} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local taken = holder == false and redis.call('HGET', KEYS[1], 'worker') ~= false
-redis.call('HSET', KEYS[1], 'worker', ARGV[1])
+redis.call('HSET', KEYS[1], 'worker', ARGV[1], 'pid', ARGV[3])
 local resume = redis.call('HMGET', KEYS[1], 'resume', 'item', 'config')
 return {'claimed', resume[1] or '0', resume[2] or '0', resume[3] or '{}', taken and 1 or 0}
 """
@@ -170,7 +171,7 @@ class LiveStore:
     def claim(self, session_id: str, token: str, lease_ms: int) -> Claim:
         k = self.keys
         answer = self._claim(keys=[k.live(session_id), k.live_lease(session_id)],
-                             args=[token, lease_ms])
+                             args=[token, lease_ms, os.getpid()])
         outcome = answer[0].decode()
         if outcome != "claimed":
             return Claim(outcome)

@@ -22,7 +22,9 @@ from asr_service.live.turns import TurnDetection, Turns
 
 log = logging.getLogger(__name__)
 
-LEASE_MS = 3000
+LEASE_MS = 2000
+"""A decode longer than this (a 30 s turn on a slow CPU) would let another process take the
+session over: the lease is renewed between decodes."""
 READ_BLOCK_MS = 250
 ORPHAN_S = 60
 """A session whose API sends nothing (not even the end) for this long is abandoned: its API

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from openai import OpenAI
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from asr_service import redis_conn
 from asr_service.settings import Settings
 from tests.conversations import VOICES, speak
 from tests.integration.conftest import ApiServer, Worker, report
@@ -212,3 +215,43 @@ def test_refusals_happen_at_the_handshake(live_api: ApiServer) -> None:
     # Closed sessions free their places at once.
     with raw(live_api.url) as ws:
         assert recv_json(ws)["type"] == "session.created"
+
+
+def test_a_session_whose_worker_process_is_killed_goes_on_without_losing_a_final(
+        live_api: ApiServer, speech: np.ndarray) -> None:
+    client = redis_conn.client(live_api.settings)
+    with raw(live_api.url, max_size=None) as ws:
+        session_id = recv_json(ws)["session"]["id"]
+        ws.send(json.dumps({"type": "session.update", "session": session_update()}))
+        assert recv_json(ws)["type"] == "session.updated"
+        step, events, killed = int(CHUNK_S * RATE), [], None
+        began = time.monotonic()
+        for at in range(0, len(speech), step):
+            chunk = base64.b64encode(speech[at:at + step].tobytes()).decode()
+            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+            while True:  # what arrived meanwhile
+                try:
+                    events.append((time.monotonic(), json.loads(ws.recv(timeout=0))))
+                except TimeoutError:
+                    break
+            if killed is None and any(e["type"].endswith("completed") for _, e in events):
+                pid = int(client.hget(f"asr:live:{session_id}", "pid"))
+                os.kill(pid, signal.SIGKILL)  # the process that runs the session, mid-session
+                killed = time.monotonic()
+            time.sleep(max(0.0, began + (at + step) / RATE - time.monotonic()))  # real time
+        deadline = time.monotonic() + 60
+        while sum(e["type"].endswith("completed") for _, e in events) < 2:
+            assert time.monotonic() < deadline, [e["type"] for _, e in events]
+            events.append((time.monotonic(), recv_json(ws, timeout=60)))
+    assert killed is not None, "no final before the end of the audio"
+    assert all(e["type"] != "error" for _, e in events), events
+    finals = [e for _, e in events if e["type"].endswith("completed")]
+    assert [f["item_id"] for f in finals] == ["item_0000", "item_0001"]  # none lost or repeated
+    after = [t for t, e in events if t > killed]
+    resumed_s = after[0] - killed if after else None
+    assert resumed_s is not None and resumed_s < 10, resumed_s
+    segment = speech[finals[1]["start_ms"] * RATE // 1000:finals[1]["end_ms"] * RATE // 1000]
+    assert finals[1]["transcript"] == offline_text(live_api.url, segment)
+    taken = int(client.hget("asr:live:figures", "taken_over") or 0)
+    report("live_takeover", first_event_after_kill_s=round(resumed_s, 2), taken_over=taken)
+    assert taken >= 1
