@@ -20,11 +20,17 @@ from collections.abc import Iterator
 import redis
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from asr_service.api import services
 from asr_service.cluster import Cluster
 from asr_service.figures import END_TO_END_BUCKETS, RTF_BUCKETS, Figures, histogram
+from asr_service.live.relay import LiveStore
 
 log = logging.getLogger(__name__)
 blp = Blueprint("metrics", __name__)
@@ -35,9 +41,10 @@ SUBMIT_ENDPOINT = "asr.Submit"
 class ClusterCollector:
     """Reads the cluster's figures from Redis on every scrape."""
 
-    def __init__(self, figures: Figures, cluster: Cluster) -> None:
+    def __init__(self, figures: Figures, cluster: Cluster, live: LiveStore) -> None:
         self.figures = figures
         self.cluster = cluster
+        self.live = live
 
     def collect(self) -> Iterator[Metric]:
         """The metric families; only asr_redis_up (0) when Redis does not answer."""
@@ -76,6 +83,15 @@ class ClusterCollector:
         yield GaugeMetricFamily("asr_diarized_audio_seconds",
                                 "Audio seconds of succeeded retained jobs that asked for diarize",
                                 value=max(0.0, kept.get("retained_diarized_audio_s", 0.0)))
+        yield GaugeMetricFamily("asr_live_sessions", "Live transcription sessions open now",
+                                value=self.live.open_sessions())
+        events = CounterMetricFamily("asr_live_session_events", "Live sessions by what happened: "
+                                     "opened, taken_over (a worker process died), resent (a "
+                                     "session no process held), refused_limit, "
+                                     "refused_no_worker", labels=["event"])
+        for event, count in sorted(self.live.figures().items()):
+            events.add_metric([event], count)
+        yield events
         buckets, total = self.figures.submit_latency.histogram()
         yield HistogramMetricFamily("asr_submit_latency_seconds",
                                     "Time the API took to accept a submission (202)",
@@ -103,7 +119,8 @@ def metrics() -> Response:
     """Prometheus text exposition of the cluster's figures."""
     svc = services()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(svc.figures, svc.cluster))
+    live = LiveStore(svc.store.redis, svc.store.keys)
+    registry.register(ClusterCollector(svc.figures, svc.cluster, live))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
