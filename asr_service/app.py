@@ -11,9 +11,9 @@ from asr_service import redis_conn
 from asr_service.api import Services, access, inflight
 from asr_service.api import dashboard as dashboard_api
 from asr_service.api import jobs as jobs_api
+from asr_service.api import live as live_api
 from asr_service.api import metrics as metrics_api
 from asr_service.api import openai as openai_api
-from asr_service.api import realtime as realtime_api
 from asr_service.api import system as system_api
 from asr_service.api.problems import Api, register_error_handlers
 from asr_service.celery_config import create_celery
@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None, keys: Keys | None = None) -> Fl
     api.register_blueprint(openai_api.blp)
     app.register_blueprint(dashboard_api.page)
     metrics_api.init_app(app)
-    realtime_api.init_app(app)
+    live_api.init_app(app)
     app.add_url_rule(f"{SWAGGER_ASSETS}<path:name>", "swagger_assets",
                      lambda name: send_from_directory(swagger_ui_bundle.swagger_ui_path, name))
     app.after_request(_no_sniffing)

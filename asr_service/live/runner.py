@@ -18,7 +18,7 @@ import numpy as np
 
 from asr_service.engine.base import Engine, TranscribeOptions
 from asr_service.live.relay import LiveStore
-from asr_service.live.turns import TurnDetection, Turns
+from asr_service.live.turns import RATE, TurnDetection, Turns
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ class Session:
     def _configure(self, config: dict, item: int, offset: int) -> None:
         self.options = TranscribeOptions(language=config.get("language") or "auto",
                                          hotwords=list(config.get("hotwords") or []))
-        self.turns = Turns(self._transcribe, detection(config), first_item=item, offset=offset)
+        self.turns = Turns(self._transcribe, detection(config), first_item=item, offset=offset,
+                           partial_ms=int(config.get("partial_ms", 300)))
 
     def _transcribe(self, samples: np.ndarray) -> str:
         try:
@@ -128,7 +129,11 @@ class Session:
                                              hotwords=list(config.get("hotwords") or []))
             if not self.turns.speaking:
                 self.turns.detection = detection(config)
+                self.turns.partial_samples = RATE * int(config.get("partial_ms", 300)) // 1000
             return False, []
+        if kind == "flush":  # FunASR's is_speaking false: the utterance ends, the session not
+            return False, [*(self.turns.commit() if self.turns.speaking else []),
+                           {"type": "flushed"}]
         if kind == "end":
             return True, self.turns.commit() if self.turns.speaking else []
         return False, []

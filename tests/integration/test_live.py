@@ -257,3 +257,67 @@ def test_a_session_whose_worker_process_is_killed_goes_on_without_losing_a_final
              if line.startswith('asr_live_session_events_total{event="taken_over"}')]
     report("live_takeover", first_event_after_kill_s=round(resumed_s, 2), metric=taken)
     assert taken and float(taken[0].split()[-1]) >= 1, metrics[-2000:]
+
+
+def funasr_stream(ws, pcm: np.ndarray, mode: str = "2pass", name: str = "demo",
+                  realtime: float = 4.0) -> list[dict]:
+    """What FunASR's funasr_wss_client.py does for one recording: the JSON config, 600 ms of
+    binary PCM per message (chunk_size [5, 10, 5], chunk_interval 10), `is_speaking: false`,
+    then every message until the one with is_end."""
+    ws.send(json.dumps({"mode": mode, "chunk_size": [5, 10, 5], "chunk_interval": 10,
+                        "encoder_chunk_look_back": 4, "decoder_chunk_look_back": 0,
+                        "audio_fs": RATE, "wav_name": name, "wav_format": "pcm",
+                        "is_speaking": True, "hotwords": "", "itn": True}))
+    stride = int(60 * 10 / 10 / 1000 * RATE)  # samples per message, as the client computes
+    messages = []
+    for at in range(0, len(pcm), stride):
+        ws.send(pcm[at:at + stride].tobytes())
+        time.sleep(stride / RATE / realtime)
+        while True:
+            try:
+                messages.append(json.loads(ws.recv(timeout=0)))
+            except TimeoutError:
+                break
+    ws.send(json.dumps({"is_speaking": False, "is_end": True}))
+    while not (messages and messages[-1].get("is_end")):
+        messages.append(json.loads(ws.recv(timeout=60)))
+    return messages
+
+
+def test_a_funasr_client_gets_2pass_partials_and_finals_on_the_root_path(
+        live_api: ApiServer, speech: np.ndarray) -> None:
+    # FunASR's clients dial ws://host:port with no path.
+    with raw(live_api.url, "/", max_size=None) as ws:
+        first = funasr_stream(ws, speech, name="meeting")
+        second = funasr_stream(ws, speech[: len(speech) // 2], mode="offline", name="half")
+    online = [m for m in first if m["mode"] == "2pass-online"]
+    finals = [m for m in first if m["mode"] == "2pass-offline" and m["text"]]
+    assert online and all(not m["is_final"] and m["wav_name"] == "meeting" for m in online)
+    assert len(finals) == 2, first
+    for final in finals:
+        start_ms, end_ms = json.loads(final["timestamp"])[0]
+        segment = speech[start_ms * RATE // 1000:end_ms * RATE // 1000]
+        assert final["text"] == offline_text(live_api.url, segment)
+    assert first[-1]["is_final"] and first[-1]["is_end"]
+    # The same socket, another recording, offline mode: finals only, no partials.
+    assert {m["mode"] for m in second} == {"offline"}
+    assert [m["wav_name"] for m in second] == ["half"] * len(second)
+    assert second[-1]["is_end"] and any(m["text"] for m in second)
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (b"\x00\x01" * 800, "config_first"),  # audio before the config
+    ("{not json", "invalid_json"),
+    (json.dumps({"mode": "4pass"}), "invalid_config"),
+    (json.dumps({"mode": "2pass", "wav_format": "mp3"}), "invalid_config"),
+])
+def test_bad_funasr_input_closes_only_its_own_socket_with_the_reason(
+        live_api: ApiServer, speech: np.ndarray, bad: object, reason: str) -> None:
+    with raw(live_api.url, "/funasr", max_size=None) as other, \
+            raw(live_api.url, "/funasr", max_size=None) as ws:
+        ws.send(bad)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.reason.startswith(reason)
+        answers = funasr_stream(other, speech[: len(speech) // 2], mode="offline")
+        assert answers[-1]["is_end"] and any(m["text"] for m in answers)

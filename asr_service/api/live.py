@@ -1,0 +1,308 @@
+"""Live transcription sessions over WebSocket: admission, and the relay both protocols share.
+
+The API only relays (live/relay.py): client audio into the session's input stream, the
+worker's events back in the client's protocol (realtime.py: OpenAI's Realtime; funasr_ws.py:
+FunASR's runtime protocol). Admission happens before the upgrade, so a refused client gets an
+HTTP problem at the handshake: too many sessions for its key (429), no worker with room for
+the model (503). After it, bad input gets the protocol's error and the session goes on; a
+frame over MAX_FRAME_BYTES, a client far ahead of real time, one that stops reading or sends
+nothing for LIVE_IDLE_S is told why and closed. No other session is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import soxr
+from flask import Blueprint, current_app, g, request
+from flask_sock import Sock
+from simple_websocket import ConnectionClosed
+
+from asr_service import redis_conn
+from asr_service.api import access, services
+from asr_service.api.problems import problem
+from asr_service.dispatch import send_live
+from asr_service.errors import ModelNotFound
+from asr_service.live.relay import LiveStore
+
+log = logging.getLogger(__name__)
+
+RATE = 16_000
+"""What sessions run at: other input rates are resampled by the API."""
+MAX_FRAME_BYTES = 1 << 20
+"""Largest WebSocket message (base64 of ~0.5 MiB of PCM, ~11 s at 24 kHz); a bigger one closes
+the socket (1009)."""
+TAKEOVER_AFTER_S = 4.0
+"""A session no worker process holds for this long (its host died with it) is sent again."""
+FIRST_CLAIM_S = 20.0
+"""A session no worker claims within this is ended with an error (every worker is busy)."""
+TOUCH_EVERY_S = 10.0
+"""How often an active session refreshes its keys' expiry (SESSION_TTL_S is 120 s)."""
+SEND_TIMEOUT_S = 10.0
+"""A client that reads nothing for this long (its socket buffer full) is closed."""
+
+bp = Blueprint("live", __name__)
+sock = Sock()
+
+
+@dataclass
+class Live:
+    """One open session, as the API side sees it."""
+
+    id: str
+    owner: str
+    queue: str
+    model: str
+    store: LiveStore
+    config: dict[str, Any] = field(default_factory=dict)
+    rate: int = RATE
+    resampler: Any = None
+    sent_samples: int = 0
+    """16 kHz samples relayed so far."""
+    first_audio: float | None = None
+
+
+def _live_store() -> LiveStore:
+    """One Redis pool for live sessions per app: their blocking reads never take a connection
+    the REST endpoints wait for."""
+    ext = current_app.extensions
+    if "asr_live" not in ext:
+        client = redis_conn.client(services().settings, socket_timeout=5,
+                                   socket_connect_timeout=2, socket_keepalive=True)
+        ext["asr_live"] = LiveStore(client, services().store.keys)
+    return ext["asr_live"]
+
+
+@bp.before_request
+def admit() -> Any:
+    """Refuse before the upgrade (a plain request never gets here: 400 from the router):
+    a wrong intent, an unknown model, too many sessions for this key, or no worker with room.
+    An admitted session is registered in Redis and in g."""
+    if request.path.startswith("/v1/") and request.args.get("intent",
+                                                            "transcription") != "transcription":
+        return problem(400, "Bad Request", "only transcription sessions are served: connect "
+                       "with ?intent=transcription", slug="invalid_request_error")
+    jobs, settings = services().jobs, services().settings
+    requested = request.args.get("model")
+    try:
+        # OpenAI clients name their own models: an unknown name means the default one.
+        served = requested if requested and requested in jobs.models() else None
+        queue = jobs.queue_for(served)
+    except ModelNotFound as exc:
+        return problem(404, "Not Found", str(exc), slug="model_not_found")
+    owner, store = access.owner_id() or "anonymous", _live_store()
+    session = Live(id=f"sess_{uuid.uuid4().hex[:20]}", owner=owner, queue=queue,
+                   model=served or settings.model_id, store=store)
+    if not store.open(session.id, owner, settings.live_max_sessions_per_key,
+                      {"model": session.model, "queue": queue}):
+        store.count("refused_limit")
+        limit = settings.live_max_sessions_per_key
+        return problem(429, "Too Many Requests", f"this key has {limit} live sessions open "
+                       "(LIVE_MAX_SESSIONS_PER_KEY)", slug="rate_limit_exceeded",
+                       headers={"Retry-After": "5"})
+    ready = [w for w in services().cluster.workers() if w.queue == queue and w.engines_ready]
+    if not ready or sum(max(0, w.concurrency - w.active) for w in ready) <= 0:
+        store.close(session.id, owner)
+        store.count("refused_no_worker")
+        return problem(503, "Service Unavailable", "no worker has room for a live session of "
+                       "this model now; try again later", slug="no-live-capacity",
+                       headers={"Retry-After": "5"})
+    g.live = session
+    return None
+
+
+@bp.teardown_request
+def _release(_: BaseException | None) -> None:
+    session: Live | None = g.pop("live", None)
+    if session is not None:
+        try:
+            session.store.close(session.id, session.owner)
+        except Exception as exc:  # Redis away: the session's keys expire on their own
+            log.warning("live session not closed in Redis: %s", exc)
+
+
+def start(relay_class: type[Relay], ws: Any) -> None:
+    """Run the admitted session of this request with `relay_class`'s protocol."""
+    session: Live = g.live
+    settings = services().settings
+    session.store.count("opened")
+    send_live(services().celery, session.id, session.queue, settings.live_max_session_s)
+    relay_class(ws, session, services().celery, settings.live_max_session_s,
+                settings.live_idle_s, settings.live_buffer_s).run()
+
+
+class Relay:
+    """Client messages into the session, the worker's events out, until either side ends.
+    A protocol subclass says how to greet, read a message, translate an event and refuse."""
+
+    def __init__(self, ws: Any, session: Live, celery: Any, max_s: int, idle_s: int,
+                 buffer_s: int) -> None:
+        self.ws, self.session, self.celery = ws, session, celery
+        self.max_s, self.idle_s, self.buffer_s = max_s, idle_s, buffer_s
+        self.closed = threading.Event()
+        self._send_lock = threading.Lock()
+
+    # --- what a protocol defines ---
+
+    def greet(self) -> None:
+        """What the client hears first."""
+
+    def handle(self, message: str | bytes) -> None:
+        raise NotImplementedError
+
+    def translate(self, event: dict) -> list[dict]:
+        """A worker event as the protocol's messages."""
+        raise NotImplementedError
+
+    def refuse(self, code: str, message: str, close: bool = False,
+               event_id: str | None = None) -> None:
+        """Tell the client what was wrong; with `close`, end the session."""
+        raise NotImplementedError
+
+    # --- shared ---
+
+    def run(self) -> None:
+        s = self.session
+        self.greet()
+        forwarder = threading.Thread(target=self._forward, name=f"live-{s.id}", daemon=True)
+        forwarder.start()
+        began = heard = touched = time.monotonic()
+        try:
+            while not self.closed.is_set():
+                now = time.monotonic()
+                if now - began > self.max_s:
+                    self.refuse("session_expired", f"the session reached LIVE_MAX_SESSION_S "
+                                f"({self.max_s} s)", close=True)
+                    break
+                if now - heard > self.idle_s:
+                    self.refuse("idle_timeout", f"nothing was sent for {self.idle_s} s "
+                                "(LIVE_IDLE_S)", close=True)
+                    break
+                message = self.ws.receive(timeout=1)
+                if message is None:
+                    continue
+                heard = time.monotonic()
+                if heard - touched > TOUCH_EVERY_S:
+                    s.store.touch(s.id, s.owner)
+                    touched = heard
+                self.handle(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()  # the forwarder ends within its 1 s read; the session is closed
+            # in Redis by the request's teardown, without waiting for it
+
+    def configure(self, config: dict, rate: int) -> None:
+        """New session settings and input rate (the worker applies them between utterances)."""
+        s = self.session
+        s.config = config
+        if rate != s.rate or (s.resampler is None) != (rate == RATE):
+            s.rate = rate
+            s.resampler = None if rate == RATE else soxr.ResampleStream(rate, RATE, 1,
+                                                                          dtype="float32")
+        s.store.configure(s.id, config)
+        s.store.send_control(s.id, {"type": "config", "config": config})
+
+    def control(self, kind: str) -> None:
+        self.session.store.send_control(self.session.id, {"type": kind})
+
+    def push_audio(self, pcm: bytes) -> bool:
+        """16-bit PCM at the session's rate into the session; False (and the client closed)
+        when it runs more than LIVE_BUFFER_S ahead of real time."""
+        s, now = self.session, time.monotonic()
+        s.first_audio = s.first_audio or now
+        if s.resampler is not None:  # to 16 kHz PCM16; 16 kHz input goes through untouched
+            samples = s.resampler.resample_chunk(
+                np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0)
+            pcm = np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
+        count = len(pcm) // 2
+        if (s.sent_samples + count) / RATE - (now - s.first_audio) > self.buffer_s:
+            self.refuse("input_audio_buffer_overflow", f"audio arrives more than {self.buffer_s}"
+                        " s ahead of real time (LIVE_BUFFER_S); stream at real time, or send "
+                        "files to the batch API", close=True)
+            return False
+        s.store.send_audio(s.id, pcm, s.sent_samples)
+        s.sent_samples += count
+        return True
+
+    def _forward(self) -> None:
+        s, after = self.session, "0"
+        opened = unheld_since = time.monotonic()
+        claimed = False
+        while not self.closed.is_set():
+            try:
+                for entry_id, event in s.store.events(s.id, after, block_ms=1000):
+                    after = entry_id
+                    for out in self.translate(event):
+                        self.send(out)
+                _, held = s.store.progress(s.id)
+            except ConnectionClosed:
+                break
+            except Exception as exc:  # Redis away: keep trying while the client is there
+                log.warning("live relay: %s", exc, extra={"session": s.id})
+                time.sleep(0.5)
+                continue
+            now = time.monotonic()
+            claimed = claimed or held
+            if held:
+                unheld_since = now
+            elif not claimed and now - opened > FIRST_CLAIM_S:
+                self.refuse("no_worker", "no worker took the session up; try again later",
+                            close=True)
+            elif claimed and now - unheld_since > TAKEOVER_AFTER_S:
+                # Its worker died with the task's message (a whole host): send it again; the
+                # lease makes a duplicate delivery end at once.
+                send_live(self.celery, s.id, s.queue, self.max_s)
+                s.store.count("resent")
+                unheld_since = now
+
+    def send(self, message: dict) -> None:
+        with self._send_lock, _send_deadline(SEND_TIMEOUT_S):
+            self.ws.send(json.dumps(message))
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed.set()
+        try:
+            self.ws.close(reason=code, message=reason[:120])
+        except Exception:
+            pass
+
+
+class _send_deadline:
+    """gevent.Timeout around a send under gevent; nothing elsewhere (threads cannot be timed
+    out, and the dev server is not where slow clients are met)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.timeout = seconds, None
+
+    def __enter__(self) -> None:
+        import sys
+
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is not None and monkey.is_module_patched("socket"):
+            import gevent
+
+            self.timeout = gevent.Timeout(self.seconds, ConnectionClosed(1008, "not reading"))
+            self.timeout.start()
+
+    def __exit__(self, *_: Any) -> None:
+        if self.timeout is not None:
+            self.timeout.cancel()
+
+
+def init_app(app: Any) -> None:
+    """The WebSocket routes (flask-sock on simple-websocket: a greenlet per socket under
+    gunicorn's gevent worker) of both protocols."""
+    from asr_service.api import funasr_ws, realtime  # noqa: F401  (their routes join bp)
+
+    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": MAX_FRAME_BYTES,
+                                         "ping_interval": 25}
+    sock.init_app(app)
+    app.register_blueprint(bp)
