@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 
 .PHONY: run api worker flower webhooks test test-fast chaos lint models venv system-packages redis-server vendor clean \
-	bench-slow bench-api bench bench-control bench-diarize capacity espeak-ng settings-docs
+	bench-slow bench-api bench bench-control bench-diarize bench-live capacity espeak-ng settings-docs
 
 run: venv models redis-server ## the whole stack in the foreground: Redis (if none answers), API, workers, Flower, webhooks
 	./scripts/run.sh
@@ -70,6 +70,9 @@ BENCH_PEER_PACKAGES := fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 python
 
 bench: venv models redis-server espeak-ng $(VENV)/.bench-peer ## throughput: bare engine, the service, funasr-server (~5 min; BIG=1: large-dims model; BENCH_ARGS=...)
 	$(VENV)/bin/python scripts/bench.py $(if $(BIG),--model big) $(BENCH_ARGS)
+
+bench-live: venv models redis-server espeak-ng ## live sessions: partial/final latency, WER beside the file path, sessions per host, API CPU per session (~2 min; ENGINE=faster-whisper)
+	$(VENV)/bin/python scripts/bench_live.py --engine $(or $(ENGINE),funasr) $(BENCH_ARGS)
 
 bench-diarize: venv models espeak-ng ## diarization: DER and speaker counts on 15 espeak conversations, both engines; RTF with/without; 4 h peak RSS (~5 min)
 	$(VENV)/bin/python scripts/bench_diarize.py $(BENCH_ARGS)

@@ -19,6 +19,7 @@ from asr_service import webhooks
 from asr_service.cluster import Cluster, WorkerInfo
 from asr_service.figures import STATS_WINDOW_S, Figures, percentiles, summarize, throughput
 from asr_service.jobs import JobStore, Status
+from asr_service.live.relay import LiveStore
 from asr_service.resources import tree_usage
 from asr_service.service import JobService
 from asr_service.settings import Settings
@@ -135,6 +136,7 @@ class ReadModel:
             "workers": workers,
             "workers_online": len(workers),
             "active_tasks": sum(w.active for w in workers),
+            "live_sessions": LiveStore(self.store.redis, self.store.keys).open_sessions(),
             "queue_depth": self.cluster.queue_depth(),
             "submit_latency_s": percentiles(self.figures.submit_latency.since(now - window_s)),
             "end_to_end_s": percentiles(r[3] for r in snap["recent"] if r[0] >= now - window_s),

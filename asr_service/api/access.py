@@ -16,15 +16,25 @@ from asr_service.api.problems import problem
 from asr_service.settings import Settings
 
 # Load balancers probe health without a key; documentation holds no data.
-OPEN_PATHS = ("/api/v1/health", "/openapi.json", "/docs", "/metrics", "/dashboard", "/static/")
+OPEN_PATHS = ("/api/v1/health", "/openapi.json", "/docs", "/metrics", "/dashboard", "/live",
+              "/static/")
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+"""How a browser sends its key on a WebSocket (it cannot set headers there): as OpenAI's
+browser clients do, a subprotocol `openai-insecure-api-key.<key>` beside `realtime`."""
 
 
 def presented_key() -> str | None:
-    """The key sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    """The key sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`, or on a WebSocket
+    upgrade as the subprotocol KEY_SUBPROTOCOL + key."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("X-API-Key", "").strip() or None
+    if key := request.headers.get("X-API-Key", "").strip():
+        return key
+    for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        if offered.strip().startswith(KEY_SUBPROTOCOL):
+            return offered.strip()[len(KEY_SUBPROTOCOL):] or None
+    return None
 
 
 def client_id() -> str:

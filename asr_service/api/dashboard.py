@@ -21,6 +21,12 @@ LATEST_JOBS = 15
 POLL_MS = 2000
 
 
+@page.route("/live")
+def live_page() -> str:
+    """Live captions of the microphone through /v1/realtime (static/live.js)."""
+    return render_template("live.html")
+
+
 @page.route("/dashboard")
 def dashboard() -> str:
     """The page: charts drawn by the vendored Chart.js from /api/v1/dashboard."""

@@ -302,7 +302,8 @@ def init_app(app: Any) -> None:
     gunicorn's gevent worker) of both protocols."""
     from asr_service.api import funasr_ws, realtime  # noqa: F401  (their routes join bp)
 
+    # A browser offers `realtime` (and its key, access.KEY_SUBPROTOCOL): it must hear one back.
     app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": MAX_FRAME_BYTES,
-                                         "ping_interval": 25}
+                                         "ping_interval": 25, "subprotocols": ["realtime"]}
     sock.init_app(app)
     app.register_blueprint(bp)

@@ -101,8 +101,11 @@ class OpenAIRelay(Relay):
             if len(text) <= len(said) or not text.startswith(said):
                 return []
             self.spoken[item] = text
+            # audio_end_ms (ours): the session audio this text was decoded from, which
+            # `make bench-live` measures partial latency by.
             return [{"type": "conversation.item.input_audio_transcription.delta",
-                     "item_id": item, "content_index": 0, "delta": text[len(said):]}]
+                     "item_id": item, "content_index": 0, "delta": text[len(said):],
+                     "audio_end_ms": event.get("at_ms")}]
         if kind == "speech_stopped" and item not in self.finished:
             previous, self.previous_item = self.previous_item, item
             return [{"type": "input_audio_buffer.speech_stopped",

@@ -128,6 +128,7 @@ class DashboardSchema(Schema):
     workers = fields.List(fields.Nested(WorkerSchema))
     workers_online = fields.Integer()
     active_tasks = fields.Integer(metadata={"description": "Jobs the workers are running"})
+    live_sessions = fields.Integer(metadata={"description": "Live transcription sessions open"})
     queue_depth = fields.Integer(metadata={"description": "Jobs waiting for a worker"})
     submit_latency_s = fields.Nested(PercentilesSchema,
                                      metadata={"description": "Accepted submissions, window"})

@@ -60,6 +60,12 @@ local resume = redis.call('HMGET', KEYS[1], 'resume', 'item', 'config')
 return {'claimed', resume[1] or '0', resume[2] or '0', resume[3] or '{}', taken and 1 or 0}
 """
 
+# KEYS: lease. ARGV: token, lease ms. 1: renewed; 0: another process holds it (or nobody).
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
 # KEYS: lease, out stream, session hash, in stream. ARGV: token, lease ms, resume sample ('' for
 # none), next item, trim id ('' for none), then the events (JSON each).
 _PUBLISH = """
@@ -94,6 +100,7 @@ class LiveStore:
         self._open = client.register_script(_OPEN)
         self._claim = client.register_script(_CLAIM)
         self._publish = client.register_script(_PUBLISH)
+        self._renew = client.register_script(_RENEW)
 
     # --- the API's side ---
 
@@ -194,6 +201,10 @@ class LiveStore:
                   k.live_in(session_id)],
             args=[token, lease_ms, "" if resume is None else resume, item, trim_before,
                   OUT_MAXLEN, *(json.dumps(e) for e in events)]))
+
+    def renew(self, session_id: str, token: str, lease_ms: int) -> bool:
+        """Extend the lease if `token` still holds it (False: this process lost the session)."""
+        return bool(self._renew(keys=[self.keys.live_lease(session_id)], args=[token, lease_ms]))
 
     def release(self, session_id: str, token: str) -> None:
         """Give the lease back at once (the session ended)."""

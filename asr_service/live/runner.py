@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import deque
 
@@ -23,8 +24,8 @@ from asr_service.live.turns import RATE, TurnDetection, Turns
 log = logging.getLogger(__name__)
 
 LEASE_MS = 2000
-"""A decode longer than this (a 30 s turn on a slow CPU) would let another process take the
-session over: the lease is renewed between decodes."""
+"""A process that stops renewing (killed, frozen, cut off) loses the session this soon; a
+thread renews it every LEASE_MS / 4, decodes or not."""
 READ_BLOCK_MS = 250
 ORPHAN_S = 60
 """A session whose API sends nothing (not even the end) for this long is abandoned: its API
@@ -45,6 +46,7 @@ class Session:
         self.turns: Turns | None = None
         self.options = TranscribeOptions()
         self._entries: deque[tuple[str, int, int]] = deque()  # audio kept: (id, first, count)
+        self._done, self._lost = threading.Event(), threading.Event()
 
     def run(self, wait_s: float = 2 * LEASE_MS / 1000) -> str:
         """Until the session ends ('ended'), another process holds it ('busy'), it is gone
@@ -61,7 +63,24 @@ class Session:
             log.warning("live session taken over", extra={"session": self.id,
                                                           "resume_sample": claim.resume})
         self._configure(claim.config or {}, claim.item, claim.resume)
-        return self._loop(claim.resume)
+        keeper = threading.Thread(target=self._keep_lease, name=f"lease-{self.id}", daemon=True)
+        keeper.start()
+        try:
+            return self._loop(claim.resume)
+        finally:
+            self._done.set()
+
+    def _keep_lease(self) -> None:
+        """Renew the lease while the session runs here; a refusal means another process took
+        it over (this one was paused or cut off): the loop stops at its next write, which the
+        lease fences anyway."""
+        while not self._done.wait(LEASE_MS / 4000):
+            try:
+                if not self.store.renew(self.id, self.token, LEASE_MS):
+                    self._lost.set()
+                    return
+            except Exception as exc:  # Redis away: the next write says whether it is still ours
+                log.warning("live lease not renewed: %s", exc, extra={"session": self.id})
 
     def _configure(self, config: dict, item: int, offset: int) -> None:
         self.options = TranscribeOptions(language=config.get("language") or "auto",
@@ -94,7 +113,7 @@ class Session:
                         break
             now = time.monotonic()
             heard = now if entries else heard
-            if not self.store.publish(self.id, self.token, LEASE_MS, events,
+            if self._lost.is_set() or not self.store.publish(self.id, self.token, LEASE_MS, events,
                                       resume=self.turns.resume, item=self.turns.item,
                                       trim_before=self._trim()):
                 log.warning("live session lost to another process", extra={"session": self.id})

@@ -8,6 +8,7 @@ so it equals what the file path gives for the same segment.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +56,8 @@ class Turns:
     """Feeds 16 kHz float32 samples through; returns the events they cause.
 
     Events: {"type": "speech_started", "item", "start_ms"}, {"type": "partial", "item",
-    "text"} (the stable text so far: it only grows), {"type": "speech_stopped", "item",
+    "text", "at_ms"} (the stable text so far: it only grows; decoded from the audio up to
+    at_ms), {"type": "speech_stopped", "item",
     "end_ms"}, {"type": "final", "item", "text", "start_ms", "end_ms"}, and
     {"type": "cleared"}. Items are numbered from `first_item`; times count from `offset` samples.
     """
@@ -80,6 +82,7 @@ class Turns:
         self._since_partial = 0
         self._decodes: list[str] = []  # the last two decodes of the open turn
         self._stable = ""
+        self._next_partial_at = 0.0
         self.resume = offset
         """The sample after the last final: a worker that takes the session over starts here
         (with item number `self.item`), and nothing it publishes repeats a final."""
@@ -163,9 +166,14 @@ class Turns:
         self._since_partial += len(samples)
         if self._turn_samples >= MAX_TURN_S * RATE:
             return events + self._end(self._turn_start + self._turn_samples)
-        if speech and self._since_partial >= self.partial_samples:
+        if speech and self._since_partial >= self.partial_samples \
+                and time.monotonic() >= self._next_partial_at:
             self._since_partial = 0
+            began = time.monotonic()
             events += self._partial()
+            # A decode that took d seconds waits d more before the next: partials use at most
+            # half the process, so a slow model (Whisper on a CPU) never falls behind the audio.
+            self._next_partial_at = 2 * time.monotonic() - began
         return events
 
     def _partial(self) -> list[Event]:
@@ -176,7 +184,8 @@ class Turns:
         agreed = common_prefix(*self._decodes) if len(self._decodes) == 2 else ""
         if len(agreed) > len(self._stable) and agreed.startswith(self._stable):
             self._stable = agreed
-            return [{"type": "partial", "item": self._item_id(), "text": agreed}]
+            return [{"type": "partial", "item": self._item_id(), "text": agreed,
+                     "at_ms": self._ms(self.position)}]
         return []
 
     def _end(self, end: int) -> list[Event]:

@@ -168,6 +168,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_stored_audio_mb": _non_negative_int,
     "max_queued_jobs": _non_negative_int,
     "max_queued_jobs_per_key": _non_negative_int,
+    "live_max_sessions_per_key": _non_negative_int,
     # Empty is meaningful for these two: it turns the model off.
     "asr_vad_model": _optional_text,
     "asr_punc_model": _optional_text,

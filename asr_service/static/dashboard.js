@@ -86,6 +86,7 @@
     text("tile-queue", snap.queue_depth);
     text("tile-workers", snap.workers_online);
     text("tile-active", snap.active_tasks);
+    text("tile-live", snap.live_sessions);
     text("tile-jpm", snap.jobs_per_minute);
     text("tile-total", snap.stats.jobs_total);
     text("tile-failed", snap.stats.by_status.failed);

@@ -104,7 +104,12 @@ def keyed_server(settings) -> Iterator[str]:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[DevTools]:
-    """Headless Chromium with the DevTools protocol on a port it picks; its first page."""
+    yield from launch(tmp_path)
+
+
+def launch(tmp_path: Path, *options: str) -> Iterator[DevTools]:
+    """Headless Chromium (with more command-line `options`) and the DevTools protocol on a
+    port it picks; its first page."""
     profile = tmp_path / "chromium-profile"
     port_file = profile / "DevToolsActivePort"  # chromium writes the port it picked
     proc = start_process(
@@ -112,7 +117,7 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
          "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
-         "--window-size=1400,1250", "about:blank"],
+         "--window-size=1400,1250", *options, "about:blank"],
         ready=lambda: port_file.exists() and bool(port_file.read_text().strip()),
         timeout=30, interval=0.1, log_path=tmp_path / "chromium.out",
     )
