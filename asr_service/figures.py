@@ -52,18 +52,18 @@ def percentiles(values: Iterable[float]) -> dict[str, float | None]:
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3)}
 
 
-class SubmitLatency:
-    """Accepted submissions' latency in Redis: histogram counters and the latest samples,
-    shared by every API process."""
+class Latency:
+    """A latency the API measures, in Redis: histogram counters and the latest samples, shared
+    by every API process."""
 
-    def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
+    def __init__(self, client: redis.Redis, counters: str, samples: str,
+                 buckets: tuple[float, ...] = SUBMIT_BUCKETS) -> None:
         self.redis = client
-        keys = keys or Keys()
-        self.counters, self.samples = keys.submit_latency, keys.submit_latency_recent
+        self.counters, self.samples, self.buckets = counters, samples, buckets
 
     def observe(self, seconds: float, now: float | None = None) -> None:
-        """Count one submission that took `seconds` to answer."""
-        bucket = next((str(b) for b in SUBMIT_BUCKETS if seconds <= b), "+Inf")
+        """Count one event that took `seconds`."""
+        bucket = next((str(b) for b in self.buckets if seconds <= b), "+Inf")
         pipe = self.redis.pipeline(transaction=False)
         pipe.hincrby(self.counters, bucket, 1)
         pipe.hincrbyfloat(self.counters, "sum", seconds)
@@ -75,7 +75,7 @@ class SubmitLatency:
         """Cumulative (le, count) buckets ending with +Inf, and the sum of seconds."""
         raw = {k.decode(): float(v) for k, v in self.redis.hgetall(self.counters).items()}
         buckets, total = [], 0.0
-        for le in [*map(str, SUBMIT_BUCKETS), "+Inf"]:
+        for le in [*map(str, self.buckets), "+Inf"]:
             total += raw.get(le, 0.0)
             buckets.append((le, total))
         return buckets, raw.get("sum", 0.0)
@@ -89,6 +89,24 @@ class SubmitLatency:
                 break  # newest first
             found.append(float(seconds))
         return found
+
+
+class SubmitLatency(Latency):
+    """Accepted submissions' latency (the API's time to answer 202)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
+        keys = keys or Keys()
+        super().__init__(client, keys.submit_latency, keys.submit_latency_recent)
+
+
+LIVE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
+
+
+def live_latencies(client: redis.Redis, keys: Keys) -> dict[str, Latency]:
+    """Live sessions' partial and final latency: from the API relaying the audio a worker
+    decoded (a partial's, or the audio that ended an utterance) to the API receiving the text."""
+    return {kind: Latency(client, keys.live_latency(kind), keys.live_latency(kind) + ":recent",
+                          LIVE_BUCKETS) for kind in ("partial", "final")}
 
 
 class Figures:

@@ -122,6 +122,10 @@ class Keys:
         """The token of the worker process running a live session; expires unless renewed."""
         return f"{self.prefix}live:{session_id}:lease"
 
+    def live_latency(self, kind: str) -> str:
+        """The hash of a live latency histogram ('partial' or 'final'; figures.py)."""
+        return f"{self.prefix}metrics:live_{kind}_latency"
+
     def live_owner(self, owner: str) -> str:
         """The zset of one tenant's open live sessions -> expiry time (the per-key limit)."""
         return f"{self.prefix}live:owner:{owner}"

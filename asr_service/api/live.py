@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from asr_service.api import access, services
 from asr_service.api.problems import problem
 from asr_service.dispatch import send_live
 from asr_service.errors import ModelNotFound
+from asr_service.figures import Latency, live_latencies
 from asr_service.live.relay import LiveStore
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ TOUCH_EVERY_S = 10.0
 """How often an active session refreshes its keys' expiry (SESSION_TTL_S is 120 s)."""
 SEND_TIMEOUT_S = 10.0
 """A client that reads nothing for this long (its socket buffer full) is closed."""
+RELAYED_KEPT = 600
+"""When each recent audio message was relayed (60 s at 100 ms each): latencies count from it."""
 
 bp = Blueprint("live", __name__)
 sock = Sock()
@@ -77,6 +81,7 @@ def _live_store() -> LiveStore:
         client = redis_conn.client(services().settings, socket_timeout=5,
                                    socket_connect_timeout=2, socket_keepalive=True)
         ext["asr_live"] = LiveStore(client, services().store.keys)
+        ext["asr_live_latency"] = live_latencies(client, services().store.keys)
     return ext["asr_live"]
 
 
@@ -134,8 +139,10 @@ def start(relay_class: type[Relay], ws: Any) -> None:
     settings = services().settings
     session.store.count("opened")
     send_live(services().celery, session.id, session.queue, settings.live_max_session_s)
-    relay_class(ws, session, services().celery, settings.live_max_session_s,
-                settings.live_idle_s, settings.live_buffer_s).run()
+    relay = relay_class(ws, session, services().celery, settings.live_max_session_s,
+                        settings.live_idle_s, settings.live_buffer_s)
+    relay.latency = current_app.extensions["asr_live_latency"]
+    relay.run()
 
 
 class Relay:
@@ -148,6 +155,9 @@ class Relay:
         self.max_s, self.idle_s, self.buffer_s = max_s, idle_s, buffer_s
         self.closed = threading.Event()
         self._send_lock = threading.Lock()
+        self.latency: dict[str, Latency] = {}
+        """Where partial and final latencies go (figures.live_latencies)."""
+        self._relayed: deque[tuple[int, float]] = deque(maxlen=RELAYED_KEPT)
 
     # --- what a protocol defines ---
 
@@ -230,7 +240,26 @@ class Relay:
             return False
         s.store.send_audio(s.id, pcm, s.sent_samples)
         s.sent_samples += count
+        self._relayed.append((s.sent_samples, now))
         return True
+
+    def _observe(self, event: dict) -> None:
+        """A partial's or a final's latency: since this process relayed the audio it was
+        decoded from (a partial's at_ms; the end of a final's utterance)."""
+        kind = event.get("type")
+        ms = event.get("at_ms") if kind == "partial" else event.get("end_ms")
+        if kind not in self.latency or ms is None:
+            return
+        sample, relayed = ms * RATE // 1000, None
+        for end, at in reversed(self._relayed):  # the newest entries are the likely ones
+            if end < sample:
+                break
+            relayed = at
+        if relayed is not None:
+            try:
+                self.latency[kind].observe(time.monotonic() - relayed)
+            except Exception as exc:  # a figure is not worth a session
+                log.warning("live latency not recorded: %s", exc)
 
     def _forward(self) -> None:
         s, after = self.session, "0"
@@ -240,6 +269,7 @@ class Relay:
             try:
                 for entry_id, event in s.store.events(s.id, after, block_ms=1000):
                     after = entry_id
+                    self._observe(event)
                     for out in self.translate(event):
                         self.send(out)
                 _, held = s.store.progress(s.id)

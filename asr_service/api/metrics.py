@@ -29,7 +29,13 @@ from prometheus_client.core import (
 
 from asr_service.api import services
 from asr_service.cluster import Cluster
-from asr_service.figures import END_TO_END_BUCKETS, RTF_BUCKETS, Figures, histogram
+from asr_service.figures import (
+    END_TO_END_BUCKETS,
+    RTF_BUCKETS,
+    Figures,
+    histogram,
+    live_latencies,
+)
 from asr_service.live.relay import LiveStore
 
 log = logging.getLogger(__name__)
@@ -92,6 +98,12 @@ class ClusterCollector:
         for event, count in sorted(self.live.figures().items()):
             events.add_metric([event], count)
         yield events
+        for kind, latency in live_latencies(self.live.client, self.live.keys).items():
+            buckets, total = latency.histogram()
+            yield HistogramMetricFamily(
+                f"asr_live_{kind}_latency_seconds", f"Live sessions: from the API relaying the "
+                f"audio a {kind} was decoded from to the API receiving it", buckets=buckets,
+                sum_value=total)
         buckets, total = self.figures.submit_latency.histogram()
         yield HistogramMetricFamily("asr_submit_latency_seconds",
                                     "Time the API took to accept a submission (202)",

@@ -125,8 +125,12 @@ def test_the_openai_realtime_client_gets_partials_and_finals_equal_to_the_file_p
         extra = final.model_extra or {}
         segment = speech[extra["start_ms"] * RATE // 1000:extra["end_ms"] * RATE // 1000]
         assert final.transcript == offline_text(live_api.url, segment), final
+    metrics = requests.get(f"{live_api.url}/metrics", timeout=10).text
+    counts = {kind: float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith(
+        f"asr_live_{kind}_latency_seconds_count"))) for kind in ("partial", "final")}
+    assert counts["partial"] >= len(deltas) and counts["final"] >= 2, counts
     report("live_openai_client", events=len(events), deltas=len(deltas), sent_s=round(sent_s, 2),
-           finals=[f.transcript for f in finals])
+           finals=[f.transcript for f in finals], latency_counts=counts)
 
 
 def raw(url: str, path: str = "/v1/realtime?intent=transcription", waits: tuple = (429, 503),
@@ -305,19 +309,24 @@ def test_a_funasr_client_gets_2pass_partials_and_finals_on_the_root_path(
     assert second[-1]["is_end"] and any(m["text"] for m in second)
 
 
-@pytest.mark.parametrize("bad, reason", [
+BAD_FUNASR_INPUT = [
     (b"\x00\x01" * 800, "config_first"),  # audio before the config
     ("{not json", "invalid_json"),
     (json.dumps({"mode": "4pass"}), "invalid_config"),
     (json.dumps({"mode": "2pass", "wav_format": "mp3"}), "invalid_config"),
-])
+]
+
+
 def test_bad_funasr_input_closes_only_its_own_socket_with_the_reason(
-        live_api: ApiServer, speech: np.ndarray, bad: object, reason: str) -> None:
-    with raw(live_api.url, "/funasr", max_size=None) as other, \
-            raw(live_api.url, "/funasr", max_size=None) as ws:
-        ws.send(bad)
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=10)
-        assert closed.value.rcvd is not None and closed.value.rcvd.reason.startswith(reason)
+        live_api: ApiServer, speech: np.ndarray) -> None:
+    with raw(live_api.url, "/funasr", max_size=None) as other:
+        for bad, reason in BAD_FUNASR_INPUT:
+            with raw(live_api.url, "/funasr", max_size=None) as ws:
+                ws.send(bad)
+                with pytest.raises(ConnectionClosed) as closed:
+                    ws.recv(timeout=10)
+            assert closed.value.rcvd is not None, bad
+            assert closed.value.rcvd.reason.startswith(reason), (bad, closed.value.rcvd)
+        # The session that sent nothing wrong, open all along, still transcribes.
         answers = funasr_stream(other, speech[: len(speech) // 2], mode="offline")
-        assert answers[-1]["is_end"] and any(m["text"] for m in answers)
+    assert answers[-1]["is_end"] and any(m["text"] for m in answers)
