@@ -66,7 +66,7 @@ class Session:
         keeper = threading.Thread(target=self._keep_lease, name=f"lease-{self.id}", daemon=True)
         keeper.start()
         try:
-            return self._loop(claim.resume)
+            return self._loop()
         finally:
             self._done.set()
 
@@ -95,7 +95,7 @@ class Session:
             log.warning("live segment not transcribed: %s", exc, extra={"session": self.id})
             return ""
 
-    def _loop(self, resume: int) -> str:
+    def _loop(self) -> str:
         after, heard = "0", time.monotonic()
         assert self.turns is not None
         while True:
@@ -105,7 +105,7 @@ class Session:
             for entry_id, fields in entries:
                 after = entry_id
                 if b"a" in fields:
-                    events += self._audio(entry_id, fields, resume)
+                    events += self._audio(entry_id, fields)
                 else:
                     ended, more = self._control(fields)
                     events += more
@@ -113,9 +113,10 @@ class Session:
                         break
             now = time.monotonic()
             heard = now if entries else heard
-            if self._lost.is_set() or not self.store.publish(self.id, self.token, LEASE_MS, events,
-                                      resume=self.turns.resume, item=self.turns.item,
-                                      trim_before=self._trim()):
+            published = not self._lost.is_set() and self.store.publish(
+                self.id, self.token, LEASE_MS, events, resume=self.turns.resume,
+                item=self.turns.item, trim_before=self._trim())
+            if not published:
                 log.warning("live session lost to another process", extra={"session": self.id})
                 return "lost"
             if ended:
@@ -124,7 +125,7 @@ class Session:
             if now - heard > ORPHAN_S:
                 return "gone"
 
-    def _audio(self, entry_id: str, fields: dict, resume: int) -> list[dict]:
+    def _audio(self, entry_id: str, fields: dict) -> list[dict]:
         assert self.turns is not None
         pcm = np.frombuffer(fields[b"a"], dtype="<i2")
         first = int(fields[b"n"])

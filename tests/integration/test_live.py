@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -330,3 +331,54 @@ def test_bad_funasr_input_closes_only_its_own_socket_with_the_reason(
         # The session that sent nothing wrong, open all along, still transcribes.
         answers = funasr_stream(other, speech[: len(speech) // 2], mode="offline")
     assert answers[-1]["is_end"] and any(m["text"] for m in answers)
+
+
+@pytest.fixture(scope="module")
+def strict_api(live_api: ApiServer, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[ApiServer]:
+    """A second API on the same queue and workers, with a 2 s idle limit and a 3 s buffer."""
+    server = ApiServer(replace(live_api.settings, live_idle_s=2, live_buffer_s=3),
+                       tmp_path_factory.mktemp("strict-api"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_client_far_ahead_of_real_time_or_silent_is_told_and_closed_alone(
+        strict_api: ApiServer, speech: np.ndarray) -> None:
+    with raw(strict_api.url, max_size=None) as bystander, raw(strict_api.url, max_size=None) as ws:
+        for socket in (bystander, ws):
+            assert recv_json(socket)["type"] == "session.created"
+            socket.send(json.dumps({"type": "session.update", "session": session_update()}))
+            assert recv_json(socket)["type"] == "session.updated"
+        chunk = base64.b64encode(speech[:RATE].tobytes()).decode()
+        for _ in range(5):  # 5 s of audio at once: 2 s past the 3 s buffer
+            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+            bystander.send(json.dumps({"type": "input_audio_buffer.clear"}))  # keeps it awake
+        events = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                events.append(recv_json(ws))
+        errors = [e["error"]["code"] for e in events if e["type"] == "error"]
+        assert errors == ["input_audio_buffer_overflow"], events
+        assert recv_json(bystander)["type"] == "input_audio_buffer.cleared"  # unharmed
+        # Then the bystander says nothing: closed after its 2 s idle limit, with the reason.
+        seen = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                seen.append(recv_json(bystander, timeout=10))
+        assert seen[-1]["type"] == "error" and seen[-1]["error"]["code"] == "idle_timeout"
+
+
+def test_a_model_without_a_worker_with_room_is_refused_at_the_handshake(
+        live_api: ApiServer, tmp_path: Path) -> None:
+    server = ApiServer(replace(live_api.settings, queue_name=f"empty-{uuid.uuid4().hex[:6]}"),
+                       tmp_path)
+    server.start()
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            raw(server.url, waits=())
+        assert refused.value.response.status_code == 503
+        assert refused.value.response.headers["Retry-After"] == "5"
+    finally:
+        server.stop()
