@@ -34,10 +34,12 @@ def live_session(self: Task, session_id: str) -> str:
     A delivery that finds the session held by a live process, or gone, ends at once."""
     import uuid
 
+    from asr_service.engine.online import online_model
     from asr_service.live.relay import LiveStore
     from asr_service.live.runner import Session
 
     runtime: WorkerRuntime = self.app.runtime
     assert runtime.engine is not None, "a live session reached a process without a model"
     store = LiveStore(runtime.redis_client, runtime.keys)
-    return Session(store, runtime.engine, session_id, uuid.uuid4().hex).run()
+    online = online_model(runtime.settings, runtime.engine.device)  # loaded at start (prefork)
+    return Session(store, runtime.engine, session_id, uuid.uuid4().hex, online).run()

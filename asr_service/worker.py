@@ -177,12 +177,15 @@ class WorkerRuntime:
     def load_engine(self, **_: Any) -> None:
         """Load and warm up the model once per child process, after the fork."""
         from asr_service.engine import build_engine
+        from asr_service.engine.online import online_model
 
         self.heartbeat = RunnerHeartbeat(self.redis_client, self.store).start()
         started = time.perf_counter()
         try:
             self.engine = build_engine(self.settings)
             self.engine.warm_up()
+            # Live sessions' streaming model, if configured: loaded now, not mid-session.
+            online_model(self.settings, self.engine.device)
         except Exception as exc:  # preflight passed, yet loading failed (weights, OOM, ...)
             log.critical("worker refuses to start: %s", exc, extra={"error": str(exc)})
             os.kill(os.getppid(), signal.SIGTERM)  # take the whole worker down, not the child

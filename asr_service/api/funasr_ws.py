@@ -99,7 +99,8 @@ class FunASRRelay(Relay):
         except (TypeError, ValueError, IndexError):
             raise ValueError("chunk_size must be three integers, e.g. [5, 10, 5]") from None
         self.mode, self.wav_name = mode, str(config.get("wav_name", self.wav_name))[:200]
-        ours = {**self.session.config, "partial_ms": partial_ms}
+        ours = {**self.session.config, "partial_ms": partial_ms,
+                "chunk_size": [int(c) for c in chunk[:3]]}
         if "hotwords" in config:
             ours["hotwords"] = hotword_list(config["hotwords"])
         self.configure(ours, rate)

@@ -49,6 +49,8 @@ TOUCH_EVERY_S = 10.0
 """How often an active session refreshes its keys' expiry (SESSION_TTL_S is 120 s)."""
 SEND_TIMEOUT_S = 10.0
 """A client that reads nothing for this long (its socket buffer full) is closed."""
+LINGER_S = 2.0
+"""How long a socket the server closes waits for the client to close its side."""
 RELAYED_KEPT = 600
 """When each recent audio message was relayed (60 s at 100 ms each): latencies count from it."""
 
@@ -302,6 +304,26 @@ class Relay:
         try:
             self.ws.close(reason=code, message=reason[:120])
         except Exception:
+            return
+        self._linger()
+
+    def _linger(self, within_s: float = LINGER_S) -> None:
+        """Read (and drop) what the client still sends until it closes its side: a TCP socket
+        closed with unread bytes (a fast client's audio) is reset, and the reset can destroy
+        what we sent just before, the error saying why (seen: the overflow error lost)."""
+        deadline = time.monotonic() + within_s
+        thread = getattr(self.ws, "thread", None)
+        if thread is not None:  # simple-websocket's reader stops after its current read
+            thread.join(within_s)
+        sock = getattr(self.ws, "sock", None)
+        if sock is None:
+            return
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(65536):
+                    return
+        except OSError:
             pass
 
 

@@ -15,7 +15,7 @@ import json
 import uuid
 from typing import Any
 
-from asr_service.api.live import Relay, bp, sock, start
+from asr_service.api.live import Relay, bp, log, sock, start
 
 RATES = (16_000, 24_000)
 
@@ -132,7 +132,8 @@ class OpenAIRelay(Relay):
                event_id: str | None = None) -> None:
         try:
             self.send(_error(code, message, event_id))
-        except Exception:
+        except Exception as exc:
+            log.warning("live error event not sent: %r", exc)
             close = True
         if close:
             self.close(1008, code)

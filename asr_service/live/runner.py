@@ -18,6 +18,7 @@ from collections import deque
 import numpy as np
 
 from asr_service.engine.base import Engine, TranscribeOptions
+from asr_service.engine.online import CHUNK_SIZE, OnlineModel
 from asr_service.live.relay import LiveStore
 from asr_service.live.turns import RATE, TurnDetection, Turns
 
@@ -41,8 +42,11 @@ def detection(config: dict) -> TurnDetection:
 class Session:
     """One claimed live session in this process."""
 
-    def __init__(self, store: LiveStore, engine: Engine, session_id: str, token: str) -> None:
+    def __init__(self, store: LiveStore, engine: Engine, session_id: str, token: str,
+                 online: OnlineModel | None = None) -> None:
         self.store, self.engine, self.id, self.token = store, engine, session_id, token
+        self.online = online
+        """The streaming model for partials (ASR_ONLINE_MODEL), or None."""
         self.turns: Turns | None = None
         self.options = TranscribeOptions()
         self._entries: deque[tuple[str, int, int]] = deque()  # audio kept: (id, first, count)
@@ -85,8 +89,10 @@ class Session:
     def _configure(self, config: dict, item: int, offset: int) -> None:
         self.options = TranscribeOptions(language=config.get("language") or "auto",
                                          hotwords=list(config.get("hotwords") or []))
+        chunk = tuple(config.get("chunk_size") or CHUNK_SIZE)
+        decoder = self.online.decoder(chunk) if self.online is not None else None
         self.turns = Turns(self._transcribe, detection(config), first_item=item, offset=offset,
-                           partial_ms=int(config.get("partial_ms", 300)))
+                           partial_ms=int(config.get("partial_ms", 300)), online=decoder)
 
     def _transcribe(self, samples: np.ndarray) -> str:
         try:

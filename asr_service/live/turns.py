@@ -12,8 +12,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+
+from asr_service.engine.online import join_text
 
 RATE = 16_000
 FRAME_MS = 30  # WebRTC's VAD takes 10, 20 or 30 ms frames
@@ -24,6 +27,14 @@ partials costs more with every second of it)."""
 
 Transcribe = Callable[[np.ndarray], str]
 Event = dict
+
+
+class Online(Protocol):
+    """A streaming decoder (engine/online.py): feed() returns the text the audio added."""
+
+    def feed(self, samples: np.ndarray) -> str: ...
+
+    def reset(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -63,10 +74,13 @@ class Turns:
     """
 
     def __init__(self, transcribe: Transcribe, detection: TurnDetection, partial_ms: int = 300,
-                 first_item: int = 0, offset: int = 0) -> None:
+                 first_item: int = 0, offset: int = 0, online: Online | None = None) -> None:
         import webrtcvad  # the worker's dependency: the API never runs a session
 
         self.transcribe = transcribe
+        self.online = online
+        """A streaming decoder (2-pass: partials from it, finals from `transcribe`); None:
+        partials re-decode the open utterance."""
         self.detection = detection
         self.partial_samples = RATE * partial_ms // 1000
         self.item = first_item
@@ -166,6 +180,8 @@ class Turns:
         self._since_partial += len(samples)
         if self._turn_samples >= MAX_TURN_S * RATE:
             return events + self._end(self._turn_start + self._turn_samples)
+        if self.online is not None:
+            return events + self._stream(samples)
         if speech and self._since_partial >= self.partial_samples \
                 and time.monotonic() >= self._next_partial_at:
             self._since_partial = 0
@@ -175,6 +191,19 @@ class Turns:
             # half the process, so a slow model (Whisper on a CPU) never falls behind the audio.
             self._next_partial_at = 2 * time.monotonic() - began
         return events
+
+    def _stream(self, samples: np.ndarray) -> list[Event]:
+        """The streaming model's text for this audio of the open turn (it only grows)."""
+        assert self.online is not None
+        try:
+            added = self.online.feed(samples)
+        except Exception:  # a partial is not worth the session: the final still comes
+            added = ""
+        if not added:
+            return []
+        self._stable = join_text(self._stable, added)
+        return [{"type": "partial", "item": self._item_id(), "text": self._stable,
+                 "at_ms": self._ms(self.position)}]
 
     def _partial(self) -> list[Event]:
         """Decode the turn so far; publish only what two decodes in a row agree on (local
@@ -200,6 +229,8 @@ class Turns:
                  "start_ms": self._ms(start), "end_ms": self._ms(end)}]
 
     def _reset(self) -> None:
+        if self.online is not None:
+            self.online.reset()
         self._turn, self._turn_samples, self._silent_frames = [], 0, 0
         self._since_partial, self._decodes, self._stable = 0, [], ""
 

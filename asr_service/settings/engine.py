@@ -18,6 +18,11 @@ class EngineSettings:
     """FunASR hub alias (needs the ModelScope hub) or a local model directory (faster-whisper: a
     local CTranslate2 directory); its last path part is the model's id. Offline: `make models`
     builds models/tiny-paraformer (random weights, for tests and demos)."""
+    asr_online_model: str = ""
+    """Streaming model for live sessions' partial text (FunASR ParaformerStreaming: an alias
+    such as paraformer-zh-streaming, or a directory; `make models` builds
+    models/tiny-paraformer-streaming). Each utterance's final still comes from ASR_MODEL
+    (2-pass). Empty: partials re-decode the open utterance with ASR_MODEL."""
     asr_vad_model: str = "fsmn-vad"
     """Voice activity detection model (alias or directory); empty disables VAD (faster-whisper:
     empty turns on its built-in Silero VAD, any other value leaves VAD off)."""

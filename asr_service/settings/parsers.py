@@ -172,6 +172,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     # Empty is meaningful for these two: it turns the model off.
     "asr_vad_model": _optional_text,
     "asr_punc_model": _optional_text,
+    "asr_online_model": _optional_text,
     "api_keys": _optional_text,
     "admin_api_keys": _optional_text,
     "allow_anonymous": _bool,

@@ -49,11 +49,14 @@ def speech() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def live_api(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+def live_api(settings: Settings, model_assets: dict[str, Path],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     """gunicorn and a worker of two processes on a queue of their own (a live session holds a
-    worker process while it lasts), two sessions per key."""
+    worker process while it lasts), two sessions per key, 2-pass: partials from the tiny
+    streaming Paraformer, finals from the offline one. (The /live page's test runs the other
+    way: partials re-decoded by the offline model.)"""
     live = replace(settings, queue_name=f"live-{uuid.uuid4().hex[:6]}", worker_count=2,
-                   live_max_sessions_per_key=2)
+                   live_max_sessions_per_key=2, asr_online_model=str(model_assets["streaming"]))
     worker = Worker(live, live.queue_name)
     worker.start()
     server = ApiServer(live, tmp_path_factory.mktemp("live-api"))
@@ -356,11 +359,11 @@ def test_a_client_far_ahead_of_real_time_or_silent_is_told_and_closed_alone(
             ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
             bystander.send(json.dumps({"type": "input_audio_buffer.clear"}))  # keeps it awake
         events = []
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(ConnectionClosed) as closed:
             while True:
                 events.append(recv_json(ws))
         errors = [e["error"]["code"] for e in events if e["type"] == "error"]
-        assert errors == ["input_audio_buffer_overflow"], events
+        assert errors == ["input_audio_buffer_overflow"], (events, closed.value)
         assert recv_json(bystander)["type"] == "input_audio_buffer.cleared"  # unharmed
         # Then the bystander says nothing: closed after its 2 s idle limit, with the reason.
         seen = []
