@@ -71,8 +71,8 @@ BENCH_PEER_PACKAGES := fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 python
 bench: venv models redis-server espeak-ng $(VENV)/.bench-peer ## throughput: bare engine, the service, funasr-server (~5 min; BIG=1: large-dims model; BENCH_ARGS=...)
 	$(VENV)/bin/python scripts/bench.py $(if $(BIG),--model big) $(BENCH_ARGS)
 
-bench-live: venv models redis-server espeak-ng ## live sessions: partial/final latency, WER beside the file path, sessions per host, API CPU per session (~2 min; ENGINE=faster-whisper)
-	$(VENV)/bin/python scripts/bench_live.py --engine $(or $(ENGINE),funasr) $(BENCH_ARGS)
+bench-live: venv models redis-server espeak-ng ## live sessions: partial/final latency, WER beside the file path, sessions per host, API CPU per session (~2 min; ENGINE=faster-whisper, ONLINE=1: 2-pass)
+	$(VENV)/bin/python scripts/bench_live.py --engine $(or $(ENGINE),funasr) $(if $(ONLINE),--online) $(BENCH_ARGS)
 
 bench-diarize: venv models espeak-ng ## diarization: DER and speaker counts on 15 espeak conversations, both engines; RTF with/without; 4 h peak RSS (~5 min)
 	$(VENV)/bin/python scripts/bench_diarize.py $(BENCH_ARGS)

@@ -32,8 +32,11 @@ RATE = 16_000
 CHUNK_S = 0.1
 # openai's realtime client calls websockets' connect() outside a `with` (websockets 17.1
 # deprecated that, and pytest makes warnings errors): the client's doing, not ours.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning"),
+    pytest.mark.xdist_group("live"),  # one lane starts the module's API and worker, not both
+]
 
 
 @pytest.fixture(scope="module")
