@@ -56,8 +56,6 @@ class FunASRRelay(Relay):
         self.mode = "2pass"
         self.wav_name = "demo"
         self.configured = False
-        self.spoken: dict[str, str] = {}
-        self.finished: set[str] = set()
 
     def handle(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -108,15 +106,10 @@ class FunASRRelay(Relay):
 
     def translate(self, event: dict) -> list[dict]:
         kind, item = event.get("type"), event.get("item", "")
-        if kind == "partial" and self.mode != "offline" and item not in self.finished:
-            said, text = self.spoken.get(item, ""), event["text"]
-            if len(text) <= len(said) or not text.startswith(said):
-                return []
-            self.spoken[item] = text
-            return [self._message("online", text[len(said):], False)]
-        if kind == "final" and item not in self.finished:
-            self.finished.add(item)
-            said = self.spoken.pop(item, "")
+        if kind == "partial" and self.mode != "offline":
+            added = self.grown(item, event["text"])
+            return [self._message("online", added, False)] if added else []
+        if kind == "final" and (said := self.finish(item)) is not None:
             stamp = json.dumps([[event["start_ms"], event["end_ms"]]])
             if self.mode == "online":  # only growing text: what the partials did not say
                 rest = event["text"][len(said):] if event["text"].startswith(said) else ""

@@ -157,6 +157,10 @@ class Relay:
         self.max_s, self.idle_s, self.buffer_s = max_s, idle_s, buffer_s
         self.closed = threading.Event()
         self._send_lock = threading.Lock()
+        self.spoken: dict[str, str] = {}
+        """Each open item's partial text as the client has it."""
+        self.finished: set[str] = set()
+        """Items whose final the client has (a takeover may publish one again)."""
         self.latency: dict[str, Latency] = {}
         """Where partial and final latencies go (figures.live_latencies)."""
         self._relayed: deque[tuple[int, float]] = deque(maxlen=RELAYED_KEPT)
@@ -179,6 +183,23 @@ class Relay:
         raise NotImplementedError
 
     # --- shared ---
+
+    def grown(self, item: str, text: str) -> str:
+        """What a partial adds to what the client has of `item` ("" if nothing: a repeat after
+        a takeover, or a finished item)."""
+        said = self.spoken.get(item, "")
+        if item in self.finished or len(text) <= len(said) or not text.startswith(said):
+            return ""
+        self.spoken[item] = text
+        return text[len(said):]
+
+    def finish(self, item: str) -> str | None:
+        """Mark `item` final; the partial text the client had of it, or None when the client
+        has its final already (a takeover's repeat)."""
+        if item in self.finished:
+            return None
+        self.finished.add(item)
+        return self.spoken.pop(item, "")
 
     def run(self) -> None:
         s = self.session

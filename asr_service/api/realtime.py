@@ -34,8 +34,6 @@ class OpenAIRelay(Relay):
         self.session.rate = 24_000  # OpenAI's default input
         self.configured = False
         self.started: set[str] = set()
-        self.spoken: dict[str, str] = {}
-        self.finished: set[str] = set()
         self.previous_item: str | None = None
 
     def greet(self) -> None:
@@ -96,25 +94,20 @@ class OpenAIRelay(Relay):
             self.started.add(item)
             return [{"type": "input_audio_buffer.speech_started",
                      "audio_start_ms": event["start_ms"], "item_id": item}]
-        if kind == "partial" and item not in self.finished:
-            said, text = self.spoken.get(item, ""), event["text"]
-            if len(text) <= len(said) or not text.startswith(said):
-                return []
-            self.spoken[item] = text
+        if kind == "partial":
+            added = self.grown(item, event["text"])
             # audio_end_ms (ours): the session audio this text was decoded from, which
             # `make bench-live` measures partial latency by.
             return [{"type": "conversation.item.input_audio_transcription.delta",
-                     "item_id": item, "content_index": 0, "delta": text[len(said):],
-                     "audio_end_ms": event.get("at_ms")}]
+                     "item_id": item, "content_index": 0, "delta": added,
+                     "audio_end_ms": event.get("at_ms")}] if added else []
         if kind == "speech_stopped" and item not in self.finished:
             previous, self.previous_item = self.previous_item, item
             return [{"type": "input_audio_buffer.speech_stopped",
                      "audio_end_ms": event["end_ms"], "item_id": item},
                     {"type": "input_audio_buffer.committed", "item_id": item,
                      "previous_item_id": previous}]
-        if kind == "final" and item not in self.finished:
-            self.finished.add(item)
-            self.spoken.pop(item, None)
+        if kind == "final" and self.finish(item) is not None:
             return [{"type": "conversation.item.input_audio_transcription.completed",
                      "item_id": item, "content_index": 0, "transcript": event["text"],
                      "start_ms": event["start_ms"], "end_ms": event["end_ms"]}]

@@ -51,6 +51,7 @@ class Session:
         self.options = TranscribeOptions()
         self._entries: deque[tuple[str, int, int]] = deque()  # audio kept: (id, first, count)
         self._done, self._lost = threading.Event(), threading.Event()
+        self._cut_after = ""  # the control that last moved the resume point
 
     def run(self, wait_s: float = 2 * LEASE_MS / 1000) -> str:
         """Until the session ends ('ended'), another process holds it ('busy'), it is gone
@@ -113,8 +114,12 @@ class Session:
                 if b"a" in fields:
                     events += self._audio(entry_id, fields)
                 else:
+                    resume = self.turns.resume
                     ended, more = self._control(fields)
                     events += more
+                    if self.turns.resume != resume:  # a commit or clear consumed all before it
+                        self._entries.clear()
+                        self._cut_after = entry_id
                     if ended:
                         break
             now = time.monotonic()
@@ -165,9 +170,16 @@ class Session:
         return False, []
 
     def _trim(self) -> str:
-        """The id of the first kept audio entry a takeover still needs (all before it go)."""
+        """The id of the first input entry a takeover still needs (all before it go): the
+        first audio entry not wholly before the resume point, or, when a commit or clear set
+        that point, the entry after that control (a takeover must not replay it)."""
         assert self.turns is not None
         while len(self._entries) > 1 and self._entries[0][1] + self._entries[0][2] \
                 <= self.turns.resume:
             self._entries.popleft()
-        return self._entries[0][0] if self._entries else ""
+        if self._entries:
+            return self._entries[0][0]
+        if self._cut_after:
+            millis, _, seq = self._cut_after.partition("-")
+            return f"{millis}-{int(seq) + 1}"  # XTRIM MINID keeps ids from this one on
+        return ""

@@ -136,10 +136,11 @@ class Turns:
         return [*events, *self._end(self.position)]
 
     def clear(self) -> list[Event]:
-        """Drop the open utterance unheard."""
+        """Drop the open utterance unheard (a takeover resumes after it, too)."""
         self.position += len(self._pending)
         self._pending = np.zeros(0, dtype=np.float32)
         self._reset()
+        self.resume = self.position
         return [{"type": "cleared"}]
 
     def _frame(self, frame: np.ndarray) -> list[Event]:

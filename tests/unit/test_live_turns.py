@@ -71,6 +71,8 @@ def test_without_vad_the_client_commits_and_an_empty_commit_is_an_error() -> Non
     assert turns.resume == int(1.5 * RATE) and turns.item == 1
     assert turns.append(silence(0.2))[0]["item"] == "item_0001"
     assert turns.clear() == [{"type": "cleared"}] and not turns.speaking
+    # A takeover resumes after what was cleared: it is not heard again.
+    assert turns.resume == int(1.7 * RATE) and turns.item == 1
 
 
 def test_a_resumed_session_numbers_on_and_counts_time_from_the_start(two_utterances) -> None:
