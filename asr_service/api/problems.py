@@ -12,6 +12,7 @@ from flask import Flask, Response, json, request
 from kombu.exceptions import OperationalError
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.routing import WebsocketMismatch
 
 from asr_service import errors
 
@@ -143,6 +144,19 @@ def register_error_handlers(app: Flask) -> None:
         app.register_error_handler(unavailable, handle_redis_error)
     app.register_error_handler(redis.exceptions.OutOfMemoryError, handle_redis_full)
     app.register_error_handler(redis.exceptions.ResponseError, handle_redis_reply)
+    app.register_error_handler(WebsocketMismatch, handle_websocket_mismatch)
+
+
+def handle_websocket_mismatch(_: WebsocketMismatch) -> Response:
+    """A plain request to a WebSocket route (426, say how to connect), or an upgrade to a
+    route that is not one (400), instead of werkzeug's "could not understand"."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return problem(400, "Bad Request", "this path does not speak WebSocket: live sessions "
+                       "are at /v1/realtime?intent=transcription (OpenAI) and / or /funasr "
+                       "(FunASR)", slug="not-websocket")
+    return problem(426, "Upgrade Required", "this path speaks WebSocket only: connect with a "
+                   "WebSocket client (docs/live.md)", slug="upgrade-required",
+                   headers={"Upgrade": "websocket", "Connection": "Upgrade"})
 
 
 def handle_asr_error(error: errors.AsrError) -> Response:

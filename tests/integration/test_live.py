@@ -210,7 +210,11 @@ def test_a_frame_over_the_limit_closes_only_its_own_session(live_api: ApiServer)
 
 def test_refusals_happen_at_the_handshake(live_api: ApiServer) -> None:
     plain = requests.get(f"{live_api.url}/v1/realtime", timeout=10)
-    assert plain.status_code == 400, plain.text  # the route only matches an upgrade
+    assert plain.status_code == 426, plain.text  # the route only matches an upgrade
+    assert plain.headers["Upgrade"] == "websocket"
+    with pytest.raises(InvalidStatus) as refused:  # an upgrade where no WebSocket lives
+        raw(live_api.url, "/api/v1/health", waits=())
+    assert refused.value.response.status_code == 400
     with pytest.raises(InvalidStatus) as refused:
         raw(live_api.url, "/v1/realtime?intent=conversation")
     assert refused.value.response.status_code == 400
