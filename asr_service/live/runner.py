@@ -1,10 +1,11 @@
 """A live session on a worker: read the audio the API relays, publish partials and finals.
 
 Runs as a Celery task (tasks.live_session) in a worker process that holds the model, so live
-sessions spread over the same fleet as jobs. It owns the session through a fenced lease
-renewed with every write; a process that dies (or is cut off) stops renewing, and the next
-delivery of the task, in this worker or another, resumes from the sample after the last
-final it published, with the next utterance number: no final is lost or sent twice.
+sessions spread over the same fleet as jobs. It owns the session through a fenced lease that
+every write checks and a thread renews; a process that dies (or is cut off) stops renewing,
+and the next delivery of the task, in this worker or another, resumes from the sample after the last
+final it published (or the padding before the next utterance), with the next utterance
+number: no final is lost or sent twice.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from asr_service.engine.base import Engine, TranscribeOptions
 from asr_service.engine.online import CHUNK_SIZE, OnlineModel
 from asr_service.live.relay import LiveStore
-from asr_service.live.turns import RATE, TurnDetection, Turns
+from asr_service.live.turns import TurnDetection, Turns
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ def detection(config: dict) -> TurnDetection:
     vad = config.get("turn_detection", "server_vad") is not None
     return TurnDetection(vad=vad, silence_ms=int(config.get("silence_ms", 500)),
                          padding_ms=int(config.get("padding_ms", 300)))
+
+
+def options(config: dict) -> TranscribeOptions:
+    return TranscribeOptions(language=config.get("language") or "auto",
+                             hotwords=list(config.get("hotwords") or []))
 
 
 class Session:
@@ -88,8 +94,7 @@ class Session:
                 log.warning("live lease not renewed: %s", exc, extra={"session": self.id})
 
     def _configure(self, config: dict, item: int, offset: int) -> None:
-        self.options = TranscribeOptions(language=config.get("language") or "auto",
-                                         hotwords=list(config.get("hotwords") or []))
+        self.options = options(config)
         chunk = tuple(config.get("chunk_size") or CHUNK_SIZE)
         decoder = self.online.decoder(chunk) if self.online is not None else None
         self.turns = Turns(self._transcribe, detection(config), first_item=item, offset=offset,
@@ -156,11 +161,8 @@ class Session:
             return False, self.turns.clear()
         if kind == "config":
             config = control.get("config", {})
-            self.options = TranscribeOptions(language=config.get("language") or "auto",
-                                             hotwords=list(config.get("hotwords") or []))
-            if not self.turns.speaking:
-                self.turns.detection = detection(config)
-                self.turns.partial_samples = RATE * int(config.get("partial_ms", 300)) // 1000
+            self.options = options(config)
+            self.turns.reconfigure(detection(config), int(config.get("partial_ms", 300)))
             return False, []
         if kind == "flush":  # FunASR's is_speaking false: the utterance ends, the session not
             return False, [*(self.turns.commit() if self.turns.speaking else []),

@@ -66,11 +66,11 @@ def common_prefix(a: str, b: str) -> str:
 class Turns:
     """Feeds 16 kHz float32 samples through; returns the events they cause.
 
-    Events: {"type": "speech_started", "item", "start_ms"}, {"type": "partial", "item",
-    "text", "at_ms"} (the stable text so far: it only grows; decoded from the audio up to
-    at_ms), {"type": "speech_stopped", "item",
-    "end_ms"}, {"type": "final", "item", "text", "start_ms", "end_ms"}, and
-    {"type": "cleared"}. Items are numbered from `first_item`; times count from `offset` samples.
+    Events: {"type": "speech_started", "item", "start_ms"}; {"type": "partial", "item", "text",
+    "at_ms"} (the stable text so far, decoded from the audio up to at_ms: it only grows);
+    {"type": "speech_stopped", "item", "end_ms"}; {"type": "final", "item", "text", "start_ms",
+    "end_ms"}; {"type": "cleared"}. Items are numbered from `first_item`; times count from
+    `offset` samples.
     """
 
     def __init__(self, transcribe: Transcribe, detection: TurnDetection, partial_ms: int = 300,
@@ -98,8 +98,9 @@ class Turns:
         self._stable = ""
         self._next_partial_at = 0.0
         self.resume = offset
-        """The sample after the last final: a worker that takes the session over starts here
-        (with item number `self.item`), and nothing it publishes repeats a final."""
+        """Where a worker that takes the session over starts (with item number `self.item`):
+        after the last final, or, between utterances, at the padding kept before the next
+        one. Nothing earlier is needed again, so the input stream is trimmed up to it."""
 
     @property
     def speaking(self) -> bool:
@@ -113,7 +114,8 @@ class Turns:
     def append(self, samples: np.ndarray) -> list[Event]:
         """More audio; with VAD, utterances start and end inside it."""
         if not self.detection.vad:
-            return self._grow(samples, speech=True, start=self.position)
+            start, self.position = self.position, self.position + len(samples)
+            return self._grow(samples, speech=True, start=start)
         events: list[Event] = []
         data = np.concatenate([self._pending, samples]) if len(self._pending) else samples
         whole = len(data) - len(data) % FRAME
@@ -125,11 +127,10 @@ class Turns:
     def commit(self) -> list[Event]:
         """The client says the utterance ended: final text for what the buffer holds."""
         pending, self._pending = self._pending, np.zeros(0, dtype=np.float32)
+        start, self.position = self.position, self.position + len(pending)
+        events = []
         if pending.size and (self.speaking or not self.detection.vad):
-            events = self._grow(pending, speech=False, start=self.position)
-        else:
-            self.position += len(pending)
-            events = []
+            events = self._grow(pending, speech=False, start=start)
         if not self.speaking:
             return [*events, {"type": "error", "code": "input_audio_buffer_commit_empty",
                               "message": "nothing to commit: the buffer holds no speech"}]
@@ -147,29 +148,29 @@ class Turns:
         pcm = (np.clip(frame, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         speech = self._vad.is_speech(pcm, RATE)
         start = self.position
+        self.position += len(frame)
         if not self.speaking:
-            self.position += len(frame)
             if not speech:
                 self._before.append(frame)
+                # Silence before the padding can never be part of an utterance: a takeover
+                # need not hear it again (and the input stream of a silent session stays
+                # bounded by the padding).
+                self.resume = max(self.resume, self.position - len(self._before) * FRAME)
                 return []
             padding = list(self._before)
             self._before.clear()
             began = start - sum(len(p) for p in padding)
-            events = self._grow(np.concatenate([*padding, frame]), speech=True, start=began,
-                                advanced=True)
-            return events
-        self.position += len(frame)
+            return self._grow(np.concatenate([*padding, frame]), speech=True, start=began)
         self._silent_frames = 0 if speech else self._silent_frames + 1
-        events = self._grow(frame, speech=speech, start=start, advanced=True)
+        events = self._grow(frame, speech=speech, start=start)
         if self.speaking and self._silent_frames * FRAME_MS >= self.detection.silence_ms:
             events += self._end(self.position)
         return events
 
-    def _grow(self, samples: np.ndarray, speech: bool, start: int,
-              advanced: bool = False) -> list[Event]:
+    def _grow(self, samples: np.ndarray, speech: bool, start: int) -> list[Event]:
+        """Add samples (the caller has counted them in `position`) to the open utterance,
+        opening one at `start` if none is; partial text as it goes."""
         events: list[Event] = []
-        if not advanced:
-            self.position += len(samples)
         if not samples.size:
             return events
         if not self.speaking:
@@ -205,6 +206,15 @@ class Turns:
         self._stable = join_text(self._stable, added)
         return [{"type": "partial", "item": self._item_id(), "text": self._stable,
                  "at_ms": self._ms(self.position)}]
+
+    def reconfigure(self, detection: TurnDetection, partial_ms: int) -> None:
+        """New turn detection and partial cadence (between utterances only)."""
+        if self.speaking:
+            return
+        self.detection = detection
+        self.partial_samples = RATE * partial_ms // 1000
+        self._vad.set_mode(detection.aggressiveness)
+        self._before = deque(self._before, maxlen=max(1, detection.padding_ms // FRAME_MS))
 
     def _partial(self) -> list[Event]:
         """Decode the turn so far; publish only what two decodes in a row agree on (local

@@ -94,3 +94,12 @@ def test_common_prefix_stops_at_a_word_boundary() -> None:
     assert common_prefix("the meeting moved", "the meeting moves") == "the meeting "
     assert common_prefix("abc", "abd") == "ab"  # no spaces (Chinese): characters
     assert common_prefix("same", "same") == "same"
+
+
+def test_silence_moves_the_resume_point_so_a_silent_session_keeps_only_the_padding() -> None:
+    turns = Turns(Recorder(), TurnDetection(padding_ms=300))
+    for _ in range(100):  # 10 s of silence
+        assert turns.append(silence(0.1)) == []
+    # A takeover starts at the padding kept before the next utterance, not at the first sample.
+    assert turns.heard - turns.resume <= int(0.3 * RATE) + 480
+    assert turns.resume > 9 * RATE
