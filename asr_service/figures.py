@@ -53,10 +53,10 @@ def percentiles(values: Iterable[float]) -> dict[str, float | None]:
 
 
 class Latency:
-    """A latency the API measures, in Redis: histogram counters and the latest samples, shared
-    by every API process."""
+    """A latency the API measures, in Redis: histogram counters and, where percentiles are read
+    (`samples`), the latest samples, shared by every API process."""
 
-    def __init__(self, client: redis.Redis, counters: str, samples: str,
+    def __init__(self, client: redis.Redis, counters: str, samples: str | None,
                  buckets: tuple[float, ...] = SUBMIT_BUCKETS) -> None:
         self.redis = client
         self.counters, self.samples, self.buckets = counters, samples, buckets
@@ -67,8 +67,9 @@ class Latency:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hincrby(self.counters, bucket, 1)
         pipe.hincrbyfloat(self.counters, "sum", seconds)
-        pipe.lpush(self.samples, f"{time.time() if now is None else now:.3f}:{seconds:.6f}")
-        pipe.ltrim(self.samples, 0, RECENT_SUBMITS - 1)
+        if self.samples:
+            pipe.lpush(self.samples, f"{time.time() if now is None else now:.3f}:{seconds:.6f}")
+            pipe.ltrim(self.samples, 0, RECENT_SUBMITS - 1)
         pipe.execute()
 
     def histogram(self) -> tuple[list[tuple[str, float]], float]:
@@ -82,7 +83,9 @@ class Latency:
 
     def since(self, start: float) -> list[float]:
         """Latencies of the submissions answered after `start` (newest RECENT_SUBMITS)."""
-        found = []
+        found: list[float] = []
+        if not self.samples:
+            return found
         for entry in self.redis.lrange(self.samples, 0, -1):
             ts, _, seconds = entry.decode().partition(":")
             if float(ts) < start:
@@ -105,8 +108,8 @@ LIVE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
 def live_latencies(client: redis.Redis, keys: Keys) -> dict[str, Latency]:
     """Live sessions' partial and final latency: from the API relaying the audio a worker
     decoded (a partial's, or the audio that ended an utterance) to the API receiving the text."""
-    return {kind: Latency(client, keys.live_latency(kind), keys.live_latency(kind) + ":recent",
-                          LIVE_BUCKETS) for kind in ("partial", "final")}
+    return {kind: Latency(client, keys.live_latency(kind), None, LIVE_BUCKETS)
+            for kind in ("partial", "final")}
 
 
 class Figures:

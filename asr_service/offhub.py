@@ -10,6 +10,12 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def gevent_patched(module: str = "socket") -> bool:
+    """Whether gevent's monkey patching has replaced `module` in this process."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched(module))
+
+
 def call(fn: Callable[..., T], *args: object, timeout_s: float) -> T:
     """fn(*args); under gevent in the hub's thread pool, TimeoutError after timeout_s.
 
@@ -19,8 +25,7 @@ def call(fn: Callable[..., T], *args: object, timeout_s: float) -> T:
     its answer; the thread finishes (or fails) on its own, and its result is dropped.
     Without gevent (tests, the Flask dev server, a worker) it is a plain call.
     """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("socket"):
+    if not gevent_patched():
         return fn(*args)
     import gevent
 
@@ -36,7 +41,8 @@ def os_lock() -> Any:
     gevent's: an OS thread that waits on one can miss the wakeup from the OS thread that
     releases it, and wait until call()'s timeout (seen: 7 of 12 concurrent probes, 10 s each).
     """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("threading"):
+    if not gevent_patched("threading"):
         return threading.Lock()
+    from gevent import monkey
+
     return monkey.get_original("_thread", "allocate_lock")()

@@ -55,7 +55,6 @@ class FunASRRelay(Relay):
         super().__init__(*args, **kwargs)
         self.mode = "2pass"
         self.wav_name = "demo"
-        self.configured = False
 
     def handle(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -91,18 +90,19 @@ class FunASRRelay(Relay):
         rate = int(config.get("audio_fs", 16_000))
         if rate not in RATES:
             raise ValueError(f"audio_fs {rate} is not served: one of {RATES}")
-        chunk = config.get("chunk_size") or [5, 10, 5]
         try:
-            partial_ms = max(120, min(2000, int(chunk[1]) * 60))  # FunASR: 10 -> 600 ms
-        except (TypeError, ValueError, IndexError):
-            raise ValueError("chunk_size must be three integers, e.g. [5, 10, 5]") from None
+            chunk = [int(c) for c in config.get("chunk_size") or [5, 10, 5]]
+            if len(chunk) != 3 or not 1 <= chunk[1] <= 33 or min(chunk) < 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError("chunk_size must be three integers, e.g. [5, 10, 5], with a chunk "
+                             "of 1-33 60 ms frames") from None
+        partial_ms = chunk[1] * 60  # FunASR: 10 -> 600 ms
         self.mode, self.wav_name = mode, str(config.get("wav_name", self.wav_name))[:200]
-        ours = {**self.session.config, "partial_ms": partial_ms,
-                "chunk_size": [int(c) for c in chunk[:3]]}
+        ours = {**self.session.config, "partial_ms": partial_ms, "chunk_size": chunk}
         if "hotwords" in config:
             ours["hotwords"] = hotword_list(config["hotwords"])
         self.configure(ours, rate)
-        self.configured = True
 
     def translate(self, event: dict) -> list[dict]:
         kind, item = event.get("type"), event.get("item", "")
@@ -110,10 +110,10 @@ class FunASRRelay(Relay):
             added = self.grown(item, event["text"])
             return [self._message("online", added, False)] if added else []
         if kind == "final" and (said := self.finish(item)) is not None:
-            stamp = json.dumps([[event["start_ms"], event["end_ms"]]])
             if self.mode == "online":  # only growing text: what the partials did not say
                 rest = event["text"][len(said):] if event["text"].startswith(said) else ""
                 return [self._message("online", rest, False)] if rest else []
+            stamp = json.dumps([[event["start_ms"], event["end_ms"]]])
             return [{**self._message("offline", event["text"], False), "timestamp": stamp}]
         if kind == "flushed":
             return [{**self._message("offline" if self.mode != "online" else "online", "",

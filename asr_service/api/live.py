@@ -26,11 +26,10 @@ from flask import Blueprint, current_app, g, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from asr_service import redis_conn
+from asr_service import offhub, redis_conn
 from asr_service.api import access, services
 from asr_service.api.problems import problem
 from asr_service.dispatch import send_live
-from asr_service.errors import ModelNotFound
 from asr_service.figures import Latency, live_latencies
 from asr_service.live.relay import LiveStore
 
@@ -83,27 +82,22 @@ def _live_store() -> LiveStore:
         client = redis_conn.client(services().settings, socket_timeout=5,
                                    socket_connect_timeout=2, socket_keepalive=True)
         ext["asr_live"] = LiveStore(client, services().store.keys)
-        ext["asr_live_latency"] = live_latencies(client, services().store.keys)
     return ext["asr_live"]
 
 
 @bp.before_request
 def admit() -> Any:
-    """Refuse before the upgrade (a plain request never gets here: 400 from the router):
-    a wrong intent, an unknown model, too many sessions for this key, or no worker with room.
-    An admitted session is registered in Redis and in g."""
+    """Refuse before the upgrade (a plain request never gets here: problems.py answers 426):
+    a wrong intent, too many sessions for this key, or no worker with room. An admitted
+    session is registered in Redis and in g."""
     if request.path.startswith("/v1/") and request.args.get("intent",
                                                             "transcription") != "transcription":
         return problem(400, "Bad Request", "only transcription sessions are served: connect "
                        "with ?intent=transcription", slug="invalid_request_error")
-    jobs, settings = services().jobs, services().settings
-    requested = request.args.get("model")
-    try:
-        # OpenAI clients name their own models: an unknown name means the default one.
-        served = requested if requested and requested in jobs.models() else None
-        queue = jobs.queue_for(served)
-    except ModelNotFound as exc:
-        return problem(404, "Not Found", str(exc), slug="model_not_found")
+    settings, models = services().settings, services().jobs.models()
+    # OpenAI clients name their own models: an unknown name means the default one.
+    served = request.args.get("model") if request.args.get("model") in models else None
+    queue = models[served][0] if served else settings.queue_name
     owner, store = access.owner_id() or "anonymous", _live_store()
     session = Live(id=f"sess_{uuid.uuid4().hex[:20]}", owner=owner, queue=queue,
                    model=served or settings.model_id, store=store)
@@ -141,10 +135,8 @@ def start(relay_class: type[Relay], ws: Any) -> None:
     settings = services().settings
     session.store.count("opened")
     send_live(services().celery, session.id, session.queue, settings.live_max_session_s)
-    relay = relay_class(ws, session, services().celery, settings.live_max_session_s,
-                        settings.live_idle_s, settings.live_buffer_s)
-    relay.latency = current_app.extensions["asr_live_latency"]
-    relay.run()
+    relay_class(ws, session, services().celery, settings.live_max_session_s,
+                settings.live_idle_s, settings.live_buffer_s).run()
 
 
 class Relay:
@@ -161,8 +153,10 @@ class Relay:
         """Each open item's partial text as the client has it."""
         self.finished: set[str] = set()
         """Items whose final the client has (a takeover may publish one again)."""
-        self.latency: dict[str, Latency] = {}
-        """Where partial and final latencies go (figures.live_latencies)."""
+        self.configured = False
+        """Whether the client has set the session up (session.update, FunASR's config)."""
+        self.latency: dict[str, Latency] = live_latencies(session.store.client,
+                                                           session.store.keys)
         self._relayed: deque[tuple[int, float]] = deque(maxlen=RELAYED_KEPT)
 
     # --- what a protocol defines ---
@@ -235,11 +229,10 @@ class Relay:
     def configure(self, config: dict, rate: int) -> None:
         """New session settings and input rate (the worker applies them between utterances)."""
         s = self.session
-        s.config = config
-        if rate != s.rate or (s.resampler is None) != (rate == RATE):
-            s.rate = rate
+        if not self.configured or rate != s.rate:
             s.resampler = None if rate == RATE else soxr.ResampleStream(rate, RATE, 1,
                                                                           dtype="float32")
+        s.config, s.rate, self.configured = config, rate, True
         s.store.configure(s.id, config)
         s.store.send_control(s.id, {"type": "config", "config": config})
 
@@ -295,7 +288,7 @@ class Relay:
                     self._observe(event)
                     for out in self.translate(event):
                         self.send(out)
-                _, held = s.store.progress(s.id)
+                held = s.store.held(s.id)
             except ConnectionClosed:
                 break
             except Exception as exc:  # Redis away: keep trying while the client is there
@@ -356,10 +349,7 @@ class _send_deadline:
         self.seconds, self.timeout = seconds, None
 
     def __enter__(self) -> None:
-        import sys
-
-        monkey = sys.modules.get("gevent.monkey")
-        if monkey is not None and monkey.is_module_patched("socket"):
+        if offhub.gevent_patched():
             import gevent
 
             self.timeout = gevent.Timeout(self.seconds, ConnectionClosed(1008, "not reading"))

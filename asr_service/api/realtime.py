@@ -31,8 +31,7 @@ class OpenAIRelay(Relay):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.session.rate = 24_000  # OpenAI's default input
-        self.configured = False
+        self.session.rate = 24_000  # OpenAI's default input, until session.update says
         self.started: set[str] = set()
         self.previous_item: str | None = None
 
@@ -69,7 +68,6 @@ class OpenAIRelay(Relay):
             return self.refuse("invalid_request_error", "the input rate cannot change once audio "
                                "was sent", event_id=event.get("event_id"))
         self.configure(config, rate)
-        self.configured = True
         self.send({"type": "session.updated", "session": self._session_object()})
 
     def append(self, event: dict) -> None:
@@ -147,7 +145,6 @@ class OpenAIRelay(Relay):
 def _error(code: str, message: str, event_id: str | None = None) -> dict:
     return {"type": "error", "error": {"type": "invalid_request_error", "code": code,
                                        "message": message, "event_id": event_id}}
-
 
 
 def parse_session(body: dict, current: dict, rate: int) -> tuple[dict, int]:

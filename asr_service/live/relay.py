@@ -60,9 +60,11 @@ local resume = redis.call('HMGET', KEYS[1], 'resume', 'item', 'config')
 return {'claimed', resume[1] or '0', resume[2] or '0', resume[3] or '{}', taken and 1 or 0}
 """
 
-# KEYS: lease. ARGV: token, lease ms. 1: renewed; 0: another process holds it (or nobody).
+# KEYS: lease. ARGV: token, lease ms (0: give it back). 1: renewed (or given back); 0: another
+# process holds it, or nobody.
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 
@@ -107,8 +109,7 @@ class LiveStore:
     def open(self, session_id: str, owner: str, limit: int, fields: dict[str, Any]) -> bool:
         """Register a session; False when `owner` already has `limit` open (0: no limit)."""
         k, now = self.keys, time.time()
-        fields = {**fields, "owner": owner, "created_at": now, "config": json.dumps(fields.get(
-            "config", {}))}
+        fields = {**fields, "owner": owner, "created_at": now, "config": "{}"}
         return bool(self._open(
             keys=[k.live_owner(owner), k.live_sessions, k.live(session_id)],
             args=[session_id, now, now + SESSION_TTL_S, limit, json.dumps(fields),
@@ -142,14 +143,9 @@ class LiveStore:
             return []
         return [(entry_id.decode(), json.loads(fields[b"e"])) for entry_id, fields in answer[0][1]]
 
-    def progress(self, session_id: str) -> tuple[int, bool]:
-        """(the sample the worker resumes from, whether a worker process holds the session)."""
-        k = self.keys
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.hget(k.live(session_id), "resume")
-            pipe.exists(k.live_lease(session_id))
-            resume, held = pipe.execute()
-        return int(resume or 0), bool(held)
+    def held(self, session_id: str) -> bool:
+        """Whether a worker process holds the session now."""
+        return bool(self.client.exists(self.keys.live_lease(session_id)))
 
     def close(self, session_id: str, owner: str) -> None:
         """The client left: the worker stops; the keys go soon (a worker may still be writing)."""
@@ -207,7 +203,5 @@ class LiveStore:
         return bool(self._renew(keys=[self.keys.live_lease(session_id)], args=[token, lease_ms]))
 
     def release(self, session_id: str, token: str) -> None:
-        """Give the lease back at once (the session ended)."""
-        lease = self.keys.live_lease(session_id)
-        if self.client.get(lease) == token.encode():
-            self.client.delete(lease)
+        """Give the lease back at once (the session ended), if `token` still holds it."""
+        self._renew(keys=[self.keys.live_lease(session_id)], args=[token, 0])
