@@ -143,6 +143,22 @@ class Processes:
         self.procs.append((name, proc))  # before it is ready: an interrupt while it loads too
         wait_ready(proc, ready, timeout, log_path, interval=0.2, ignoring=ignoring)
 
+    def start_redis(self, logs: Path) -> str:
+        """A redis-server of this run on a free loopback port, without persistence; its URL
+        once it answers."""
+        import redis
+
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise SystemExit("redis-server is not installed (make redis-server installs it)")
+        port = free_port()
+        url = f"redis://127.0.0.1:{port}/0"
+        self.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(logs)],
+                   ready=redis.Redis.from_url(url).ping, ignoring=redis.ConnectionError,
+                   timeout=15, log_path=logs / "redis-server.out", env=base_env())
+        return url
+
     def start_api(self, env: dict[str, str], api_port: int, logs: Path) -> str:
         """The API under gunicorn as `make api` runs it, with no key; its base URL once /health
         answers."""
@@ -377,21 +393,11 @@ def bench_service(args: argparse.Namespace, asr: Path, vad: Path, clips: list[Cl
                   batch_wait_ms: int = 0) -> list[dict[str, Any]]:
     """The service at each level; with batch_wait_ms, its worker batches (one engine process,
     args.batch_jobs job threads) instead of running WORKER_COUNT prefork processes."""
-    import redis
-
     system = "service batched" if batch_wait_ms else "service"
     logs = logs / ("batched" if batch_wait_ms else "unbatched")
     logs.mkdir()
 
-    redis_port, api_port = free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    binary = shutil.which("redis-server")
-    if not binary:
-        raise SystemExit("redis-server is not installed (make bench installs it)")
-    procs.start("redis", [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(logs)],
-                ready=redis.Redis.from_url(redis_url).ping, ignoring=redis.ConnectionError,
-                timeout=15, log_path=logs / "redis-server.out", env=base_env())
+    redis_url, api_port = procs.start_redis(logs), free_port()
     env = base_env()
     env.update(REDIS_URL=redis_url, API_HOST="127.0.0.1", API_PORT=str(api_port),
                ASR_ENGINE="funasr", ASR_MODEL=str(asr),

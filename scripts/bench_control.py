@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import shutil
 import sys
 import tempfile
 import threading
@@ -51,16 +50,8 @@ def silence(seconds: float = 0.5, rate: int = 16_000) -> bytes:
 def start_stack(procs: Processes, logs: Path) -> tuple[str, redis.Redis]:
     """redis-server, the API and one worker; returns the API's base URL and a Redis client."""
     assets = ensure_assets(ROOT / "models")
-    redis_port, api_port = free_port(), free_port()
-    url = f"redis://127.0.0.1:{redis_port}/0"
-    binary = shutil.which("redis-server")
-    if not binary:
-        raise SystemExit("redis-server is not installed (make redis-server installs it)")
+    url, api_port = procs.start_redis(logs), free_port()
     client = redis.Redis.from_url(url)
-    procs.start("redis", [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save",
-                          "", "--appendonly", "no", "--dir", str(logs)],
-                ready=client.ping, ignoring=redis.ConnectionError, timeout=15,
-                log_path=logs / "redis-server.out", env=base_env())
     env = base_env()
     env.update(REDIS_URL=url, API_HOST="127.0.0.1", API_PORT=str(api_port), API_KEYS="",
                RATE_LIMIT="", ASR_MODEL=str(assets["asr"]), ASR_VAD_MODEL=str(assets["vad"]),

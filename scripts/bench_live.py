@@ -24,7 +24,6 @@ import base64
 import io
 import json
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 import requests
 import soundfile as sf
 from websockets.exceptions import ConnectionClosed
@@ -67,16 +65,7 @@ def recording() -> np.ndarray:
 
 def start_stack(procs: Processes, logs: Path, engine: str, workers: int, online: bool) -> str:
     assets = ensure_assets(ROOT / "models")
-    redis_port, api_port = free_port(), free_port()
-    url = f"redis://127.0.0.1:{redis_port}/0"
-    binary = shutil.which("redis-server")
-    if not binary:
-        raise SystemExit("redis-server is not installed (make redis-server installs it)")
-    client = redis.Redis.from_url(url)
-    procs.start("redis", [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save",
-                          "", "--appendonly", "no", "--dir", str(logs)],
-                ready=client.ping, ignoring=redis.ConnectionError, timeout=15,
-                log_path=logs / "redis-server.out", env=base_env())
+    url, api_port = procs.start_redis(logs), free_port()
     env = base_env()
     model = {"funasr": dict(ASR_ENGINE="funasr", ASR_MODEL=str(assets["asr"]),
                             ASR_VAD_MODEL=str(assets["vad"]),
