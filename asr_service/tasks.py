@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from celery import Task, shared_task
 
-from asr_service.dispatch import LIVE_TASK_NAME, TASK_NAME
+from asr_service.dispatch import LIVE_TASK_NAME, TASK_NAME, send_live
 from asr_service.pipeline import Delivery, JobBusy, run_job
 
 if TYPE_CHECKING:
@@ -31,7 +31,8 @@ def transcribe(self: Task, job_id: str) -> None:
 @shared_task(name=LIVE_TASK_NAME, bind=True, ignore_result=True)
 def live_session(self: Task, session_id: str) -> str:
     """Run a live session with this process's model until the client leaves (live/runner.py).
-    A delivery that finds the session held by a live process, or gone, ends at once."""
+    A delivery that finds the session held by a live process, or gone, ends at once; one whose
+    worker shuts down sends the session to the others."""
     import uuid
 
     from asr_service.engine.online import online_model
@@ -42,4 +43,9 @@ def live_session(self: Task, session_id: str) -> str:
     assert runtime.engine is not None, "a live session reached a process without a model"
     store = LiveStore(runtime.redis_client, runtime.keys)
     online = online_model(runtime.settings, runtime.engine.device)  # loaded at start (prefork)
-    return Session(store, runtime.engine, session_id, uuid.uuid4().hex, online).run()
+    outcome = Session(store, runtime.engine, session_id, uuid.uuid4().hex, online,
+                      runtime.draining.is_set).run()
+    if outcome == "handed-over":
+        send_live(self.app, session_id, runtime.settings.queue_name,
+                  runtime.settings.live_max_session_s)
+    return outcome

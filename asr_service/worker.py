@@ -38,6 +38,7 @@ from asr_service.events import log_event_line
 from asr_service.jobs import ErrorType, JobStore, Status
 from asr_service.keys import Keys
 from asr_service.lifecycle import Lifecycle, Runner
+from asr_service.live.drain import Drain
 from asr_service.logs import setup_logging
 from asr_service.resources import gpu_memory_bytes, tree_usage
 from asr_service.runs import RunnerHeartbeat
@@ -71,6 +72,7 @@ class WorkerRuntime:
         """This child process's runner token and heartbeat (set after the fork)."""
         self.sweeper: Sweeper | None = None
         """The main process's sweep thread (started once the worker is ready)."""
+        self.draining = Drain()  # raised as a shutdown begins: live sessions hand over
 
     def connect(self) -> WorkerRuntime:
         """Connect the handlers to Celery's signals, strongly referenced."""
@@ -104,8 +106,7 @@ class WorkerRuntime:
         return Keys()
 
     @cached_property
-    def store(self) -> JobStore:
-        """Reads of the shared job store."""
+    def store(self) -> JobStore:  # reads of the shared job store
         return JobStore(self.redis_client, self.settings.max_recordings, self.keys)
 
     @cached_property
@@ -123,8 +124,7 @@ class WorkerRuntime:
         return Dispatcher(self.app)
 
     @cached_property
-    def cluster(self) -> Cluster:
-        """Queue depth and worker heartbeats."""
+    def cluster(self) -> Cluster:  # queue depth and worker heartbeats
         return Cluster(self.redis_client, self.settings.queue_name, self.keys)
 
     @cached_property
@@ -267,7 +267,8 @@ class WorkerRuntime:
         self.lifecycle.fail(args[0], task_id, ErrorType.TIME_LIMIT, detail)
 
     def unready(self, **_: Any) -> None:
-        """From the first moment of a shutdown (SIGTERM), the readiness probe fails."""
+        """As a shutdown (SIGTERM) begins: the readiness probe fails, live sessions move."""
+        self.draining.set()
         if self.settings.worker_ready_file:
             Path(self.settings.worker_ready_file).unlink(missing_ok=True)
 

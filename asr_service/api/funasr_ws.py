@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from asr_service.api.live import Relay, bp, sock, start
+from asr_service.api.live import bp, sock, start
+from asr_service.api.live_session import Relay
 
 MODES = ("online", "offline", "2pass")
 RATES = (8_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)

@@ -92,7 +92,8 @@ class ClusterCollector:
         yield GaugeMetricFamily("asr_live_sessions", "Live transcription sessions open now",
                                 value=self.live.open_sessions())
         events = CounterMetricFamily("asr_live_session_events", "Live sessions by what happened: "
-                                     "opened, taken_over (a worker process died), resent (a "
+                                     "opened, taken_over (another process resumed it), "
+                                     "handed_over (its worker shut down), resent (a "
                                      "session no process held), refused_limit, "
                                      "refused_no_worker", labels=["event"])
         for event, count in sorted(self.live.figures().items()):

@@ -15,7 +15,8 @@ import json
 import uuid
 from typing import Any
 
-from asr_service.api.live import Relay, bp, log, sock, start
+from asr_service.api.live import bp, log, sock, start
+from asr_service.api.live_session import Relay
 
 RATES = (16_000, 24_000)
 

@@ -5,7 +5,9 @@ sessions spread over the same fleet as jobs. It owns the session through a fence
 every write checks and a thread renews; a process that dies (or is cut off) stops renewing,
 and the next delivery of the task, in this worker or another, resumes from the sample after the last
 final it published (or the padding before the next utterance), with the next utterance
-number: no final is lost or sent twice.
+number: no final is lost or sent twice. A worker that shuts down (SIGTERM: a deploy, a
+scale-in) hands its sessions over the same way at once, its lease given back, instead of
+holding the shutdown for as long as the clients talk.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -49,10 +52,13 @@ class Session:
     """One claimed live session in this process."""
 
     def __init__(self, store: LiveStore, engine: Engine, session_id: str, token: str,
-                 online: OnlineModel | None = None) -> None:
+                 online: OnlineModel | None = None,
+                 draining: Callable[[], bool] = lambda: False) -> None:
         self.store, self.engine, self.id, self.token = store, engine, session_id, token
         self.online = online
         """The streaming model for partials (ASR_ONLINE_MODEL), or None."""
+        self.draining = draining
+        """True once this worker shuts down (drain.Drain): the session is to be handed over."""
         self.turns: Turns | None = None
         self.options = TranscribeOptions()
         self._entries: deque[tuple[str, int, int]] = deque()  # audio kept: (id, first, count)
@@ -61,7 +67,10 @@ class Session:
 
     def run(self, wait_s: float = 2 * LEASE_MS / 1000) -> str:
         """Until the session ends ('ended'), another process holds it ('busy'), it is gone
-        ('gone') or this process lost it ('lost')."""
+        ('gone'), this process lost it ('lost') or its worker shuts down ('handed-over': the
+        caller sends the task again for another worker)."""
+        if self.draining():
+            return "handed-over"
         deadline = time.monotonic() + wait_s
         while (claim := self.store.claim(self.id, self.token, LEASE_MS)).outcome == "busy":
             if time.monotonic() > deadline:  # its holder renews it: a duplicate delivery
@@ -135,9 +144,12 @@ class Session:
             if not published:
                 log.warning("live session lost to another process", extra={"session": self.id})
                 return "lost"
-            if ended:
+            if ended or self.draining():
                 self.store.release(self.id, self.token)
-                return "ended"
+                if not ended:
+                    self.store.count("handed_over")
+                    log.info("live session handed over at shutdown", extra={"session": self.id})
+                return "ended" if ended else "handed-over"
             if now - heard > ORPHAN_S:
                 return "gone"
 

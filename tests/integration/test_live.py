@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import requests
 import soundfile as sf
@@ -232,46 +233,108 @@ def test_refusals_happen_at_the_handshake(live_api: ApiServer) -> None:
         assert recv_json(ws)["type"] == "session.created"
 
 
-def test_a_session_whose_worker_process_is_killed_goes_on_without_losing_a_final(
-        live_api: ApiServer, speech: np.ndarray) -> None:
-    client = redis_conn.client(live_api.settings)
-    with raw(live_api.url, max_size=None) as ws:
-        session_id = recv_json(ws)["session"]["id"]
-        ws.send(json.dumps({"type": "session.update", "session": session_update()}))
-        assert recv_json(ws)["type"] == "session.updated"
-        step, events, killed = int(CHUNK_S * RATE), [], None
-        began = time.monotonic()
-        for at in range(0, len(speech), step):
-            chunk = base64.b64encode(speech[at:at + step].tobytes()).decode()
-            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
-            while True:  # what arrived meanwhile
-                try:
-                    events.append((time.monotonic(), json.loads(ws.recv(timeout=0))))
-                except TimeoutError:
-                    break
-            if killed is None and any(e["type"].endswith("completed") for _, e in events):
-                pid = int(client.hget(f"asr:live:{session_id}", "pid"))
-                os.kill(pid, signal.SIGKILL)  # the process that runs the session, mid-session
-                killed = time.monotonic()
-            time.sleep(max(0.0, began + (at + step) / RATE - time.monotonic()))  # real time
-        deadline = time.monotonic() + 60
-        while sum(e["type"].endswith("completed") for _, e in events) < 2:
-            assert time.monotonic() < deadline, [e["type"] for _, e in events]
-            events.append((time.monotonic(), recv_json(ws, timeout=60)))
-    assert killed is not None, "no final before the end of the audio"
+def stream_striking(ws, speech: np.ndarray, strike) -> tuple[list, float | None]:
+    """Stream `speech` in real time, 100 ms a message, then read until both finals are in.
+    `strike(events)` runs after each message until it returns the moment it struck."""
+    ws.send(json.dumps({"type": "session.update", "session": session_update()}))
+    assert recv_json(ws)["type"] == "session.updated"
+    step, events, struck = int(CHUNK_S * RATE), [], None
+    began = time.monotonic()
+    for at in range(0, len(speech), step):
+        chunk = base64.b64encode(speech[at:at + step].tobytes()).decode()
+        ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+        while True:  # what arrived meanwhile
+            try:
+                events.append((time.monotonic(), json.loads(ws.recv(timeout=0))))
+            except TimeoutError:
+                break
+        if struck is None:
+            struck = strike([e for _, e in events])
+        time.sleep(max(0.0, began + (at + step) / RATE - time.monotonic()))  # real time
+    deadline = time.monotonic() + 60
+    while sum(e["type"].endswith("completed") for _, e in events) < 2:
+        assert time.monotonic() < deadline, [e["type"] for _, e in events]
+        events.append((time.monotonic(), recv_json(ws, timeout=60)))
+    return events, struck
+
+
+def assert_resumed_without_losing_a_final(url: str, events: list, struck: float | None,
+                                          speech: np.ndarray, event: str) -> float:
+    """Both finals once each, the second equal to the file path's text, no error, and the
+    `event` counted; returns the seconds from the strike to the next event."""
+    assert struck is not None, "no final before the end of the audio"
     assert all(e["type"] != "error" for _, e in events), events
     finals = [e for _, e in events if e["type"].endswith("completed")]
     assert [f["item_id"] for f in finals] == ["item_0000", "item_0001"]  # none lost or repeated
-    after = [t for t, e in events if t > killed]
-    resumed_s = after[0] - killed if after else None
+    after = [t for t, e in events if t > struck]
+    resumed_s = after[0] - struck if after else None
     assert resumed_s is not None and resumed_s < 10, resumed_s
     segment = speech[finals[1]["start_ms"] * RATE // 1000:finals[1]["end_ms"] * RATE // 1000]
-    assert finals[1]["transcript"] == offline_text(live_api.url, segment)
-    metrics = requests.get(f"{live_api.url}/metrics", timeout=10).text
-    taken = [line for line in metrics.splitlines()
-             if line.startswith('asr_live_session_events_total{event="taken_over"}')]
-    report("live_takeover", first_event_after_kill_s=round(resumed_s, 2), metric=taken)
-    assert taken and float(taken[0].split()[-1]) >= 1, metrics[-2000:]
+    assert finals[1]["transcript"] == offline_text(url, segment)
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    counted = [line for line in metrics.splitlines()
+               if line.startswith(f'asr_live_session_events_total{{event="{event}"}}')]
+    assert counted and float(counted[0].split()[-1]) >= 1, metrics[-2000:]
+    return resumed_s
+
+
+def test_a_session_whose_worker_process_is_killed_goes_on_without_losing_a_final(
+        live_api: ApiServer, speech: np.ndarray) -> None:
+    client = redis_conn.client(live_api.settings)
+
+    def kill(events: list) -> float | None:  # the process that runs the session, mid-session
+        if not any(e["type"].endswith("completed") for e in events):
+            return None
+        os.kill(int(client.hget(f"asr:live:{session_id}", "pid")), signal.SIGKILL)
+        return time.monotonic()
+
+    with raw(live_api.url, max_size=None) as ws:
+        session_id = recv_json(ws)["session"]["id"]
+        events, killed = stream_striking(ws, speech, kill)
+    resumed_s = assert_resumed_without_losing_a_final(live_api.url, events, killed, speech,
+                                                      "taken_over")
+    report("live_takeover", first_event_after_kill_s=round(resumed_s, 2))
+
+
+@pytest.mark.slow
+def test_a_session_whose_worker_shuts_down_moves_to_another_worker_at_once(
+        live_api: ApiServer, speech: np.ndarray, tmp_path: Path) -> None:
+    """A deploy or a scale-in (SIGTERM to the worker) must neither hold the worker for as long
+    as the client talks nor cost the session a final."""
+    group = replace(live_api.settings, queue_name=f"deploy-{uuid.uuid4().hex[:6]}",
+                    worker_count=1)
+    workers = [Worker(group, f"deploy{i}") for i in range(2)]
+    server = ApiServer(group, tmp_path)
+    client, stopped = redis_conn.client(group), []
+    try:
+        for worker in workers:
+            worker.start(wait=False)
+        for worker in workers:
+            worker.wait_ready()
+        server.start()
+
+        def deploy(events: list) -> float | None:  # SIGTERM the worker that runs the session
+            if not any(e["type"].endswith("completed") for e in events):
+                return None
+            child = psutil.Process(int(client.hget(f"asr:live:{session_id}", "pid")))
+            stopped.append(next(w for w in workers if w.proc and w.proc.pid == child.ppid()))
+            os.kill(child.ppid(), signal.SIGTERM)
+            return time.monotonic()
+
+        with raw(server.url, max_size=None) as ws:
+            session_id = recv_json(ws)["session"]["id"]
+            events, termed = stream_striking(ws, speech, deploy)
+            assert termed is not None and stopped[0].proc is not None
+            stopped[0].proc.wait(timeout=20)  # it exits while the session is still open
+            exited_s = time.monotonic() - termed
+        resumed_s = assert_resumed_without_losing_a_final(server.url, events, termed, speech,
+                                                          "handed_over")
+    finally:
+        server.stop()
+        for worker in workers:
+            worker.stop()
+    report("live_handover", first_event_after_sigterm_s=round(resumed_s, 2),
+           worker_exited_s=round(exited_s, 2))
 
 
 def funasr_stream(ws, pcm: np.ndarray, mode: str = "2pass", name: str = "demo",

@@ -71,3 +71,14 @@ def test_the_worker_side_never_imports_the_api_or_its_service(module: str) -> No
     _, modules = imported_with(module)
 
     assert not {*WEB, "asr_service.service", "asr_service.waiters"} & modules
+
+
+MAX_MODULE_LINES = 300
+
+
+def test_no_module_of_the_package_is_over_300_lines() -> None:
+    """A module that outgrows this does more than one thing: split it where the seams are."""
+    sizes = {str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+             for path in (ROOT / "asr_service").rglob("*.py")}
+
+    assert {path: n for path, n in sizes.items() if n > MAX_MODULE_LINES} == {}
