@@ -12,7 +12,8 @@ OpenAI's Realtime protocol, as N sessions at once for N = 1, 2, ... WORKERS. Mea
   end of speech itself;
 - WER of the finals (joined) against the sentences, beside the WER of the file path
   (POST /api/v1/asr/submit of the whole recording), same model, same run;
-- CPU of the API (gunicorn tree) per live session, in % of one core.
+- CPU of the API (gunicorn tree) per live session, in % of one core: gross (all its CPU over
+  the sessions) and above idle (less what the same API used in the quiet 3 s before).
 Prints a table and writes bench/live.json. The sessions per host are the largest N whose p95
 partial latency stays under 1 s. Loopback only.
 """
@@ -90,7 +91,7 @@ def start_stack(procs: Processes, logs: Path, engine: str, workers: int, online:
     return base
 
 
-def session(base: str, pcm: np.ndarray, out: dict[str, Any]) -> None:
+def session(base: str, pcm: np.ndarray, out: dict[str, Any], silence_ms: int) -> None:
     """One real-time session; fills `out` with latencies and final texts."""
     sent: list[float] = []  # send time of each 100 ms chunk
     partial, final_vad, final_speech, finals = [], [], [], []
@@ -104,7 +105,7 @@ def session(base: str, pcm: np.ndarray, out: dict[str, Any]) -> None:
         ws.send(json.dumps({"type": "session.update", "session": {
             "type": "transcription", "audio": {"input": {
                 "format": {"type": "audio/pcm", "rate": RATE},
-                "turn_detection": {"type": "server_vad", "silence_duration_ms": SILENCE_MS}}}}}))
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": silence_ms}}}}}))
         json.loads(ws.recv(timeout=30))
         began = time.monotonic()
         stopped: dict[str, int] = {}
@@ -123,7 +124,7 @@ def session(base: str, pcm: np.ndarray, out: dict[str, Any]) -> None:
                 elif kind.endswith("transcription.completed"):
                     end = stopped.get(event["item_id"], event["end_ms"])
                     final_vad.append(now - sent_at(end))
-                    final_speech.append(now - sent_at(max(0, end - SILENCE_MS)))
+                    final_speech.append(now - sent_at(max(0, end - silence_ms)))
                     finals.append(event["transcript"])
                 elif kind == "error":
                     out["errors"] = out.get("errors", 0) + 1
@@ -177,10 +178,20 @@ def pct(values: list[float], q: float) -> float | None:
     return round(1000 * values[min(len(values) - 1, int(q * len(values)))], 0)
 
 
-def run_level(base: str, procs: Processes, pcm: np.ndarray, n: int) -> dict[str, Any]:
+def idle_api_cpu(procs: Processes, seconds: float = 3.0) -> float:
+    """The API's CPU in % of a core with no session open (and the workers' heartbeats show the
+    last level's sessions ended by the time this returns)."""
+    before, t0 = procs.cpu_seconds()["api"], time.monotonic()
+    time.sleep(seconds)
+    return 100 * (procs.cpu_seconds()["api"] - before) / (time.monotonic() - t0)
+
+
+def run_level(base: str, procs: Processes, pcm: np.ndarray, n: int, silence_ms: int,
+              idle_pct: float) -> dict[str, Any]:
     results: list[dict[str, Any]] = [{} for _ in range(n)]
     cpu_before, t0 = procs.cpu_seconds(), time.monotonic()
-    threads = [threading.Thread(target=session, args=(base, pcm, r)) for r in results]
+    threads = [threading.Thread(target=session, args=(base, pcm, r, silence_ms))
+               for r in results]
     for t in threads:
         t.start()
     for t in threads:
@@ -202,6 +213,9 @@ def run_level(base: str, procs: Processes, pcm: np.ndarray, n: int) -> dict[str,
                 wer(reference, " ".join(r.get("finals", []))) for r in results), 3),
             "api_cpu_pct_per_session": round(
                 100 * (cpu_after["api"] - cpu_before["api"]) / wall / n, 2),
+            "api_cpu_pct_per_session_above_idle": round(
+                (100 * (cpu_after["api"] - cpu_before["api"]) / wall - idle_pct) / n, 2),
+            "api_idle_cpu_pct": round(idle_pct, 2),
             "worker_cpu_pct": round(100 * (cpu_after["worker"] - cpu_before["worker"]) / wall, 1)}
 
 
@@ -211,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=3, help="worker processes = most sessions")
     p.add_argument("--online", action="store_true",
                    help="2-pass: partials from the tiny streaming Paraformer (ASR_ONLINE_MODEL)")
+    p.add_argument("--silence-ms", type=int, default=SILENCE_MS,
+                   help="server_vad silence_duration_ms: the silence that ends an utterance")
     args = p.parse_args(argv)
     pcm = recording()
     procs = Processes()
@@ -220,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             base = start_stack(procs, Path(tmp), args.engine, args.workers, args.online)
             offline = file_text(base, pcm)
             for n in range(1, args.workers + 1):
-                time.sleep(3)  # the workers' heartbeats show the last level's sessions ended
-                levels.append(run_level(base, procs, pcm, n))
+                idle = idle_api_cpu(procs)
+                levels.append(run_level(base, procs, pcm, n, args.silence_ms, idle))
     finally:
         procs.stop_all()
     file_wer = round(wer(" ".join(SENTENCES), offline), 3)
@@ -229,19 +245,22 @@ def main(argv: list[str] | None = None) -> int:
                    if r["partial_p95_ms"] is not None and r["partial_p95_ms"] < 1000), default=0)
     partials = "streaming model (2-pass)" if args.online else "re-decoded by the offline model"
     print(f"\nbench-live: {args.engine}, partials {partials}, {len(pcm) / RATE:.1f} s recording of "
-          f"{len(SENTENCES)} sentences streamed in real time, 100 ms per message, one worker "
-          f"host of {args.workers} processes, 2-core CPU host")
+          f"{len(SENTENCES)} sentences streamed in real time, 100 ms per message, "
+          f"silence_duration_ms {args.silence_ms}, one worker host of {args.workers} processes, "
+          "2-core CPU host")
     cols = ("sessions", "partials", "partial_p50_ms", "partial_p95_ms",
             "final_after_vad_end_p50_ms", "final_after_vad_end_p95_ms",
-            "final_after_speech_end_p50_ms", "live_wer",
-            "api_cpu_pct_per_session", "worker_cpu_pct", "errors")
+            "final_after_speech_end_p50_ms", "final_after_speech_end_p95_ms", "live_wer",
+            "api_cpu_pct_per_session", "api_cpu_pct_per_session_above_idle", "worker_cpu_pct",
+            "errors")
     print(" | ".join(cols))
     for r in levels:
         print(" | ".join(str(r[c]) for c in cols))
     print(f"file path WER on the same recording: {file_wer}; sessions this host carries with "
           f"p95 partial latency < 1 s: {carried}")
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"engine": args.engine, "online": args.online, "levels": levels,
+    OUT.write_text(json.dumps({"engine": args.engine, "online": args.online,
+                               "silence_ms": args.silence_ms, "levels": levels,
                                "file_wer": file_wer,
                                "sessions_carried": carried}, indent=2) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")

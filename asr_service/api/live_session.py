@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 RATE = 16_000
 """What sessions run at: other input rates are resampled by the API."""
 TAKEOVER_AFTER_S = 4.0
-"""A session no worker process holds for this long (its host died with it) is sent again."""
+"""A session no worker process holds for this long (its host died with it, or with the task's
+message before the claim) is sent again."""
 FIRST_CLAIM_S = 20.0
 """A session no worker claims within this is ended with an error (every worker is busy)."""
 TOUCH_EVERY_S = 10.0
@@ -224,9 +225,10 @@ class Relay:
             elif not claimed and now - opened > FIRST_CLAIM_S:
                 self.refuse("no_worker", "no worker took the session up; try again later",
                             close=True)
-            elif claimed and now - unheld_since > TAKEOVER_AFTER_S:
-                # Its worker died with the task's message (a whole host): send it again; the
-                # lease makes a duplicate delivery end at once.
+            elif now - unheld_since > TAKEOVER_AFTER_S:
+                # Its worker died with the task's message (a whole host), before or after it
+                # claimed the session: send it again; the lease makes a duplicate delivery end
+                # at once.
                 send_live(self.celery, s.id, s.queue, self.max_s)
                 s.store.count("resent")
                 unheld_since = now

@@ -21,9 +21,10 @@ if TYPE_CHECKING:
 
 # kind: (targets, shortest, longest fault in seconds)
 KINDS: dict[str, tuple[tuple[str, ...], float, float]] = {
-    "worker-kill": (("b", "c"), 0.5, 3.0),     # SIGKILL a worker, main process and children
-    "engine-kill": (("b", "c"), 0.0, 0.0),     # SIGKILL the process running the model
-    "worker-term": (("b", "c"), 0.5, 2.0),     # SIGTERM a worker (a deploy), started again
+    # A host's workers: its job worker and its live-session worker.
+    "worker-kill": (("b", "c"), 0.5, 3.0),     # SIGKILL them, main processes and children
+    "engine-kill": (("b", "c"), 0.0, 0.0),     # SIGKILL their processes running the model
+    "worker-term": (("b", "c"), 0.5, 2.0),     # SIGTERM them (a deploy), started again
     "host-crash": (("b", "c"), 2.0, 6.0),      # cable out and power off; later back on
     "link-cut": (("b", "c"), 1.0, 6.0),        # cable out, processes go on; later back in
     "redis-pause": (("redis",), 0.5, 4.0),     # SIGSTOP, later SIGCONT
@@ -106,23 +107,35 @@ class Nemesis:
     # -- the faults ---------------------------------------------------------------------------
 
     def worker_kill(self, fault: Fault) -> None:
-        worker = self.stack.procs[f"worker-{fault.target}"]
-        fault.note = f"killed {worker.kill_tree()} processes"
+        workers = self.stack.workers_on(fault.target)
+        fault.note = f"killed {sum(w.kill_tree() for w in workers)} processes"
         time.sleep(fault.duration)
-        worker.start()
+        for worker in workers:
+            worker.start(wait=False)
+        for worker in workers:
+            worker.wait_ready()
 
     def engine_kill(self, fault: Fault) -> None:
-        children = self.stack.procs[f"worker-{fault.target}"].children()
-        for child in children[-1:]:  # the newest: the pool process holding the model
-            child.kill()
-            fault.note = f"killed pid {child.pid}"
+        killed = []
+        for worker in self.stack.workers_on(fault.target):
+            for child in worker.children()[-1:]:  # the newest: the pool process with the model
+                child.kill()
+                killed.append(str(child.pid))
+        fault.note = f"killed pids {', '.join(killed)}"
 
     def worker_term(self, fault: Fault) -> None:
-        worker = self.stack.procs[f"worker-{fault.target}"]
-        worker.signal(signal.SIGTERM)
-        worker.reap(timeout=60)  # a warm shutdown: the running job ends or is handed back
+        workers = self.stack.workers_on(fault.target)
+        for worker in workers:
+            worker.signal(signal.SIGTERM)
+        began = time.time()
+        for worker in workers:  # a warm shutdown: running jobs end or are handed back, live
+            worker.reap(timeout=60)  # sessions move to the other host's live worker
+        fault.note = f"workers exited in {time.time() - began:.1f} s"
         time.sleep(fault.duration)
-        worker.start()
+        for worker in workers:
+            worker.start(wait=False)
+        for worker in workers:
+            worker.wait_ready()
 
     def host_crash(self, fault: Fault) -> None:
         fault.note = f"killed {self.stack.host_down(fault.target)} processes"

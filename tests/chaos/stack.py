@@ -39,6 +39,8 @@ REDIS_PORT = 6379
 API_PORTS = (8000, 8001)
 WORKER_HOSTS = ("b", "c")
 WORKER_START_S = 90
+LIVE_MODEL = "tiny-paraformer-live"
+LIVE_QUEUE = "asr-live"
 KEYS = Keys()
 
 
@@ -203,7 +205,11 @@ class Stack:
                            socket_timeout=timeout, socket_connect_timeout=3)
 
     def workers(self) -> list[Proc]:
-        return [self.procs[f"worker-{h}"] for h in WORKER_HOSTS]
+        """The job workers, then the live workers (every worker host runs one of each)."""
+        return [self.procs[f"{group}-{h}"] for group in ("worker", "live") for h in WORKER_HOSTS]
+
+    def workers_on(self, host: str) -> list[Proc]:
+        return [p for p in self.workers() if p.host == host]
 
     def on_host(self, host: str) -> list[Proc]:
         return [p for p in self.procs.values() if p.host == host]
@@ -312,12 +318,21 @@ def start(models: dict[str, Path], clips: dict[str, bytes], retention_s: int,
                       ready=lambda _, url=url: requests.get(url, timeout=1).ok, api_port=port)
         stack.add("a", "webhooks", [sys.executable, "-m", "asr_service.webhooks"],
                   ready=lambda _: True)
-        for host in WORKER_HOSTS:  # both load their model at once
-            stack.add(host, f"worker-{host}",
-                      [sys.executable, "-m", "celery", "-A", "celery_app", "worker",
-                       "--pool=prefork", "--concurrency=1", "-n", "worker@%h",
-                       "--without-mingle", "--without-gossip"],
-                      ready=_worker_ready(stack), timeout=WORKER_START_S, wait=False)
+        # Live sessions get a worker group of their own on each host (LIVE_MODEL: the same
+        # weights under another id, so its own queue), as production should run them: a
+        # session holds a process while it lasts, and behind the job backlog none is free.
+        live_model = base / "models" / LIVE_MODEL
+        live_model.parent.mkdir()
+        live_model.symlink_to(Path(models["asr"]).resolve())
+        for host in WORKER_HOSTS:  # all load their model at once
+            for group, changes in (("worker", {}), ("live", {"asr_model": str(live_model),
+                                                            "queue_name": LIVE_QUEUE})):
+                stack.add(host, f"{group}-{host}",
+                          [sys.executable, "-m", "celery", "-A", "celery_app", "worker",
+                           "--pool=prefork", "--concurrency=1", "-n", f"{group}@%h",
+                           "--without-mingle", "--without-gossip"],
+                          ready=_worker_ready(stack), timeout=WORKER_START_S, wait=False,
+                          **changes)
         for worker in stack.workers():
             worker.wait_ready()
         return stack

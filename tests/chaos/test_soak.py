@@ -20,7 +20,7 @@ import redis
 import requests
 
 from tests import netns, samples
-from tests.chaos import checker
+from tests.chaos import checker, live
 from tests.chaos import stack as chaos_stack
 from tests.chaos.load import Client, History
 from tests.chaos.nemesis import Nemesis, schedule
@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "60"))
 SEED = int(os.environ.get("CHAOS_SEED", "20"))
 CLIENTS = int(os.environ.get("CHAOS_CLIENTS", "4"))
+LIVE_CLIENTS = int(os.environ.get("CHAOS_LIVE", "1"))  # each keeps one live session going
 RETENTION_S = int(os.environ.get("CHAOS_RETENTION_S", "15"))
 GAP_S = float(os.environ.get("CHAOS_GAP_S", "5"))  # mean time between two faults' starts
 CLIP_SECONDS = {"a": 3.0, "b": 6.0, "c": 20.0, "d": 60.0}
@@ -86,12 +87,17 @@ def test_every_fault_at_once_loses_nothing(soak_stack: chaos_stack.Stack, tmp_pa
     clients = [Client(f"c{i}", f"{SEED}-{i}", stack.api_urls(), stack.api_keys[i % 2],
                       stack.receiver.clips, lambda clip: stack.receiver.url(f"/clips/{clip}"),
                       stack.receiver.url("/hook"), history) for i in range(CLIENTS)]
+    sessions = History()
+    talkers = [live.LiveClient(f"l{i}", f"{SEED}-live-{i}", stack.api_urls(),
+                               stack.api_keys[i % 2], chaos_stack.LIVE_MODEL,
+                               stack.receiver.clips, sessions) for i in range(LIVE_CLIENTS)]
     faults = schedule(SEED, SECONDS, GAP_S)
     nemesis = Nemesis(stack, faults)
 
     began = time.time()
     until = began + SECONDS
     threads = [threading.Thread(target=c.run, args=(until, 0.4), daemon=True) for c in clients]
+    threads += [threading.Thread(target=t.run, args=(until, 2.0), daemon=True) for t in talkers]
     threads.append(threading.Thread(target=nemesis.play, args=(began,), daemon=True))
     for thread in threads:
         thread.start()
@@ -113,15 +119,18 @@ def test_every_fault_at_once_loses_nothing(soak_stack: chaos_stack.Stack, tmp_pa
     verdict = checker.check(history.records, tail.events, stack.receiver.arrivals, references,
                             [f.as_dict() for f in faults], finals, leftovers, MAX_DELIVERIES,
                             RETENTION_S, _logged(stack))
+    live_violations, verdict.figures["live"] = live.check(sessions.records, references)
+    verdict.violations += live_violations
     out = Path(os.environ.get("CHAOS_OUT") or tmp_path)
     _write(out, history, tail.events, stack, faults, verdict, references, leftovers)
+    (out / "live.json").write_text(json.dumps(sessions.records))
     _print(verdict, faults, nemesis, soak_end - began)
     figures = verdict.figures
     report("chaos-soak", seed=SEED, seconds=round(soak_end - began), clients=CLIENTS,
            faults=len(faults), requests=figures["requests"], accepted=figures["accepted"],
            availability_during=figures["availability_during"],
            availability_between=figures["availability_between"],
-           violations=len(verdict.violations), recovery=figures["faults"])
+           violations=len(verdict.violations), recovery=figures["faults"], live=figures["live"])
     if verdict.violations:
         first = verdict.violations[0]
         lines = checker.timeline(first["job"], history.records, tail.events,
@@ -238,5 +247,6 @@ def _print(verdict: checker.Verdict, faults: list, nemesis: Nemesis, took: float
           f"availability during faults={figures['availability_during']} "
           f"between={figures['availability_between']} violations={len(verdict.violations)}")
     print("\n".join(checker.table(figures)))
+    print(f"live sessions: {figures['live']}")
     for error in nemesis.errors:
         print(f"nemesis: {error}")

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,8 +26,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from asr_service import redis_conn
+from asr_service.api.live_session import FIRST_CLAIM_S, TAKEOVER_AFTER_S, Live, Relay
+from asr_service.celery_config import create_celery
+from asr_service.keys import Keys
+from asr_service.live.relay import LiveStore
 from asr_service.settings import Settings
 from tests.conversations import VOICES, speak
+from tests.harness import eventually
 from tests.integration.conftest import ApiServer, Worker, report
 
 RATE = 16_000
@@ -294,6 +300,33 @@ def test_a_session_whose_worker_process_is_killed_goes_on_without_losing_a_final
     resumed_s = assert_resumed_without_losing_a_final(live_api.url, events, killed, speech,
                                                       "taken_over")
     report("live_takeover", first_event_after_kill_s=round(resumed_s, 2))
+
+
+def test_a_session_whose_task_no_worker_claims_is_sent_again_before_it_is_given_up(
+        settings: Settings) -> None:
+    """A worker that died with the task's message before it claimed the session (the chaos
+    soak found one closed with no_worker after 20 s while the other host's worker was free):
+    the API sends the task again every TAKEOVER_AFTER_S, as it does for a claimed session."""
+    queue, client = f"lost-{uuid.uuid4().hex[:6]}", redis_conn.client(settings)
+    store = LiveStore(client, Keys())
+    session = Live(id=f"sess_{uuid.uuid4().hex[:20]}", owner="lost", queue=queue, model="m",
+                   store=store)
+    assert store.open(session.id, "lost", 0, {"model": "m", "queue": queue})
+    resent = store.figures().get("resent", 0)
+    relay = Relay(None, session, create_celery(settings), 60, 30, 30)
+    forwarder = threading.Thread(target=relay._forward, daemon=True)
+    began = time.monotonic()
+    forwarder.start()
+    try:  # nobody consumes `queue`: the message the relay sends stays in its list
+        eventually(lambda: client.llen(queue) >= 1, TAKEOVER_AFTER_S + 5)
+        sent_again_s = time.monotonic() - began
+    finally:
+        relay.closed.set()
+        forwarder.join(5)
+        store.close(session.id, "lost")
+        client.delete(queue)
+    assert TAKEOVER_AFTER_S <= sent_again_s < FIRST_CLAIM_S, sent_again_s
+    assert store.figures().get("resent", 0) == resent + 1
 
 
 @pytest.mark.slow
