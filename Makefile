@@ -23,15 +23,15 @@ webhooks: venv ## only the webhook deliverer (callback_url), e.g. next to the AP
 	$(VENV)/bin/python -m asr_service.webhooks
 
 # Parallel lanes (pytest-xdist): each lane is a process with its own redis-server and session
-# Celery worker; a test file runs whole on one lane, tests sharing something else name one
-# xdist_group (tests/conftest.py). TEST_WORKERS=0: one process, as plain `pytest` runs.
+# Celery worker; a test file runs whole on one lane, files sharing something else name one
+# xdist_group in their pytestmark (tests/conftest.py). TEST_WORKERS=0: one process, as plain `pytest` runs.
 TEST_WORKERS ?= 2
 PYTEST_LANES = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 test: venv models system-packages ## set up and run the whole test suite (every test, in 2 lanes)
 	$(VENV)/bin/pytest $(PYTEST_LANES)
 
-test-fast: venv models redis-server ## the edit loop: unit and fast integration tests, none marked slow (< 90 s)
+test-fast: venv models redis-server ## the edit loop: unit and fast integration tests, none marked slow (~100 s)
 	$(VENV)/bin/pytest $(PYTEST_LANES) -m "not slow"
 
 # The chaos soak (tests/chaos, docs/reliability.md): `make test` runs 60 s of it; this, as long

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import functools
+import re
 from pathlib import Path
 
 import pytest
@@ -25,21 +27,46 @@ def model_assets() -> dict[str, Path]:
         return ensure_assets(MODELS)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
+ROOT = MODELS.parent
+# A module-level `pytestmark` (one statement: no blank line inside) naming an xdist_group.
+_FILE_GROUP = re.compile(r"""^pytestmark\b(?:(?!\n\n).)*?xdist_group\(["']([^"']+)["']\)""",
+                         re.M | re.S)
+
+
+def unit_of(nodeid: str) -> str:
+    """The unit of work a test belongs to under xdist: its file (its module fixtures then start
+    once, in one lane), or the xdist_group its file's `pytestmark` names: the files that touch
+    one shared thing (the repo root, fixed names) run one after another in one lane."""
+    path = nodeid.split("::", 1)[0]
+    return _file_groups(path)
+
+
+@functools.cache
+def _file_groups(path: str) -> str:
+    try:
+        found = _FILE_GROUP.search((ROOT / path).read_text())
+    except OSError:
+        return path
+    return found.group(1) if found else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist's own loadgroup no longer groups under pytest 9 (it renames `item._nodeid`,
+    which pytest 9 ignores, so every test became a unit and both lanes started every module's
+    fixtures): this scheduler takes units from unit_of(), on the controller, from node ids."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileOrGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+    return FileOrGroup(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `--dist loadgroup` a test file is one unit of work (its module fixtures start
-    once), unless the file or test names an xdist_group of its own: the tests that touch one
-    shared thing (the repo root, fixed names) then run one after another on one worker."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-    if hasattr(config, "workerinput"):  # an xdist lane: the files with slow tests first
-        slow = {_group(item) for item in items if item.get_closest_marker("slow")}
-        # The lanes take units in collection order: long ones first leaves the many short ones
-        # (unit tests) to even out the end. Sorting is stable: each file keeps its own order.
-        items[:] = sorted(items, key=lambda item: _group(item) not in slow)
-
-
-def _group(item: pytest.Item) -> str:
-    mark = item.get_closest_marker("xdist_group")
-    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+    """In an xdist lane, the units with slow tests first: the lanes take units in collection
+    order, and long ones first leaves the many short ones (unit tests) to even out the end.
+    Sorting is stable: each file keeps its own order."""
+    if hasattr(config, "workerinput"):
+        slow = {unit_of(item.nodeid) for item in items if item.get_closest_marker("slow")}
+        items[:] = sorted(items, key=lambda item: unit_of(item.nodeid) not in slow)

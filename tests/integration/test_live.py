@@ -42,7 +42,7 @@ CHUNK_S = 0.1
 pytestmark = [
     pytest.mark.filterwarnings(
         "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning"),
-    pytest.mark.xdist_group("live"),  # one lane starts the module's API and worker, not both
+    pytest.mark.slow,  # the module starts its own worker (with the streaming model) and API
 ]
 
 
@@ -329,7 +329,6 @@ def test_a_session_whose_task_no_worker_claims_is_sent_again_before_it_is_given_
     assert store.figures().get("resent", 0) == resent + 1
 
 
-@pytest.mark.slow
 def test_a_session_whose_worker_shuts_down_moves_to_another_worker_at_once(
         live_api: ApiServer, speech: np.ndarray, tmp_path: Path) -> None:
     """A deploy or a scale-in (SIGTERM to the worker) must neither hold the worker for as long

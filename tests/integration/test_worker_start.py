@@ -11,6 +11,8 @@ import pytest
 from tests.harness import eventually
 from tests.integration.conftest import ROOT, settings_env
 
+pytestmark = pytest.mark.slow  # each test starts a Celery worker process of its own
+
 
 def start_worker(settings) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
