@@ -56,6 +56,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     fixtures): this scheduler takes units from unit_of(), on the controller, from node ids."""
     from xdist.scheduler import LoadScopeScheduling
 
+    # Keep the units in collection order (slow ones first, see below): xdist would otherwise
+    # sort them by their count of tests, which sent the 2-minute soak, one test, last.
+    config.option.loadscopereorder = False
+
     class FileOrGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return unit_of(nodeid)

@@ -35,7 +35,6 @@ bp = Blueprint("live", __name__)
 sock = Sock()
 
 
-
 def _live_store() -> LiveStore:
     """One Redis pool for live sessions per app: their blocking reads never take a connection
     the REST endpoints wait for."""
