@@ -264,8 +264,17 @@ def stream_striking(ws, speech: np.ndarray, strike) -> tuple[list, float | None]
     return events, struck
 
 
+def live_events(url: str, event: str) -> float:
+    """asr_live_session_events_total{event} in /metrics (0 before the first)."""
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    prefix = f'asr_live_session_events_total{{event="{event}"}}'
+    return next((float(line.split()[-1]) for line in metrics.splitlines()
+                 if line.startswith(prefix)), 0.0)
+
+
 def assert_resumed_without_losing_a_final(url: str, events: list, struck: float | None,
-                                          speech: np.ndarray, event: str) -> float:
+                                          speech: np.ndarray, event: str,
+                                          counted_before: float) -> float:
     """Both finals once each, the second equal to the file path's text, no error, and the
     `event` counted; returns the seconds from the strike to the next event."""
     assert struck is not None, "no final before the end of the audio"
@@ -277,10 +286,7 @@ def assert_resumed_without_losing_a_final(url: str, events: list, struck: float 
     assert resumed_s is not None and resumed_s < 10, resumed_s
     segment = speech[finals[1]["start_ms"] * RATE // 1000:finals[1]["end_ms"] * RATE // 1000]
     assert finals[1]["transcript"] == offline_text(url, segment)
-    metrics = requests.get(f"{url}/metrics", timeout=10).text
-    counted = [line for line in metrics.splitlines()
-               if line.startswith(f'asr_live_session_events_total{{event="{event}"}}')]
-    assert counted and float(counted[0].split()[-1]) >= 1, metrics[-2000:]
+    assert live_events(url, event) >= counted_before + 1  # this session's, not an earlier one
     return resumed_s
 
 
@@ -294,11 +300,12 @@ def test_a_session_whose_worker_process_is_killed_goes_on_without_losing_a_final
         os.kill(int(client.hget(f"asr:live:{session_id}", "pid")), signal.SIGKILL)
         return time.monotonic()
 
+    before = live_events(live_api.url, "taken_over")
     with raw(live_api.url, max_size=None) as ws:
         session_id = recv_json(ws)["session"]["id"]
         events, killed = stream_striking(ws, speech, kill)
     resumed_s = assert_resumed_without_losing_a_final(live_api.url, events, killed, speech,
-                                                      "taken_over")
+                                                      "taken_over", before)
     report("live_takeover", first_event_after_kill_s=round(resumed_s, 2))
 
 
@@ -353,6 +360,7 @@ def test_a_session_whose_worker_shuts_down_moves_to_another_worker_at_once(
             os.kill(child.ppid(), signal.SIGTERM)
             return time.monotonic()
 
+        before = live_events(server.url, "handed_over")
         with raw(server.url, max_size=None) as ws:
             session_id = recv_json(ws)["session"]["id"]
             events, termed = stream_striking(ws, speech, deploy)
@@ -360,7 +368,7 @@ def test_a_session_whose_worker_shuts_down_moves_to_another_worker_at_once(
             stopped[0].proc.wait(timeout=20)  # it exits while the session is still open
             exited_s = time.monotonic() - termed
         resumed_s = assert_resumed_without_losing_a_final(server.url, events, termed, speech,
-                                                          "handed_over")
+                                                          "handed_over", before)
     finally:
         server.stop()
         for worker in workers:
