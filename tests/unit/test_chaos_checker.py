@@ -184,3 +184,28 @@ def test_a_404_to_a_delete_after_the_retention_is_an_expired_job_and_before_it_a
     assert rules(verdict(records, ran("j1"), finals(records))) == []  # ended at 3, +30 s
     records[2].update(t0=20.0, t1=20.01)
     assert rules(verdict(records, ran("j1"), finals(records))) == ["lost"]
+
+
+def _session(commits: list[tuple[str, str]], finals: list[tuple[str, str]], end: str) -> dict:
+    return {"op": "live", "client": "l0", "session": "sess_1", "status": 101, "end": end,
+            "commits": [{"item": i, "clip": c, "t": 1.0} for i, c in commits],
+            "finals": [{"item": i, "text": t, "t": 1.5} for i, t in finals]}
+
+
+@pytest.mark.parametrize(("session", "rule"), [
+    (_session([("i0", "a")], [("i0", "A")], "done"), None),
+    (_session([("i0", "a"), ("i1", "b")], [("i0", "A")], "closed 1006"), None),  # cut short
+    (_session([("i0", "a")], [("i0", "A"), ("i0", "A")], "done"), "live final repeated"),
+    (_session([("i0", "a")], [("i0", "B")], "done"), "live final wrong"),
+    (_session([("i0", "a"), ("i1", "b")], [("i1", "B")], "closed 1006"), "live final skipped"),
+    (_session([("i0", "a")], [], "done"), "live final skipped"),
+    (_session([("i0", "a")], [], "stalled"), "live session stalled"),
+])
+def test_the_live_check_finds_repeated_wrong_skipped_and_stalled_finals(session: dict,
+                                                                         rule: str | None):
+    from tests.chaos.live import check as check_live
+
+    violations, figures = check_live([session], {"a": "A", "b": "B"})
+
+    assert [v["rule"] for v in violations][:1] == ([rule] if rule else [])
+    assert figures["sessions"] == 1
