@@ -77,8 +77,10 @@ class FunASREngine:
         self._has_vad = bool(vad_model)
         self._has_punc = bool(punc_model)
         import torch
-        from funasr import AutoModel
 
+        from asr_service.engine.funasr_import import auto_model
+
+        AutoModel = auto_model(model, vad_model, punc_model)  # noqa: N806 (FunASR's class)
         torch.set_num_threads(threads)
         try:
             self._model = AutoModel(

@@ -28,8 +28,9 @@ class OnlineModel:
     """A loaded streaming model; decoders share it (one process, one session at a time)."""
 
     def __init__(self, model: str, device: str, threads: int) -> None:
-        from funasr import AutoModel
+        from asr_service.engine.funasr_import import auto_model
 
+        AutoModel = auto_model(model)  # noqa: N806 (FunASR's class)
         self.name = Path(model).name if Path(model).is_dir() else model
         try:
             self.model = AutoModel(model=model, device=device, ncpu=threads,

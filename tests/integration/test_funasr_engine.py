@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import asr_service.engine.funasr_hub as engine_pkg
 from asr_service.engine import build_engine
 from asr_service.engine.base import SAMPLE_RATE, Engine, TranscribeOptions
 from asr_service.engine.funasr_engine import FunASREngine
+from asr_service.engine.funasr_import import REGISTRY_FILE
 from asr_service.errors import EngineError, ModelLoadError
 from asr_service.settings import Settings
 
@@ -263,3 +265,32 @@ def test_importing_the_engine_package_and_backends_loads_no_model_library() -> N
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_each_class_a_worker_imports_is_the_one_a_full_funasr_import_registers(tmp_path):
+    """A worker imports only the FunASR modules its models' classes come from
+    (engine/funasr_import.py): each name must lead to the module that a full `import funasr`
+    leaves registered under it (some names are registered twice; the last import wins)."""
+    out = tmp_path / "registry.json"
+    subprocess.run([sys.executable, "-m", "asr_service.engine.funasr_import", str(out)],
+                   check=True, capture_output=True, timeout=180)
+    assert json.loads(out.read_text()) == json.loads(REGISTRY_FILE.read_text()), \
+        "funasr changed: run `python -m asr_service.engine.funasr_import` and commit the file"
+
+
+CHECK_SLIM_IMPORT = """
+import sys
+from asr_service.engine.funasr_import import auto_model
+auto_model(sys.argv[1], sys.argv[2])
+import funasr
+print(funasr._asr_service_complete, "transformers" in sys.modules)
+from funasr import AutoModel  # anyone else's import of FunASR: the whole package, as before
+print(funasr._asr_service_complete, "transformers" in sys.modules)
+"""
+
+
+def test_a_worker_imports_a_dozen_funasr_modules_and_others_still_get_all(model_assets):
+    run = subprocess.run(
+        [sys.executable, "-c", CHECK_SLIM_IMPORT, str(model_assets["asr"]),
+         str(model_assets["vad"])], check=True, capture_output=True, text=True, timeout=180)
+    assert run.stdout.split()[-4:] == ["False", "False", "True", "True"], run.stdout
