@@ -62,7 +62,11 @@ def _package() -> ModuleType:
     package._asr_service_complete = False  # type: ignore[attr-defined]
 
     def whole_on_first_use(name: str) -> Any:  # `from funasr import AutoModel` elsewhere
+        if name.startswith("__"):  # probes of the import system, inspect, pickle...
+            raise AttributeError(name)
         _complete(package)  # FunASR's __init__ replaces this __getattr__ with its own
+        if vars(package).get("__getattr__") is whole_on_first_use:
+            raise AttributeError(f"module 'funasr' has no attribute {name!r}")
         return getattr(package, name)
 
     package.__getattr__ = whole_on_first_use  # type: ignore[attr-defined]
