@@ -66,8 +66,7 @@ class WorkerRuntime:
         self.engine: Engine | None = None
         self.device = "unknown"
         self.node = ""
-        """Random token of the worker's main process (set before the fork, children inherit
-        it)."""
+        """Random token of the main process (set before the fork, children inherit it)."""
         self.heartbeat: RunnerHeartbeat | None = None
         """This child process's runner token and heartbeat (set after the fork)."""
         self.sweeper: Sweeper | None = None
@@ -176,9 +175,10 @@ class WorkerRuntime:
 
     def load_engine(self, **_: Any) -> None:
         """Load and warm up the model once per child process, after the fork."""
-        from asr_service.engine import build_engine
+        from asr_service.engine import build_engine, yield_cores
         from asr_service.engine.online import online_model
 
+        yield_cores(self.settings)
         self.heartbeat = RunnerHeartbeat(self.redis_client, self.store).start()
         started = time.perf_counter()
         try:

@@ -405,7 +405,8 @@ def bench_service(args: argparse.Namespace, asr: Path, vad: Path, clips: list[Cl
                ASR_PUNC_MODEL="", ASR_THREADS=str(threads), WORKER_COUNT=str(args.workers),
                ASR_USE_GPU="true" if args.device == "cuda" else "false",
                LOG_DIR=str(logs / "logs"), API_KEYS="", RATE_LIMIT="",
-               ASR_BATCH_WAIT_MS=str(batch_wait_ms), ASR_BATCH_JOBS=str(args.batch_jobs))
+               ASR_BATCH_WAIT_MS=str(batch_wait_ms), ASR_BATCH_JOBS=str(args.batch_jobs),
+               ASR_ENGINE_NICE=str(args.engine_nice))
     base = procs.start_api(env, api_port, logs)
     print(f"  {system}: API on {base}, loading the model in the worker ...", flush=True)
     engines = 1 if batch_wait_ms else args.workers
@@ -641,6 +642,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="ASR_BATCH_WAIT_MS of the batching run (default 20; 0 skips it)")
     p.add_argument("--batch-jobs", type=int, default=16,
                    help="ASR_BATCH_JOBS of the batching run (default 16)")
+    p.add_argument("--engine-nice", type=int, default=10,
+                   help="the service's ASR_ENGINE_NICE (default 10, its own default)")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--out", type=Path, default=ROOT / "run" / "bench")
     p.add_argument("--engine-child", help=argparse.SUPPRESS)

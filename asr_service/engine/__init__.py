@@ -5,6 +5,7 @@ a worker process loads it."""
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 from asr_service.engine.base import Engine
@@ -29,3 +30,9 @@ def preflight(settings: Settings) -> str:
 def build_engine(settings: Settings) -> Engine:
     """Check the model and device, then load the configured engine (in a worker process)."""
     return backend(settings).build(settings)
+
+
+def yield_cores(settings: Settings) -> None:
+    """Lower the priority of the process that is about to run the model (ASR_ENGINE_NICE)."""
+    if settings.asr_engine_nice:
+        os.nice(settings.asr_engine_nice)

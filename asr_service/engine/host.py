@@ -111,10 +111,11 @@ class EngineHost:
 
 def serve(settings: Settings, conn: Connection) -> None:
     """The engine process: load the model, then answer batches until the pipe closes."""
-    from asr_service.engine import build_engine
+    from asr_service.engine import build_engine, yield_cores
     from asr_service.logs import setup_logging
 
     setup_logging("engine", settings)
+    yield_cores(settings)
     try:
         engine = build_engine(settings)
         engine.warm_up()

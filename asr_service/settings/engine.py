@@ -48,5 +48,10 @@ class EngineSettings:
     asr_threads: int = 0
     """CPU threads per worker process; 0 divides the host's cores between the WORKER_COUNT
     processes (all of them, with batching)."""
+    asr_engine_nice: int = 10
+    """Niceness the processes running the model add (a batching worker's engine process, a
+    prefork worker's children): on a host whose cores the API shares, its answers (/health,
+    submits, long-polls) go first and the decode takes the rest. 0: same priority as the API.
+    No effect where nothing else wants the cores."""
     model_load_timeout_s: int = 600
     """How long one worker process may take to load and warm up its model (seconds)."""

@@ -79,6 +79,13 @@ def _non_negative_int(raw: str) -> int:
     return _whole_number(raw, 0)
 
 
+def _niceness(raw: str) -> int:
+    value = _non_negative_int(raw)
+    if value > 19:
+        raise ValueError("must be a niceness 0-19")
+    return value
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.lower()
@@ -161,6 +168,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "asr_compute_type": _choice("auto", "int8", "int8_float16", "int8_float32", "int16",
                                 "float16", "bfloat16", "float32"),
     "asr_threads": _non_negative_int,
+    "asr_engine_nice": _niceness,
     "asr_batch_wait_ms": _non_negative_int,
     "task_soft_time_limit_s": _non_negative_int,
     "worker_max_tasks_per_child": _non_negative_int,

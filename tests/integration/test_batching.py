@@ -71,8 +71,8 @@ def test_jobs_share_engine_calls_and_get_what_the_unbatched_worker_gives(lane, c
     batched.worker()
     ids = submit_all(batched, recordings)
     results = [wait_for(batched.client, i)["result"] for i in ids]
-    alone = [wait_for(client, submit(client, data).get_json()["task_id"])["result"]
-             for data in recordings]  # the session's prefork worker, one job at a time
+    alone_ids = [submit(client, data).get_json()["task_id"] for data in recordings]
+    alone = [wait_for(client, i)["result"] for i in alone_ids]  # the session's prefork worker
     for got, expected in zip(results, alone, strict=True):
         assert expected["text"].strip()
         assert jiwer.wer(expected["text"], got["text"]) <= 2 * PADDING_WER
@@ -83,6 +83,13 @@ def test_jobs_share_engine_calls_and_get_what_the_unbatched_worker_gives(lane, c
     assert wer <= PADDING_WER
     sizes = batch_sizes(batched)
     assert sum(sizes) == len(ids) and max(sizes) >= 2, sizes
+    # Both decode ASR_ENGINE_NICE below their worker's main process and the API.
+    nice = batched.settings.asr_engine_nice
+    assert nice == 10 and psutil.Process().nice() == 0
+    assert engine_process(batched.workers[0]).nice() == nice
+    prefork_child = client.application.extensions["asr"].store.get(alone_ids[0]).worker_pid
+    assert psutil.Process(prefork_child).nice() == nice
+    assert psutil.Process(worker.proc.pid).nice() == 0
     report("batching-shared-calls", jobs=len(ids), batches=sizes, wer_vs_alone=round(wer, 4),
            identical_texts=sum(g["text"] == e["text"] for g, e in zip(results, alone, strict=True)))
 

@@ -108,6 +108,13 @@ def test_integer_values_are_parsed_with_surrounding_spaces() -> None:
     assert settings.worker_count == 3
 
 
+def test_engine_nice_is_a_niceness() -> None:
+    assert Settings.from_env({}).asr_engine_nice == 10
+    assert Settings.from_env({"ASR_ENGINE_NICE": "0"}).asr_engine_nice == 0
+    assert error_lines({"ASR_ENGINE_NICE": "20"}) == [
+        "ASR_ENGINE_NICE='20': must be a niceness 0-19"]
+
+
 def test_asr_threads_zero_is_allowed_but_negative_is_not() -> None:
     assert Settings.from_env({"ASR_THREADS": "0"}).asr_threads == 0
     assert Settings.from_env({"ASR_THREADS": "6"}).asr_threads == 6
