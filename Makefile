@@ -33,7 +33,7 @@ PYTEST_LANES = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadg
 test: venv models system-packages ## set up and run the whole test suite (every test, in 3 lanes)
 	$(VENV)/bin/pytest $(PYTEST_LANES)
 
-test-fast: venv models redis-server ## the edit loop: unit and fast integration tests, none marked slow (~100 s)
+test-fast: venv models redis-server ## the edit loop: unit and fast integration tests, none marked slow (~75 s)
 	$(VENV)/bin/pytest $(PYTEST_LANES) -m "not slow"
 
 # The chaos soak (tests/chaos, docs/reliability.md): `make test` runs 60 s of it; this, as long

@@ -8,7 +8,8 @@ import shlex
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -58,6 +59,21 @@ def eventually(predicate: Callable[[], T], timeout: float, interval: float = 0.0
             text = message() if callable(message) else message
             raise AssertionError(f"{text} (after {timeout} s, last: {value!r})")
         time.sleep(interval)
+
+
+def logged(read: Callable[[], list[dict]], event: str, ids: Iterable[str],
+           timeout: float = 15) -> Counter[str]:
+    """How many `event` lines each job has in an events.jsonl (`read` parses it), once every
+    one of `ids` has one: a worker writes its line just after the transition that the API and
+    the lifecycle's stream already show, and a busy host writes it late."""
+    wanted = set(ids)
+
+    def written() -> Counter[str] | None:
+        counts = Counter(e["job_id"] for e in read() if e["event"] == event)
+        return counts if wanted <= set(counts) else None
+
+    return eventually(written, timeout, interval=0.1,
+                      message=lambda: f"not every job logged {event}: {wanted}")
 
 
 def log_tail(path: Path, chars: int = 4000) -> str:

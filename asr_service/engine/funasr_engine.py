@@ -28,9 +28,22 @@ NO_CUDA_HINT = "check the driver, CUDA_VISIBLE_DEVICES and the torch build"
 
 
 def preflight(settings: Settings) -> str:
-    """Model references and the device, checked in the worker's parent (CUDA in a subprocess)."""
+    """Model references and the device, checked in the worker's parent (CUDA in a subprocess).
+
+    A prefork worker on the CPU also imports here, once, the FunASR modules its models need:
+    each child it forks, and each that replaces one (a crash, a time limit, a memory recycle),
+    then only loads the weights (0.1 s for the tiny model; the import is 2.7 s). Not on CUDA:
+    a module that asks torch about CUDA at import would start the driver in the parent, and
+    a forked child cannot use it. A batching worker's engine process is spawned: it imports
+    for itself."""
     check_model_refs(settings)
-    return devices.preflight(settings.asr_use_gpu, CUDA_PROBE, NO_CUDA_HINT)
+    device = devices.preflight(settings.asr_use_gpu, CUDA_PROBE, NO_CUDA_HINT)
+    if device == "cpu" and not settings.batching:
+        from asr_service.engine.funasr_import import auto_model
+
+        auto_model(settings.asr_model, settings.asr_vad_model, settings.asr_punc_model,
+                   settings.asr_online_model)
+    return device
 
 
 def _torch_has_cuda() -> bool:

@@ -209,7 +209,8 @@ class Lane:
 
     def events(self) -> list[dict]:
         path = Path(self.settings.log_dir) / "events.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()]
+        # Whole lines only: a worker may be writing the last one right now.
+        return [json.loads(line) for line in path.read_text().split("\n")[:-1]]
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -46,6 +46,10 @@ def engine_process(worker: Worker) -> psutil.Process:
     return found[0]
 
 
+def maps_torch(pid: int) -> bool:
+    return any("libtorch" in m.path for m in psutil.Process(pid).memory_maps())
+
+
 def into_the_batch(engine: psutil.Process, cpu_s: float = 0.3) -> None:
     """Until the engine process spent `cpu_s` of CPU after the jobs started: it is mid-batch."""
     def busy() -> float:
@@ -90,6 +94,9 @@ def test_jobs_share_engine_calls_and_get_what_the_unbatched_worker_gives(lane, c
     prefork_child = client.application.extensions["asr"].store.get(alone_ids[0]).worker_pid
     assert psutil.Process(prefork_child).nice() == nice
     assert psutil.Process(worker.proc.pid).nice() == 0
+    # A prefork worker's main process imported torch and FunASR for its children (they fork
+    # with them loaded); a batching worker's main process has no model library at all.
+    assert maps_torch(worker.proc.pid) and not maps_torch(batched.workers[0].proc.pid)
     report("batching-shared-calls", jobs=len(ids), batches=sizes, wer_vs_alone=round(wer, 4),
            identical_texts=sum(g["text"] == e["text"] for g, e in zip(results, alone, strict=True)))
 

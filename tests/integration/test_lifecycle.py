@@ -26,7 +26,7 @@ from asr_service.jobs import ErrorType, Job, JobStore, Keys, Status
 from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from asr_service.runs import new_delivery
 from tests import samples
-from tests.harness import reap, wait_ready
+from tests.harness import logged, reap, wait_ready
 from tests.integration.conftest import (
     LONG_S,
     WORKER_START_TIMEOUT_S,
@@ -52,8 +52,7 @@ def succeeded_once(made: Lane, ids: list[str]) -> None:
     assert [wait_for(made.client, i, timeout=STRANDED_DEADLINE_S + 30)["status"]
             for i in ids] == ["succeeded"] * len(ids)
     assert all(finished_events(client, i) == ["succeeded"] for i in ids)
-    logged = Counter(e["job_id"] for e in made.events() if e["event"] == "job.succeeded")
-    assert logged == Counter(ids)
+    assert logged(made.events, "job.succeeded", ids) == Counter(ids)
 
 
 def queue_key(made: Lane) -> str:

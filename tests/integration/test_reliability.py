@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from tests import samples
-from tests.harness import eventually
+from tests.harness import eventually, logged
 from tests.integration.conftest import LONG_S, report
 from tests.integration.flow import submit, wait_for
 
@@ -36,7 +36,7 @@ def test_killed_workers_lose_no_job_and_run_none_twice(lane, client, worker):
 
     assert [job["status"] for job in finished] == ["succeeded"] * len(ids)
     assert all(job["result"]["text"] == reference for job in finished)
-    succeeded = Counter(e["job_id"] for e in crash.events() if e["event"] == "job.succeeded")
+    succeeded = logged(crash.events, "job.succeeded", ids)
     assert succeeded == Counter(ids)  # each ran to completion exactly once
     # The killed runs are counted from the claim the Lua transition committed, not from the
     # job.started log lines: a SIGKILL may land between that commit and the line's write.
@@ -89,7 +89,7 @@ def test_sigterm_lets_the_running_job_finish_once(lane):
     deploy.worker()  # the new version comes up
 
     assert wait_for(deploy.client, waiting)["status"] == "succeeded"
-    succeeded = Counter(e["job_id"] for e in deploy.events() if e["event"] == "job.succeeded")
+    succeeded = logged(deploy.events, "job.succeeded", [running, waiting])
     assert succeeded == Counter([running, waiting])
 
 

@@ -17,7 +17,7 @@ import redis
 from asr_service.keys import Keys
 from asr_service.sweep import SWEEP_EVERY_S
 from tests import samples
-from tests.harness import eventually, wait_ready
+from tests.harness import eventually, logged, wait_ready
 from tests.integration.conftest import LONG_S, Lane, Worker, report
 from tests.integration.flow import submit, wait_for
 
@@ -111,8 +111,7 @@ def test_scale_out_and_in_under_load_loses_no_job_and_runs_none_twice(lane, tmp_
 
     assert [job["status"] for job in jobs.values()] == ["succeeded"] * JOBS  # 0 lost
     assert len({job["result"]["text"] for job in jobs.values()}) == 1
-    events = group.events()
-    succeeded = Counter(e["job_id"] for e in events if e["event"] == "job.succeeded")
+    succeeded = logged(group.events, "job.succeeded", ids)
     assert succeeded == Counter(ids)  # 0 run twice: each job committed its success once
     assert finished_exit == 0 and jobs[finishing]["attempts"] == 1  # finished in its grace
     assert killed_exit is None and jobs[cut]["attempts"] == 2  # cut, handed back, run again
