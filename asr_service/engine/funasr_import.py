@@ -9,7 +9,7 @@ Paraformer with its VAD needs a dozen modules (3 s, most of it torch).
 So a process here creates the `funasr` package without running its __init__, reads the class
 names each local model directory's config.yaml gives (model, encoder, decoder, frontend, ...),
 and imports the module that registers each one: the module a full import leaves registered,
-from REGISTRY_FILE. That file is generated from a full import (`python -m
+from REGISTRY_FILE (a name some other module took since is registered again by its own). That file is generated from a full import (`python -m
 asr_service.engine.funasr_import` writes it) and
 tests/integration/test_funasr_engine.py checks it against one. A name it lacks, a model that is
 not a local directory (a hub alias: its config comes with the download), or another FunASR
@@ -36,13 +36,25 @@ def auto_model(*models: str | None) -> Any:
     """FunASR's AutoModel class, with what `models` (directories or aliases) need imported."""
     package = _package()
     if not getattr(package, "_asr_service_complete", False):
-        modules = _modules_for(m for m in models if m)
-        if modules is None:
+        needed = _classes_for(m for m in models if m)
+        if needed is None:
             _complete(package)
         else:
-            for name in modules:
-                importlib.import_module(name)
+            _import_registering(needed)
     return importlib.import_module("funasr.auto.auto_model").AutoModel
+
+
+def _import_registering(needed: list[tuple[str, str, str]]) -> None:
+    """Import the module of each (table, name, module); where another module registered the
+    same name after it (the last import wins), run it again so it wins, as in a full import."""
+    importlib.import_module("funasr.auto.auto_model")
+    for module in dict.fromkeys(module for _, _, module in needed):
+        importlib.import_module(module)
+    from funasr.register import tables
+
+    for table, name, module in needed:
+        if getattr(tables, table)[name].__module__ != module:
+            importlib.reload(sys.modules[module])
 
 
 def _package() -> ModuleType:
@@ -82,12 +94,13 @@ def _complete(package: ModuleType) -> None:
     package._asr_service_complete = True  # type: ignore[attr-defined]
 
 
-def _modules_for(models: Iterable[str]) -> list[str] | None:
-    """The modules registering every class the models' configs name; None: import them all."""
+def _classes_for(models: Iterable[str]) -> list[tuple[str, str, str]] | None:
+    """(table, name, module registering it) for every class the models' configs name; None:
+    import the whole package."""
     registry = _registry()
     if registry is None:
         return None
-    modules = ["funasr.auto.auto_model"]
+    needed = []
     for model in models:
         config = Path(model).expanduser() / "config.yaml"
         if not config.is_file():
@@ -100,8 +113,8 @@ def _modules_for(models: Iterable[str]) -> list[str] | None:
                 log.info("FunASR class %s.%s is not in %s: importing all of FunASR", table,
                          name, REGISTRY_FILE.name)
                 return None
-            modules.append(module)
-    return list(dict.fromkeys(modules))
+            needed.append((table, name, module))
+    return needed
 
 
 def _registry() -> dict[str, dict[str, str]] | None:

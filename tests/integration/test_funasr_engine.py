@@ -279,9 +279,17 @@ def test_each_class_a_worker_imports_is_the_one_a_full_funasr_import_registers(t
 
 
 CHECK_SLIM_IMPORT = """
-import sys
-from asr_service.engine.funasr_import import auto_model
-auto_model(sys.argv[1], sys.argv[2])
+import importlib, sys
+from pathlib import Path
+from asr_service.engine import funasr_import
+funasr_import._package()
+# Registered by both, in the order a full import does not take: e_paraformer's must win.
+importlib.import_module("funasr.models.e_paraformer.decoder")
+importlib.import_module("funasr.models.paraformer.decoder")
+funasr_import.auto_model(sys.argv[1], sys.argv[2])
+from funasr.register import tables
+needed = [c for d in sys.argv[1:] for c in funasr_import._classes_for([d])]
+print(all(getattr(tables, t)[n].__module__ == m for t, n, m in needed), len(needed))
 import funasr
 print(funasr._asr_service_complete, "transformers" in sys.modules,
       funasr.__getattr__.__name__)  # anyone's `from funasr import AutoModel`: the whole package
@@ -292,4 +300,5 @@ def test_a_worker_imports_a_dozen_funasr_modules_and_others_still_get_all(model_
     run = subprocess.run(
         [sys.executable, "-c", CHECK_SLIM_IMPORT, str(model_assets["asr"]),
          str(model_assets["vad"])], check=True, capture_output=True, text=True, timeout=180)
-    assert run.stdout.split()[-3:] == ["False", "False", "whole_on_first_use"], run.stdout
+    assert run.stdout.split()[-5:] == ["True", "9", "False", "False", "whole_on_first_use"], \
+        run.stdout

@@ -32,12 +32,14 @@ def test_the_modules_are_those_registering_the_classes_the_config_names(partial_
     config = ("model: Paraformer\nmodel_conf: {lsm_weight: 0.1}\nencoder: SANMEncoder\n"
               "decoder: ParaformerSANMDecoder\nfrontend: WavFrontend\ncmvn_file: am.mvn\n")
 
-    modules = funasr_import._modules_for([model_dir(tmp_path, config)])
+    needed = funasr_import._classes_for([model_dir(tmp_path, config)])
 
-    assert modules == ["funasr.auto.auto_model", "funasr.models.paraformer.model",
-                       "funasr.models.sanm.encoder",
-                       "funasr.models.e_paraformer.decoder",  # registered twice: the last
-                       "funasr.frontends.wav_frontend"]
+    assert needed == [
+        ("model_classes", "Paraformer", "funasr.models.paraformer.model"),
+        ("encoder_classes", "SANMEncoder", "funasr.models.sanm.encoder"),
+        # registered twice; a full import leaves e_paraformer's (the last import wins)
+        ("decoder_classes", "ParaformerSANMDecoder", "funasr.models.e_paraformer.decoder"),
+        ("frontend_classes", "WavFrontend", "funasr.frontends.wav_frontend")]
     assert partial_package[0].__version__  # read from FunASR's version.txt, not its __init__
 
 
@@ -47,13 +49,13 @@ def test_a_hub_alias_or_an_unknown_class_imports_the_whole_package(partial_packa
     if model == "unknown-class":
         model = model_dir(tmp_path, "model: NoSuchModel\n")
 
-    assert funasr_import._modules_for([model]) is None
+    assert funasr_import._classes_for([model]) is None
 
 
 def test_another_funasr_version_imports_the_whole_package(partial_package, tmp_path):
     partial_package[0].__version__ = "0.0.1"
 
-    assert funasr_import._modules_for([model_dir(tmp_path, "model: Paraformer\n")]) is None
+    assert funasr_import._classes_for([model_dir(tmp_path, "model: Paraformer\n")]) is None
 
 
 def test_anyone_elses_from_funasr_import_gets_the_whole_package(partial_package):
