@@ -61,6 +61,14 @@ def eventually(predicate: Callable[[], T], timeout: float, interval: float = 0.0
         time.sleep(interval)
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """A JSON-lines log's whole lines ([] before it exists): the process writing it may be
+    halfway through its last line."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1]]
+
+
 def logged(read: Callable[[], list[dict]], event: str, ids: Iterable[str],
            timeout: float = 15) -> Counter[str]:
     """How many `event` lines each job has in an events.jsonl (`read` parses it), once every

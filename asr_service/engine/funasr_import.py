@@ -9,15 +9,16 @@ Paraformer with its VAD needs a dozen modules (3 s, most of it torch).
 So a process here creates the `funasr` package without running its __init__, reads the class
 names each local model directory's config.yaml gives (model, encoder, decoder, frontend, ...),
 and imports the module that registers each one: the module a full import leaves registered,
-from REGISTRY_FILE (a name some other module took since is registered again by its own). That file is generated from a full import (`python -m
-asr_service.engine.funasr_import` writes it) and
-tests/integration/test_funasr_engine.py checks it against one. A name it lacks, a model that is
-not a local directory (a hub alias: its config comes with the download), or another FunASR
+from REGISTRY_FILE (a name some other module took since is registered again by its own). That
+file is generated from a full import (`python -m asr_service.engine.funasr_import` writes it)
+and tests/integration/test_funasr_engine.py checks it against one. A name it lacks, a model that
+is not a local directory (a hub alias: its config comes with the download), or another FunASR
 version: the full import, as before. Either way `funasr.AutoModel` is FunASR's own.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -121,13 +122,19 @@ def _registry() -> dict[str, dict[str, str]] | None:
     """REGISTRY_FILE's tables, if it was made from the FunASR version installed."""
     import funasr  # the package object _package() made: version only
 
-    try:
-        data = json.loads(REGISTRY_FILE.read_text())
-    except (OSError, ValueError):
-        return None
-    if data.get("funasr") != getattr(funasr, "__version__", None):
+    data = _registry_file()
+    if data is None or data.get("funasr") != getattr(funasr, "__version__", None):
         return None
     return data["tables"]
+
+
+@functools.cache
+def _registry_file() -> dict[str, Any] | None:
+    """REGISTRY_FILE, read once per process (each model, VAD and online model asks)."""
+    try:
+        return json.loads(REGISTRY_FILE.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _class_names(config: Path) -> list[tuple[str, str]]:

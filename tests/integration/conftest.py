@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from tests.harness import (
     eventually,
     free_port,
     log_tail,
+    read_jsonl,
     report,  # noqa: F401 (the tests import it from here)
     start_process,
     stop_process,
@@ -208,9 +208,7 @@ class Lane:
         return store.get(task_id).worker_pid
 
     def events(self) -> list[dict]:
-        path = Path(self.settings.log_dir) / "events.jsonl"
-        # Whole lines only: a worker may be writing the last one right now.
-        return [json.loads(line) for line in path.read_text().split("\n")[:-1]]
+        return read_jsonl(Path(self.settings.log_dir) / "events.jsonl")
 
     def stop(self) -> None:
         for worker in self.workers:

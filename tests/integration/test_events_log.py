@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import samples
-from tests.harness import eventually
+from tests.harness import eventually, read_jsonl
 from tests.integration.flow import submit, wait_for
 
 
@@ -27,8 +27,7 @@ def events_of(settings, job_id: str, until: str, timeout: float = 10,
     path = Path(settings.log_dir) / "events.jsonl"
 
     def written() -> list[dict] | None:
-        lines = path.read_text().splitlines() if path.exists() else []
-        found = [e for e in map(json.loads, lines) if e["job_id"] == job_id]
+        found = [e for e in read_jsonl(path) if e["job_id"] == job_id]
         return found if any(e["event"] == until for e in found) and len(found) >= count \
             else None
 

@@ -11,7 +11,6 @@ must still succeed exactly once, the one B was running finished by C.
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ from asr_service.cluster import Cluster
 from asr_service.jobs import Keys
 from asr_service.settings import Settings
 from tests import netns, samples
-from tests.harness import eventually, logged, start_process, wait_ready
+from tests.harness import eventually, logged, read_jsonl, start_process, wait_ready
 from tests.integration.conftest import LONG_S, ROOT, report, settings_env
 
 pytestmark = pytest.mark.slow  # three network-namespace hosts
@@ -85,10 +84,7 @@ class Site:
 
     def events(self) -> list[dict]:
         """This host's events.jsonl (it outlives the host's processes: it is on its disk)."""
-        path = self.logs / "events.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().split("\n")[:-1]]  # whole lines
+        return read_jsonl(self.logs / "events.jsonl")
 
 
 def install(root: Path, model_assets: dict[str, Path]) -> dict[str, str]:

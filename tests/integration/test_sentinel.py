@@ -14,7 +14,6 @@ master is SIGKILLed mid-load. Every accepted job must succeed, and run exactly o
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import statistics
@@ -34,7 +33,7 @@ from asr_service import redis_conn
 from asr_service.runs import STRANDED_AFTER_S
 from asr_service.settings import Settings
 from tests import samples
-from tests.harness import eventually, free_port, start_process, stop_process
+from tests.harness import eventually, free_port, read_jsonl, start_process, stop_process
 from tests.integration.conftest import ApiServer, Worker, report
 
 pytestmark = pytest.mark.slow  # 3 redis-servers, 3 sentinels, a failover under load
@@ -252,8 +251,7 @@ def test_master_killed_under_load_loses_nothing_and_runs_nothing_twice(
                                - datetime.fromisoformat(answer.json()["created_at"]))
         lost = [task_id for task_id, status in ends.items() if status != "succeeded"]
 
-        events = [json.loads(line) for line in
-                  (Path(own.log_dir) / "events.jsonl").read_text().splitlines()]
+        events = read_jsonl(Path(own.log_dir) / "events.jsonl")
         runs: dict[str, int] = {}
         for event in events:
             if event.get("event") == "job.started":
