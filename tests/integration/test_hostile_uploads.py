@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -59,6 +60,9 @@ class Sampler(threading.Thread):
 
 def _sockets(server: ApiServer) -> set[tuple]:
     """The API processes' inet sockets other than its own listener and its Redis links."""
+    # A test Redis takes a free port, which may be one of SDP_PORTS: a link to it is not the
+    # sdp demuxer's doing (which would bind UDP) and was once taken for one.
+    redis_port = urlsplit(server.settings.redis_url).port
     found = set()
     for process in server.processes():
         try:
@@ -66,6 +70,8 @@ def _sockets(server: ApiServer) -> set[tuple]:
         except psutil.Error:
             continue
         for c in connections:
+            if c.type == socket.SOCK_STREAM and c.raddr and c.raddr.port == redis_port:
+                continue
             ports = {c.laddr.port if c.laddr else 0, c.raddr.port if c.raddr else 0}
             if c.type == socket.SOCK_DGRAM or ports & {p + k for p in SDP_PORTS for k in (0, 1)} \
                     or (c.status == psutil.CONN_LISTEN and server.settings.api_port not in ports):
