@@ -102,6 +102,11 @@ class Keys:
         """The zset of a destination's deliveries waiting for a slot: id -> due time."""
         return f"{self.prefix}webhooks:wait:{dest}"
 
+    def webhooks_claim(self, token: str) -> str:
+        """The list a claim answered (id, destination, ...), kept for its lease: the same claim
+        sent again (redis-py resends a command whose answer a dropped link lost) gets it."""
+        return f"{self.prefix}webhooks:claim:{token}"
+
     def engine(self, node: str, pid: int) -> str:
         """Present while a worker child (of the main process `node`) has its model loaded."""
         return f"{self.prefix}engine:{node}:{pid}"

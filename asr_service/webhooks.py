@@ -22,6 +22,7 @@ import random
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -124,11 +125,18 @@ class Deliverer:
         self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="webhook")
         self._lock = threading.Lock()
         self._unsettled: list[Callable[[], None]] = []  # what crashed deliveries owe Redis
+        self._unanswered: tuple[str, float] | None = None  # a claim Redis may have run
 
     def _claim(self, limit: int) -> list[Claim]:
-        started = time.monotonic()  # the lease started no earlier: its end is never overrated
-        flat = self._call("claim", lease_s=self.lease_s, limit=limit,
+        # A claim whose answer never came (the link dropped, perhaps after Redis ran it) is sent
+        # again with its token until one comes: Redis then answers what it leased the first
+        # time, which would otherwise wait out its lease unsent (and, under a retention shorter
+        # than the lease, expire with its job).
+        token, started = self._unanswered or (uuid.uuid4().hex, time.monotonic())
+        self._unanswered = (token, started)  # `started`: the lease began no earlier
+        flat = self._call("claim", token=token, lease_s=self.lease_s, limit=limit,
                           per_destination=PER_DESTINATION)
+        self._unanswered = None
         lease_end = started + self.lease_s
         return [Claim(flat[i].decode(), flat[i + 1].decode(), lease_end)
                 for i in range(0, len(flat), 2)]

@@ -13,6 +13,10 @@
 -- The job and its recording get no TTL: an active job never expires (see activate()).
 local id, spec, audio = ARGV[2], cjson.decode(ARGV[3]), ARGV[4]
 local now, idem = spec.now, spec.idempotency
+-- Every submit draws a new id, so a job already there is this create sent again (redis-py
+-- resends a command whose answer a dropped link or a timeout lost): answered as the first
+-- time, nothing stored or counted twice.
+if redis.call('EXISTS', K.job(id)) == 1 then return {'created', id} end
 if given(idem) then
   local held = redis.call('GET', idem.key)
   if held then

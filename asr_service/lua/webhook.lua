@@ -1,9 +1,12 @@
 -- Webhook deliveries (queued by the lifecycle scripts: common.lua's queue_webhook).
 -- ARGV: prefix, op, spec (JSON); every spec has `now`.
---       'claim', {now, lease_s, limit, per_destination} -> {id, destination, ...}: due
---         deliveries leased until now + lease_s (a deliverer that dies mid-POST leaves them due
---         again: at-least-once), at most per_destination in flight to one scheme://host:port;
---         the others of a saturated destination wait in its line (no attempt is counted)
+--       'claim', {now, token, lease_s, limit, per_destination} -> {id, destination, ...}:
+--         due deliveries leased until now + lease_s (a deliverer that dies mid-POST leaves them
+--         due again: at-least-once), at most per_destination in flight to one
+--         scheme://host:port; the others of a saturated destination wait in its line (no
+--         attempt is counted). A claim sent again with its token gets the first answer: the
+--         link may drop after Redis ran it (redis-py then resends it), and the deliveries it
+--         leased would otherwise wait out their lease unsent.
 --       'body', {now, id, body} -> the delivery's body: the first one stored wins, so every
 --         retry sends the same bytes; nil when the delivery is gone (then unqueued)
 --       'done', {now, id, outcome: {state, attempts, last_error, next_at}, destination} -> 1,
@@ -11,9 +14,10 @@
 --         this delivery. Frees the destination's slot either way.
 --       'release', {now, id, destination, again_at} -> frees the slot of a claim that sent
 --         nothing; with again_at the delivery is due then, not when its lease would end
--- Under maxmemory a write can be refused halfway through a script (ZADD is, ZREM is not), and
--- what ran before it stays: a delivery moves by adding it to its new place before removing it
--- from the old one, so a refusal leaves it where it was, never nowhere.
+-- Under maxmemory Redis (7) refuses a script at its first write that may grow memory (ZADD,
+-- HSET; not ZREM), before anything changed; once a script wrote, it runs to its end. Still, a
+-- delivery moves by adding it to its new place before removing it from the old one, so that a
+-- refusal anywhere would leave it where it was, never nowhere.
 -- Key names come from the builders prepended to it (K, keys.lua_builders()).
 -- K.webhooks_waiting: destinations with waiting deliveries, by when a slot frees for sure (a
 -- lease runs out): the safety net when no `done` comes to promote them (a deliverer killed
@@ -52,6 +56,8 @@ end
 
 if op == 'claim' then
   local lease_s, limit, per_dest = spec.lease_s, spec.limit, spec.per_destination or 2
+  local memo = spec.token and K.webhooks_claim(spec.token)
+  if memo and redis.call('EXISTS', memo) == 1 then return redis.call('LRANGE', memo, 0, -1) end
   for _, dest in ipairs(redis.call('ZRANGEBYSCORE', WAITING, '-inf', now, 'LIMIT', 0, 10)) do
     promote(dest, per_dest - in_flight(dest))
     if redis.call('EXISTS', line(dest)) == 1 then
@@ -88,6 +94,10 @@ if op == 'claim' then
         redis.call('ZADD', WAITING, 'LT', first[2], dest)  -- adds, or keeps the earliest
       end
     end
+  end
+  if memo and #out > 0 then
+    redis.call('RPUSH', memo, unpack(out))
+    redis.call('EXPIRE', memo, math.ceil(lease_s))
   end
   return out
 end
