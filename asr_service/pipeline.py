@@ -150,8 +150,8 @@ def _through_outage(call: Callable[[], T], within_s: float, job_id: str) -> T:
     meanwhile: retried for up to `within_s`, the job's lease, during which nobody else may take
     the job over, so a claimed job goes on (it is not abandoned to the sweep) and its fenced
     end still lands on the (new) master (the transcript is not thrown away). Past that, the
-    error propagates and the job runs again. A retry after a write whose answer was lost is
-    refused by the fences, harmlessly."""
+    error propagates and the job runs again. An end sent again after its answer was lost is
+    answered as the first (transition.lua); anything else the fences refuse, harmlessly."""
     deadline = time.monotonic() + within_s
     while True:
         try:

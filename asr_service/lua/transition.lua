@@ -41,6 +41,13 @@ local function verdict(claim, now)
   return 'unsure'
 end
 
+-- The same end sent again by the run that owns the job (redis-py resends a command whose answer
+-- a dropped link lost): answered as the first time, changing nothing, so the worker does not
+-- take its own success for someone else's.
+if TERMINAL[move.to] and job.status == move.to and given(move.delivery) and
+    given(move.runner) and job.celery_id == move.delivery and job.runner == move.runner then
+  return {'ok', flat}
+end
 local allowed = false
 for _, status in ipairs(move.from) do
   if job.status == status then allowed = true end

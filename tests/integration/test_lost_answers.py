@@ -22,7 +22,7 @@ from redis.retry import Retry
 
 from asr_service.jobs import ErrorType, Job, JobStore, Status
 from asr_service.keys import Keys
-from asr_service.lifecycle import Lifecycle
+from asr_service.lifecycle import Lifecycle, Runner
 from asr_service.settings import Settings
 from asr_service.webhooks import Deliverer
 from tests.integration.conftest import RedisServer
@@ -162,3 +162,27 @@ def test_a_create_sent_again_stores_and_counts_its_job_once(
     submitted = [e for _, e in direct.xrange(keys.events)
                  if e[b"job_id"] == job.id.encode() and e[b"type"] == b"job.submitted"]
     assert len(submitted) == 1, submitted
+
+
+def test_a_success_sent_again_is_its_runs_own_and_counted_once(
+        own: Settings, cutter: AnswerCutter) -> None:
+    keys = Keys()
+    direct = redis.Redis.from_url(own.redis_url)
+    proxied = redis.Redis(port=cutter.port)
+    lifecycle = Lifecycle(proxied, own.result_retention_s, own.max_recordings)
+    job = _job()
+    assert lifecycle.create(job, b"abc")[0] == "created"
+    runner = Runner("test@host", 1)
+    lifecycle.claim(job.id, job.celery_id, runner, "test@host", 3, 60)
+    result = {"text": "hello", "segments": [], "language": "en", "model": "m",
+              "duration_s": 1.0, "processing_s": 0.1, "rtf": 0.1}
+
+    cutter.arm(b'"to": "succeeded"')
+    done = lifecycle.succeed(job.id, job.celery_id, runner.token, result, 0.1)
+
+    assert cutter.cut.is_set(), "the first answer was not lost"
+    assert done is not None and done.status == Status.SUCCEEDED, "taken for a fenced-out run"
+    finished = [e for _, e in direct.xrange(keys.events)
+                if e[b"job_id"] == job.id.encode() and e[b"type"] == b"job.finished"]
+    assert len(finished) == 1, finished
+    assert int(direct.hget(keys.figures, "retained_rtf_n")) == 1
