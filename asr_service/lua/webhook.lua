@@ -104,8 +104,8 @@ end
 local id = spec.id
 if op == 'release' or op == 'done' then
   local dest = spec.destination
-  if dest and dest ~= cjson.null and dest ~= '' then  -- its slot frees: the next in line goes
-    redis.call('ZREM', busy(dest), id)
+  -- Its slot frees: the next in line goes (once: a resend finds the slot freed already).
+  if dest and dest ~= cjson.null and dest ~= '' and redis.call('ZREM', busy(dest), id) == 1 then
     promote(dest, 1)
   end
   if op == 'release' then

@@ -24,7 +24,7 @@ from asr_service.jobs import ErrorType, Job, JobStore, Status
 from asr_service.keys import Keys
 from asr_service.lifecycle import Lifecycle, Runner
 from asr_service.settings import Settings
-from asr_service.webhooks import Deliverer
+from asr_service.webhooks import PER_DESTINATION, Attempt, Deliverer
 from tests.integration.conftest import RedisServer
 from tests.integration.test_webhooks import SECRET
 
@@ -186,3 +186,23 @@ def test_a_success_sent_again_is_its_runs_own_and_counted_once(
                 if e[b"job_id"] == job.id.encode() and e[b"type"] == b"job.finished"]
     assert len(finished) == 1, finished
     assert int(direct.hget(keys.figures, "retained_rtf_n")) == 1
+
+
+def test_an_outcome_sent_again_frees_its_slot_once(own: Settings, cutter: AnswerCutter) -> None:
+    direct = redis.Redis.from_url(own.redis_url)
+    lifecycle = Lifecycle(direct, own.result_retention_s, own.max_recordings)
+    for _ in range(PER_DESTINATION + 2):
+        job = _job("http://127.0.0.1:9/hook")
+        assert lifecycle.create(job, b"abc")[0] == "created"
+        lifecycle.fail(job.id, job.celery_id, ErrorType.INTERNAL, "x")
+    deliverer = Deliverer(redis.Redis(port=cutter.port), own)
+    first = deliverer._claim(16)
+    assert len(first) == PER_DESTINATION, "the others wait in the destination's line"
+
+    cutter.arm(b"\r\ndone\r\n")
+    deliverer._record(first[0], Attempt("delivered", 1, ""), "a-job", 204)
+
+    assert cutter.cut.is_set(), "the first answer was not lost"
+    line = direct.zcard(Keys().webhooks_wait(first[0].destination))
+    assert line == 1, "one slot freed, one delivery left the line: not two"
+    assert len(deliverer._claim(16)) == 1
