@@ -34,6 +34,9 @@ SESSION_TTL_S = 120
 _OPEN = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
+-- Already open: this open sent again (redis-py resends a command whose answer was lost). Not
+-- counted against the limit a second time.
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
 if tonumber(ARGV[4]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
   return 0
 end

@@ -23,6 +23,7 @@ from redis.retry import Retry
 from asr_service.jobs import ErrorType, Job, JobStore, Status
 from asr_service.keys import Keys
 from asr_service.lifecycle import Lifecycle, Runner
+from asr_service.live.relay import _OPEN, LiveStore
 from asr_service.settings import Settings
 from asr_service.webhooks import PER_DESTINATION, Attempt, Deliverer
 from tests.integration.conftest import RedisServer
@@ -206,3 +207,16 @@ def test_an_outcome_sent_again_frees_its_slot_once(own: Settings, cutter: Answer
     line = direct.zcard(Keys().webhooks_wait(first[0].destination))
     assert line == 1, "one slot freed, one delivery left the line: not two"
     assert len(deliverer._claim(16)) == 1
+
+
+def test_a_live_session_opened_again_is_not_counted_against_its_key_twice(
+        own: Settings, cutter: AnswerCutter) -> None:
+    store = LiveStore(redis.Redis(port=cutter.port), Keys())
+    store.client.script_load(_OPEN)  # what is cut is its run, not a NOSCRIPT
+    session = uuid.uuid4().hex
+
+    cutter.arm(session.encode())
+    opened = store.open(session, "a-key", 1, {"model": "m"})
+
+    assert cutter.cut.is_set(), "the first answer was not lost"
+    assert opened, "refused by its own first open (the key's limit is 1)"
