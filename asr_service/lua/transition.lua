@@ -41,11 +41,14 @@ local function verdict(claim, now)
   return 'unsure'
 end
 
--- The same end sent again by the run that owns the job (redis-py resends a command whose answer
--- a dropped link lost): answered as the first time, changing nothing, so the worker does not
--- take its own success for someone else's.
-if TERMINAL[move.to] and job.status == move.to and given(move.delivery) and
-    given(move.runner) and job.celery_id == move.delivery and job.runner == move.runner then
+-- A move already made, sent again (redis-py resends a command whose answer a dropped link
+-- lost): answered as the first time, changing nothing. An end by the run that owns the job
+-- (the worker must not take its own success for someone else's), or a move to a new delivery
+-- (a retry or recovery: each draws a new delivery id; the caller then sends its message).
+if job.status == move.to and (
+    (TERMINAL[move.to] and given(move.delivery) and given(move.runner) and
+     job.celery_id == move.delivery and job.runner == move.runner) or
+    (given(move.set) and given(move.set.celery_id) and job.celery_id == move.set.celery_id)) then
   return {'ok', flat}
 end
 local allowed = false

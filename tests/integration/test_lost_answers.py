@@ -220,3 +220,21 @@ def test_a_live_session_opened_again_is_not_counted_against_its_key_twice(
 
     assert cutter.cut.is_set(), "the first answer was not lost"
     assert opened, "refused by its own first open (the key's limit is 1)"
+
+
+def test_a_retry_sent_again_is_the_retry_it_made(own: Settings, cutter: AnswerCutter) -> None:
+    direct = redis.Redis.from_url(own.redis_url)
+    lifecycle = Lifecycle(redis.Redis(port=cutter.port), own.result_retention_s,
+                          own.max_recordings)
+    job = _job()
+    assert lifecycle.create(job, b"abc")[0] == "created"
+    lifecycle.fail(job.id, job.celery_id, ErrorType.INTERNAL, "x")
+
+    cutter.arm(b'"to": "queued"')
+    again = lifecycle.retry(job.id, "delivery-2")  # a 409 before: "task is queued"
+
+    assert cutter.cut.is_set(), "the first answer was not lost"
+    assert again.status == Status.QUEUED and again.celery_id == "delivery-2"
+    requeued = [e for _, e in direct.xrange(Keys().events)
+                if e[b"job_id"] == job.id.encode() and e[b"type"] == b"job.requeued"]
+    assert len(requeued) == 1, requeued
