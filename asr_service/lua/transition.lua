@@ -42,15 +42,22 @@ local function verdict(claim, now)
 end
 
 -- A move already made, sent again (redis-py resends a command whose answer a dropped link
--- lost): answered as the first time, changing nothing. An end by the run that owns the job
--- (the worker must not take its own success for someone else's), or a move to a new delivery
--- (a retry or recovery: each draws a new delivery id; the caller then sends its message).
-if job.status == move.to and (
-    (TERMINAL[move.to] and given(move.delivery) and given(move.runner) and
-     job.celery_id == move.delivery and job.runner == move.runner) or
-    (given(move.set) and given(move.set.celery_id) and job.celery_id == move.set.celery_id)) then
-  return {'ok', flat}
+-- lost): answered as the first time, changing nothing. A claim whose lease this runner holds
+-- for this delivery (else 'busy' until its own lease lapsed), an end by the run that owns the
+-- job (the worker must not take its own success for someone else's), or a move to a new
+-- delivery (a retry or recovery: each draws a new delivery id; the caller then sends its
+-- message).
+local function made()
+  if given(move.claim) then
+    return job.celery_id == move.delivery and job.runner == move.claim.token and
+      redis.call('GET', K.lease(id)) == move.claim.token
+  end
+  if TERMINAL[move.to] and given(move.delivery) and given(move.runner) then
+    return job.celery_id == move.delivery and job.runner == move.runner
+  end
+  return given(move.set) and given(move.set.celery_id) and job.celery_id == move.set.celery_id
 end
+if job.status == move.to and made() then return {'ok', flat} end
 local allowed = false
 for _, status in ipairs(move.from) do
   if job.status == status then allowed = true end

@@ -22,7 +22,7 @@ from redis.retry import Retry
 
 from asr_service.jobs import ErrorType, Job, JobStore, Status
 from asr_service.keys import Keys
-from asr_service.lifecycle import Lifecycle, Runner
+from asr_service.lifecycle import Lifecycle, Outcome, Runner
 from asr_service.live.relay import _OPEN, LiveStore
 from asr_service.settings import Settings
 from asr_service.webhooks import PER_DESTINATION, Attempt, Deliverer
@@ -238,3 +238,20 @@ def test_a_retry_sent_again_is_the_retry_it_made(own: Settings, cutter: AnswerCu
     requeued = [e for _, e in direct.xrange(Keys().events)
                 if e[b"job_id"] == job.id.encode() and e[b"type"] == b"job.requeued"]
     assert len(requeued) == 1, requeued
+
+
+def test_a_claim_sent_again_runs_the_job_it_took(own: Settings, cutter: AnswerCutter) -> None:
+    lifecycle = Lifecycle(redis.Redis(port=cutter.port), own.result_retention_s,
+                          own.max_recordings)
+    job = _job()
+    assert lifecycle.create(job, b"abc")[0] == "created"
+    lifecycle.redis.script_load(lifecycle._transition.script)  # cut its run, not a NOSCRIPT
+    runner = Runner("runner-1", 1)
+    lifecycle.redis.set(Keys().runner(runner.token), "1")  # its heartbeat: it lives
+
+    cutter.arm(b'"to": "processing"')
+    moved = lifecycle.claim(job.id, job.celery_id, runner, "w@host", 3, 60)
+
+    assert cutter.cut.is_set(), "the first answer was not lost"
+    assert moved.outcome is Outcome.OK, "busy: its own lease, until that lapses"
+    assert moved.job is not None and moved.job.runner == runner.token
