@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -163,7 +164,7 @@ class Lifecycle:
               reason: str | None = None, details: dict[str, Any] | None = None,
               **move: Any) -> Moved:
         spec = {"now": time.time(), "to": to, "from": list(allowed), "event": event,
-                "reason": reason,
+                "reason": reason, "nonce": uuid.uuid4().hex,
                 "retention_s": self.retention_s, "max_recordings": self.max_recordings,
                 "max_stored_bytes": self.max_stored_bytes, **self.caps.lua(), **move}
         answer, lagging = self._applied(self._transition, self._args(job_id, spec))

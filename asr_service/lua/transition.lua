@@ -13,6 +13,8 @@
 --   needs_audio   'gone' when the recording was removed
 --   result        JSON transcript, stored with a succeeded job
 --   retention_s, max_recordings, max_stored_bytes, event, reason
+--   nonce         this call's (hex): kept in the record with its outcome (last_move), so a
+--                 resend is answered as the first
 --   job_overhead, max_active, max_active_per_owner: a retry (terminal -> queued) goes through
 --                 the same caps and budget as a submit (common.lua refusal())
 -- Answers {outcome, record as a flat list}: ok | gave-up | skip | busy | gone | missing, or
@@ -41,23 +43,14 @@ local function verdict(claim, now)
   return 'unsure'
 end
 
--- A move already made, sent again (redis-py resends a command whose answer a dropped link
--- lost): answered as the first time, changing nothing. A claim whose lease this runner holds
--- for this delivery (else 'busy' until its own lease lapsed), an end by the run that owns the
--- job (the worker must not take its own success for someone else's), or a move to a new
--- delivery (a retry or recovery: each draws a new delivery id; the caller then sends its
--- message).
-local function made()
-  if given(move.claim) then
-    return job.celery_id == move.delivery and job.runner == move.claim.token and
-      redis.call('GET', K.lease(id)) == move.claim.token
-  end
-  if TERMINAL[move.to] and given(move.delivery) and given(move.runner) then
-    return job.celery_id == move.delivery and job.runner == move.runner
-  end
-  return given(move.set) and given(move.set.celery_id) and job.celery_id == move.set.celery_id
+-- A move already made, sent again (redis-py resends a command whose answer a dropped link or a
+-- timeout lost): the record keeps the nonce and outcome of the last move it made, so the resend
+-- gets the first answer and changes nothing (a claim is not 'busy' on its own lease, a success
+-- is not taken for another run's, a retry is not a 409).
+if given(move.nonce) and job.last_move then
+  local nonce, said = string.match(job.last_move, '^(%x+) (.+)$')
+  if nonce == move.nonce then return {said, flat} end
 end
-if job.status == move.to and made() then return {'ok', flat} end
 local allowed = false
 for _, status in ipairs(move.from) do
   if job.status == status then allowed = true end
@@ -141,6 +134,7 @@ end
 
 local from = job.status
 set.status = to
+if given(move.nonce) then set.last_move = move.nonce .. ' ' .. outcome end
 local fields = {}
 for name, v in pairs(set) do
   fields[#fields + 1] = name
