@@ -203,6 +203,10 @@ class JobStore:
             if len(jobs) == len(ids):  # else the range shifted: read it again
                 return int(total), jobs
 
+    def running(self) -> int:
+        """How many jobs are processing (a live session's task is not a job)."""
+        return int(self.redis.zcard(self.keys.status(Status.PROCESSING)))
+
     def latest(self, count: int, owner: str | None = None) -> list[Job]:
         """The newest `count` jobs (of one tenant with an owner)."""
         return self.history(count, 0, owner=owner)[1]

@@ -135,7 +135,7 @@ class ReadModel:
             "api": api_usage(),
             "workers": workers,
             "workers_online": len(workers),
-            "active_tasks": sum(w.active for w in workers),
+            "active_tasks": self.store.running(),
             "live_sessions": LiveStore(self.store.redis, self.store.keys).open_sessions(),
             "queue_depth": self.cluster.queue_depth(),
             "submit_latency_s": percentiles(self.figures.submit_latency.since(now - window_s)),

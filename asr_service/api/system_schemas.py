@@ -127,7 +127,8 @@ class DashboardSchema(Schema):
     api = fields.Nested(ApiUsageSchema)
     workers = fields.List(fields.Nested(WorkerSchema))
     workers_online = fields.Integer()
-    active_tasks = fields.Integer(metadata={"description": "Jobs the workers are running"})
+    active_tasks = fields.Integer(metadata={
+        "description": "Jobs the workers are running (live sessions are counted apart)"})
     live_sessions = fields.Integer(metadata={"description": "Live transcription sessions open"})
     queue_depth = fields.Integer(metadata={"description": "Jobs waiting for a worker"})
     submit_latency_s = fields.Nested(PercentilesSchema,

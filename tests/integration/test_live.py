@@ -125,6 +125,9 @@ def test_the_openai_realtime_client_gets_partials_and_finals_equal_to_the_file_p
             event = conn.recv()
             assert event.type != "error", event
             events.append((time.monotonic() - began, event))
+        dashboard = requests.get(f"{live_api.url}/api/v1/dashboard", timeout=10).json()
+        assert dashboard["active_tasks"] == 0 and dashboard["live_sessions"] >= 1, \
+            "a live session is not a running job"
 
     kinds = [e.type for _, e in events]
     for kind in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
