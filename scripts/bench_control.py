@@ -9,7 +9,8 @@ CLIENTS clients submit and long-poll (`?wait=30`) for SECONDS after a warm-up. M
   tree), from /proc (psutil) over the measured window;
 - Redis commands per job (INFO commandstats, after CONFIG RESETSTAT) and the top ones; network
   bytes per job (INFO stats) and the memory one finished job keeps (MEMORY USAGE of its keys);
-- the goals' own measures: the API's CPU per submit alone (a submit-only phase of SECONDS/2),
+- the goals' own measures: the API's CPU per submit alone (submit-only phases of SECONDS/2,
+  keep-alive, then a new connection per submit),
   and the worker's outside the model (its figure less the CPU the same engine spends on the
   same clip in this process, measured once the stack is gone).
 Prints a table against the issue's goals and writes bench/control.json. Loopback only.
@@ -104,14 +105,18 @@ def drive(base: str, clients: int, seconds: float, clip: bytes) -> list[str]:
 
 
 def submit_only(base: str, procs: Processes, clients: int, seconds: float,
-                clip: bytes) -> float:
+                clip: bytes, keep_alive: bool = True) -> float:
     """CPU ms of the API per submit alone (the goal's measure): CLIENTS threads only submit
-    for SECONDS (the worker takes the jobs as usual; the API tree is what is measured)."""
+    for SECONDS (the worker takes the jobs as usual; the API tree is what is measured); each
+    on one connection, or (`keep_alive` False) a new connection per submit, as clients
+    without a connection pool do (then each request is a new greenlet in the API)."""
     submitted = [0] * clients
     stop = time.monotonic() + seconds
 
     def client(i: int) -> None:
         with requests.Session() as session:
+            if not keep_alive:
+                session.headers["Connection"] = "close"
             while time.monotonic() < stop:
                 session.post(f"{base}/api/v1/asr/submit", timeout=30,
                              files={"audio": ("silence.wav", clip, "audio/wav")}
@@ -196,9 +201,12 @@ def measure(base: str, client: redis.Redis, procs: Processes, clients: int,
     drained(client)
     submit_ms = submit_only(base, procs, clients, seconds / 2, clip)
     drained(client)
+    fresh_ms = submit_only(base, procs, clients, seconds / 2, clip, keep_alive=False)
+    drained(client)
     return {"jobs": jobs, "seconds": round(wall, 1), "jobs_per_s": round(jobs / wall, 1),
             "clients": clients, "cpu_ms_per_job": {k: round(v, 2) for k, v in per_job.items()},
             "api_ms_per_submit": round(submit_ms, 2),
+            "api_ms_per_submit_new_connection": round(fresh_ms, 2),
             "redis_commands_per_job": round(sum(calls.values()) / jobs, 1),
             "commands_per_job": {k: round(v / jobs, 2) for k, v in top},
             "redis_net_bytes_per_job": round(net / jobs),
@@ -213,6 +221,7 @@ def print_table(r: dict[str, Any], label: str) -> None:
     per_job, engine = r["cpu_ms_per_job"], r["engine_ms_per_job"]
     rows = [("api", "a job: submit + long-poll", per_job["api"], None),
             ("api", "a submit alone", r["api_ms_per_submit"], GOALS_MS["api"]),
+            ("api", "  on a new connection each", r["api_ms_per_submit_new_connection"], None),
             ("redis", "a job", per_job["redis"], GOALS_MS["redis"]),
             ("worker", "a job", per_job["worker"], None),
             ("worker", "  of it the engine (VAD + model)", engine, None),
