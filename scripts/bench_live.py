@@ -52,14 +52,29 @@ SILENCE_MS = 500
 SENTENCES = ["the meeting moved to thursday because the budget review was not ready",
              "please send the notes after lunch",
              "our numbers look good this quarter but travel costs went up again",
-             "the customer wants a demo next week"]
+             "the customer wants a demo next week",
+             "everyone agreed that the new office needs better chairs and more light",
+             "we should ask the team about the release plan before friday",
+             "the tests must pass before we ship the new version",
+             "she booked a quiet room for the calls in the afternoon",
+             "the train was late so the workshop started twenty minutes after nine",
+             "he forgot his laptop at home and borrowed one from the front desk",
+             "the report shows that sales grew in every region except the north",
+             "can you move the review to monday morning at ten",
+             "the kitchen will be closed for cleaning on the last day of the month",
+             "our new hire starts next week and needs a desk near the window",
+             "the printer on the second floor is out of paper again",
+             "thank you all for coming and see you at the next meeting"]
+"""The recording's text, in order (`--sentences N`: the first N; 4 by default). A word is
+100/N_words points of WER: 4 sentences (37 words) cannot tell a 2-point gap from none."""
+
 OUT = ROOT / "bench" / "live.json"
 
 
-def recording() -> np.ndarray:
+def recording(sentences: list[str]) -> np.ndarray:
     """The sentences in two voices with 1 s pauses, 16 kHz int16."""
     parts = [np.zeros(RATE // 2, dtype=np.float32)]
-    for i, sentence in enumerate(SENTENCES):
+    for i, sentence in enumerate(sentences):
         parts += [speak(sentence, VOICES[i % 2]), np.zeros(RATE, dtype=np.float32)]
     return (np.clip(np.concatenate(parts), -1, 1) * 32767).astype("<i2")
 
@@ -91,8 +106,9 @@ def start_stack(procs: Processes, logs: Path, engine: str, workers: int, online:
     return base
 
 
-def session(base: str, pcm: np.ndarray, out: dict[str, Any], silence_ms: int) -> None:
-    """One real-time session; fills `out` with latencies and final texts."""
+def session(base: str, pcm: np.ndarray, out: dict[str, Any], silence_ms: int,
+            utterances: int) -> None:
+    """One real-time session of `utterances`; fills `out` with latencies and final texts."""
     sent: list[float] = []  # send time of each 100 ms chunk
     partial, final_vad, final_speech, finals = [], [], [], []
 
@@ -111,7 +127,7 @@ def session(base: str, pcm: np.ndarray, out: dict[str, Any], silence_ms: int) ->
         stopped: dict[str, int] = {}
 
         def receive() -> None:  # its own thread: arrival times are not quantized by the sends
-            while len(finals) < len(SENTENCES):
+            while len(finals) < utterances:
                 try:
                     event = json.loads(ws.recv(timeout=30))
                 except (TimeoutError, ConnectionClosed):
@@ -186,11 +202,12 @@ def idle_api_cpu(procs: Processes, seconds: float = 3.0) -> float:
     return 100 * (procs.cpu_seconds()["api"] - before) / (time.monotonic() - t0)
 
 
-def run_level(base: str, procs: Processes, pcm: np.ndarray, n: int, silence_ms: int,
+def run_level(base: str, procs: Processes, pcm: np.ndarray, sentences: list[str], n: int,
+              silence_ms: int,
               idle_pct: float) -> dict[str, Any]:
     results: list[dict[str, Any]] = [{} for _ in range(n)]
     cpu_before, t0 = procs.cpu_seconds(), time.monotonic()
-    threads = [threading.Thread(target=session, args=(base, pcm, r, silence_ms))
+    threads = [threading.Thread(target=session, args=(base, pcm, r, silence_ms, len(sentences)))
                for r in results]
     for t in threads:
         t.start()
@@ -199,7 +216,7 @@ def run_level(base: str, procs: Processes, pcm: np.ndarray, n: int, silence_ms: 
     wall, cpu_after = time.monotonic() - t0, procs.cpu_seconds()
     merged = {k: [v for r in results for v in r.get(k, [])]
               for k in ("partial", "final_vad", "final_speech")}
-    reference = " ".join(SENTENCES)
+    reference = " ".join(sentences)
     return {"sessions": n, "partials": len(merged["partial"]),
             "partial_p50_ms": pct(merged["partial"], 0.5),
             "partial_p95_ms": pct(merged["partial"], 0.95),
@@ -225,10 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=3, help="worker processes = most sessions")
     p.add_argument("--online", action="store_true",
                    help="2-pass: partials from the tiny streaming Paraformer (ASR_ONLINE_MODEL)")
+    p.add_argument("--sentences", type=int, default=4, choices=range(1, len(SENTENCES) + 1),
+                   metavar=f"1-{len(SENTENCES)}", help="how many of SENTENCES the recording says")
     p.add_argument("--silence-ms", type=int, default=SILENCE_MS,
                    help="server_vad silence_duration_ms: the silence that ends an utterance")
     args = p.parse_args(argv)
-    pcm = recording()
+    sentences = SENTENCES[:args.sentences]
+    pcm = recording(sentences)
     procs = Processes()
     levels: list[dict[str, Any]] = []
     try:
@@ -237,15 +257,16 @@ def main(argv: list[str] | None = None) -> int:
             offline = file_text(base, pcm)
             for n in range(1, args.workers + 1):
                 idle = idle_api_cpu(procs)
-                levels.append(run_level(base, procs, pcm, n, args.silence_ms, idle))
+                levels.append(run_level(base, procs, pcm, sentences, n, args.silence_ms, idle))
     finally:
         procs.stop_all()
-    file_wer = round(wer(" ".join(SENTENCES), offline), 3)
+    file_wer = round(wer(" ".join(sentences), offline), 3)
     carried = max((r["sessions"] for r in levels
                    if r["partial_p95_ms"] is not None and r["partial_p95_ms"] < 1000), default=0)
     partials = "streaming model (2-pass)" if args.online else "re-decoded by the offline model"
     print(f"\nbench-live: {args.engine}, partials {partials}, {len(pcm) / RATE:.1f} s recording of "
-          f"{len(SENTENCES)} sentences streamed in real time, 100 ms per message, "
+          f"{len(sentences)} sentences ({len(words(' '.join(sentences)))} words) streamed in "
+          "real time, 100 ms per message, "
           f"silence_duration_ms {args.silence_ms}, one worker host of {args.workers} processes, "
           "2-core CPU host")
     cols = ("sessions", "partials", "partial_p50_ms", "partial_p95_ms",
