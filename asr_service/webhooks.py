@@ -132,7 +132,11 @@ class Deliverer:
         # again with its token until one comes: Redis then answers what it leased the first
         # time, which would otherwise wait out its lease unsent (and, under a retention shorter
         # than the lease, expire with its job).
-        token, started = self._unanswered or (uuid.uuid4().hex, time.monotonic())
+        # Past its lease, the first claim's deliveries are due again: a new claim takes them.
+        if self._unanswered and time.monotonic() - self._unanswered[1] < self.lease_s:
+            token, started = self._unanswered
+        else:
+            token, started = uuid.uuid4().hex, time.monotonic()
         self._unanswered = (token, started)  # `started`: the lease began no earlier
         flat = self._call("claim", token=token, lease_s=self.lease_s, limit=limit,
                           per_destination=PER_DESTINATION)

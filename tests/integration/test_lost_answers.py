@@ -255,3 +255,23 @@ def test_a_claim_sent_again_runs_the_job_it_took(own: Settings, cutter: AnswerCu
     assert cutter.cut.is_set(), "the first answer was not lost"
     assert moved.outcome is Outcome.OK, "busy: its own lease, until that lapses"
     assert moved.job is not None and moved.job.runner == runner.token
+
+
+def test_a_claim_unanswered_past_its_lease_is_not_sent_again(
+        own: Settings, cutter: AnswerCutter) -> None:
+    direct = redis.Redis.from_url(own.redis_url)
+    lifecycle = Lifecycle(direct, own.result_retention_s, own.max_recordings)
+    job = _job("http://127.0.0.1:9/hook")
+    assert lifecycle.create(job, b"abc")[0] == "created"
+    lifecycle.fail(job.id, job.celery_id, ErrorType.INTERNAL, "x")
+    deliverer = Deliverer(redis.Redis(port=cutter.port, retry=Retry(NoBackoff(), 0)), own,
+                          lease_s=0.5)
+    direct.script_load(deliverer._script.script)
+    cutter.arm(b"\r\nclaim\r\n")
+    with pytest.raises(redis.ConnectionError):
+        deliverer._claim(16)
+    time.sleep(0.6)  # Redis outlasted the lease: its memo may live on, its lease has ended
+
+    (claim,) = deliverer._claim(16)
+
+    assert claim.lease_end > time.monotonic() + 0.3, "a lease that ended, taken for a new one"
