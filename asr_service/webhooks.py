@@ -129,15 +129,11 @@ class Deliverer:
 
     def _claim(self, limit: int) -> list[Claim]:
         # A claim whose answer never came (the link dropped, perhaps after Redis ran it) is sent
-        # again with its token until one comes: Redis then answers what it leased the first
-        # time, which would otherwise wait out its lease unsent (and, under a retention shorter
-        # than the lease, expire with its job).
-        # Past its lease, the first claim's deliveries are due again: a new claim takes them.
-        if self._unanswered and time.monotonic() - self._unanswered[1] < self.lease_s:
-            token, started = self._unanswered
-        else:
-            token, started = uuid.uuid4().hex, time.monotonic()
-        self._unanswered = (token, started)  # `started`: the lease began no earlier
+        # again with its token within its lease: Redis answers what it leased the first time,
+        # which would otherwise wait out the lease unsent. Past it, they are due again anyway.
+        if not self._unanswered or time.monotonic() - self._unanswered[1] >= self.lease_s:
+            self._unanswered = (uuid.uuid4().hex, time.monotonic())  # the lease began no earlier
+        token, started = self._unanswered
         flat = self._call("claim", token=token, lease_s=self.lease_s, limit=limit,
                           per_destination=PER_DESTINATION)
         self._unanswered = None
