@@ -76,25 +76,30 @@ def start_stack(procs: Processes, logs: Path) -> tuple[str, redis.Redis, dict[st
     return base, client, env
 
 
-def drive(base: str, clients: int, seconds: float, clip: bytes) -> list[str]:
-    """CLIENTS threads submit and long-poll for SECONDS; returns the finished job ids."""
+def drive(base: str, clients: int, seconds: float, clip: bytes, wait: bool = True,
+          keep_alive: bool = True) -> list[str]:
+    """CLIENTS threads submit and long-poll (`wait`) for SECONDS; the finished job ids (the
+    submitted ones without `wait`). Without `keep_alive` each submit opens a new connection,
+    as clients without a pool do (each request is then a new greenlet in the API)."""
     done: list[str] = []
     stop = time.monotonic() + seconds
 
     def client() -> None:
         with requests.Session() as session:
+            if not keep_alive:
+                session.headers["Connection"] = "close"
             while time.monotonic() < stop:
                 r = session.post(f"{base}/api/v1/asr/submit", timeout=30,
                                  files={"audio": ("silence.wav", clip, "audio/wav")})
                 r.raise_for_status()
                 task_id = r.json()["task_id"]
-                while True:
+                while wait:
                     body = session.get(f"{base}/api/v1/asr/result/{task_id}",
                                        params={"wait": 30}, timeout=60).json()
                     if body["status"] not in ("queued", "processing"):
                         assert body["status"] == "succeeded", body
-                        done.append(task_id)
                         break
+                done.append(task_id)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
@@ -106,30 +111,11 @@ def drive(base: str, clients: int, seconds: float, clip: bytes) -> list[str]:
 
 def submit_only(base: str, procs: Processes, clients: int, seconds: float,
                 clip: bytes, keep_alive: bool = True) -> float:
-    """CPU ms of the API per submit alone (the goal's measure): CLIENTS threads only submit
-    for SECONDS (the worker takes the jobs as usual; the API tree is what is measured); each
-    on one connection, or (`keep_alive` False) a new connection per submit, as clients
-    without a connection pool do (then each request is a new greenlet in the API)."""
-    submitted = [0] * clients
-    stop = time.monotonic() + seconds
-
-    def client(i: int) -> None:
-        with requests.Session() as session:
-            if not keep_alive:
-                session.headers["Connection"] = "close"
-            while time.monotonic() < stop:
-                session.post(f"{base}/api/v1/asr/submit", timeout=30,
-                             files={"audio": ("silence.wav", clip, "audio/wav")}
-                             ).raise_for_status()
-                submitted[i] += 1
-
+    """CPU ms of the API per submit alone (the goal's measure): submits only, for SECONDS
+    (the worker takes the jobs as usual; the API tree is what is measured)."""
     before = procs.cpu_seconds()["api"]
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return 1000 * (procs.cpu_seconds()["api"] - before) / sum(submitted)
+    submitted = drive(base, clients, seconds, clip, wait=False, keep_alive=keep_alive)
+    return 1000 * (procs.cpu_seconds()["api"] - before) / len(submitted)
 
 
 def drained(client: redis.Redis, timeout: float = 120) -> None:
