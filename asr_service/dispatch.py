@@ -24,8 +24,7 @@ class Sent:
     greenlet: ~1 ms a submit for a result nobody reads."""
 
     def __init__(self, task_id: str) -> None:
-        self.id = task_id
-        self.ignored = True
+        self.id = task_id  # (send_task sets `ignored` on it)
 
 
 class Dispatcher:
